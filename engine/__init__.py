@@ -1,0 +1,1 @@
+"""deepfactor's core: events, buses, config and logging. Imports nothing else of ours."""

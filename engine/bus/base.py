@@ -1,0 +1,143 @@
+"""The bus interface every implementation honours (and the shared contract suite checks).
+
+A bus is a set of append-only topics. Consumers join a group per service: a group sees every
+message of its topics once, its members split the work, and a message stays pending with the
+member that read it until that member acknowledges it. Pending messages of a member that died
+are reclaimed by another member after ``claim_idle_ms``. Those are Redis Streams' semantics;
+the in-memory bus reproduces them in one process so backtests exercise the same paths.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.errors import BusError, EventDecodeError
+from engine.events import Envelope
+
+_TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+RESERVED_TOPICS = frozenset({"deadletter", "processed"})
+
+
+def check_topic(topic: str) -> str:
+    """Return ``topic`` if it is a valid, unreserved topic name, else raise BusError."""
+    if not _TOPIC_NAME.match(topic) or topic in RESERVED_TOPICS:
+        raise BusError(
+            f"topic {topic!r} is invalid: expected lower-case letters, digits and '_', "
+            f"starting with a letter, and none of {sorted(RESERVED_TOPICS)}"
+        )
+    return topic
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to one consumer.
+
+    ``attempts`` counts deliveries of this message to the group, this one included. Exactly
+    one of ``event`` and ``error`` is set: a message that failed to decode is still delivered,
+    so the consumer can dead-letter it with the reason instead of losing it.
+    """
+
+    topic: str
+    message_id: str
+    attempts: int
+    event: Envelope | None
+    error: EventDecodeError | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message taken out of circulation, with the reason and where it came from."""
+
+    topic: str
+    group: str
+    consumer: str
+    message_id: str
+    attempts: int
+    reason: str
+    data: bytes
+
+
+class Consumer(ABC):
+    """One member of a consumer group, reading a fixed set of topics."""
+
+    group: str
+    name: str
+    topics: tuple[str, ...]
+
+    @abstractmethod
+    def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
+        """Return up to ``count`` messages never delivered to this group, waiting up to
+        ``block_ms`` for the first (0: do not wait)."""
+
+    @abstractmethod
+    def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
+        """Take over and return up to ``count`` of the group's messages that have been pending
+        with any member (this one included) for at least ``min_idle_ms``."""
+
+    @abstractmethod
+    def already_processed(self, event_ids: Sequence[str]) -> list[bool]:
+        """Return, per event id, whether this group has already applied that event."""
+
+    @abstractmethod
+    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
+        """Record that this group has applied these deliveries' events."""
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge deliveries: they leave the pending list for good."""
+
+    @abstractmethod
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Mark processed and acknowledge in one step (one round trip on Redis)."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a delivery to the dead-letter stream with ``reason`` and acknowledge it."""
+
+    @abstractmethod
+    def pending_count(self) -> int:
+        """Return how many of the group's messages are delivered but not acknowledged."""
+
+    def close(self) -> None:
+        """Release resources; unacknowledged deliveries stay pending for reclaim."""
+
+
+class Bus(ABC):
+    """Publish to topics and hand out group consumers."""
+
+    namespace: str
+
+    @abstractmethod
+    def publish(self, topic: str, event: Envelope) -> str:
+        """Append ``event`` to ``topic`` and return its message id."""
+
+    @abstractmethod
+    def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
+        """Append several events to ``topic`` in one step and return their message ids."""
+
+    @abstractmethod
+    def publish_raw(self, topic: str, data: bytes) -> str:
+        """Append already-encoded bytes (replay, or tests of malformed input)."""
+
+    @abstractmethod
+    def consumer(self, group: str, name: str, topics: Sequence[str]) -> Consumer:
+        """Return member ``name`` of ``group`` on ``topics``, creating the group if needed.
+
+        A new group starts at the beginning of each topic, so nothing published before the
+        first consumer joined is missed.
+        """
+
+    @abstractmethod
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        """Return up to ``count`` dead letters, oldest first."""
+
+    @abstractmethod
+    def topic_length(self, topic: str) -> int:
+        """Return how many messages ``topic`` holds."""
+
+    def close(self) -> None:
+        """Release connections."""

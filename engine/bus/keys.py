@@ -1,0 +1,23 @@
+"""Every Redis key deepfactor uses, built in one place so no call site spells one by hand."""
+
+from __future__ import annotations
+
+
+def stream(namespace: str, topic: str) -> str:
+    """Stream of one topic."""
+    return f"{namespace}:{topic}"
+
+
+def dead_letter(namespace: str) -> str:
+    """Stream of messages taken out of circulation, with reasons; never trimmed."""
+    return f"{namespace}:deadletter"
+
+
+def processed(namespace: str, group: str) -> str:
+    """Sorted set of event ids a group has applied (score: when), for idempotency."""
+    return f"{namespace}:processed:{group}"
+
+
+def namespace_pattern(namespace: str) -> str:
+    """Glob matching every key of a namespace (tests clean up with it)."""
+    return f"{namespace}:*"

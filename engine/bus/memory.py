@@ -1,0 +1,184 @@
+"""In-process bus with Redis Streams' group semantics, for backtests and unit tests.
+
+Deterministic: message ids are a global sequence, reads return in publish order, and nothing
+happens in the background. Events are stored as the immutable objects they are (no encoding on
+the hot path of a backtest); raw bytes published with ``publish_raw`` are decoded on delivery,
+exactly as the Redis bus does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic
+from engine.errors import EventDecodeError
+from engine.events import Envelope, decode, encode
+
+
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    delivered_at: float
+    attempts: int
+    index: int
+
+
+@dataclass(slots=True)
+class _Group:
+    next_index: int = 0
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+class MemoryBus(Bus):
+    """Topics as lists in memory; thread-safe so a test can run members in threads."""
+
+    def __init__(self, namespace: str = "memory", clock: Callable[[], float] = time.monotonic):
+        self.namespace = namespace
+        self._clock = clock
+        self._condition = threading.Condition()
+        self._sequence = 0
+        self._topics: dict[str, list[tuple[str, Envelope | bytes]]] = {}
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._processed: dict[str, set[str]] = {}
+        self._dead_letters: list[DeadLetter] = []
+
+    def _append(self, topic: str, item: Envelope | bytes) -> str:
+        self._sequence += 1
+        message_id = f"{self._sequence}-0"
+        self._topics.setdefault(check_topic(topic), []).append((message_id, item))
+        return message_id
+
+    def publish(self, topic: str, event: Envelope) -> str:
+        with self._condition:
+            message_id = self._append(topic, event)
+            self._condition.notify_all()
+        return message_id
+
+    def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
+        with self._condition:
+            ids = [self._append(topic, event) for event in events]
+            self._condition.notify_all()
+        return ids
+
+    def publish_raw(self, topic: str, data: bytes) -> str:
+        with self._condition:
+            message_id = self._append(topic, bytes(data))
+            self._condition.notify_all()
+        return message_id
+
+    def consumer(self, group: str, name: str, topics: Sequence[str]) -> MemoryConsumer:
+        with self._condition:
+            for topic in topics:
+                self._topics.setdefault(check_topic(topic), [])
+                self._groups.setdefault((topic, group), _Group())
+            self._processed.setdefault(group, set())
+        return MemoryConsumer(self, group, name, tuple(topics))
+
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        with self._condition:
+            return list(self._dead_letters[:count])
+
+    def topic_length(self, topic: str) -> int:
+        with self._condition:
+            return len(self._topics.get(topic, ()))
+
+
+def _delivery(topic: str, message_id: str, item: Envelope | bytes, attempts: int) -> Delivery:
+    if isinstance(item, Envelope):
+        return Delivery(topic, message_id, attempts, item)
+    try:
+        return Delivery(topic, message_id, attempts, decode(item), data=item)
+    except EventDecodeError as error:
+        return Delivery(topic, message_id, attempts, None, error=error, data=item)
+
+
+class MemoryConsumer(Consumer):
+    """A group member of a ``MemoryBus``."""
+
+    def __init__(self, bus: MemoryBus, group: str, name: str, topics: tuple[str, ...]):
+        self._bus = bus
+        self.group = group
+        self.name = name
+        self.topics = topics
+
+    def _take_new(self, count: int) -> list[Delivery]:
+        bus = self._bus
+        now = bus._clock()
+        out: list[Delivery] = []
+        for topic in self.topics:
+            group = bus._groups[(topic, self.group)]
+            log = bus._topics[topic]
+            while group.next_index < len(log) and len(out) < count:
+                index = group.next_index
+                message_id, item = log[index]
+                group.next_index += 1
+                group.pending[message_id] = _Pending(self.name, now, 1, index)
+                out.append(_delivery(topic, message_id, item, 1))
+        return out
+
+    def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
+        deadline = time.monotonic() + block_ms / 1000
+        with self._bus._condition:
+            while True:
+                out = self._take_new(count)
+                remaining = deadline - time.monotonic()
+                if out or remaining <= 0:
+                    return out
+                self._bus._condition.wait(remaining)
+
+    def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
+        bus = self._bus
+        with bus._condition:
+            now = bus._clock()
+            out: list[Delivery] = []
+            for topic in self.topics:
+                group = bus._groups[(topic, self.group)]
+                for message_id, pending in list(group.pending.items()):
+                    if len(out) >= count:
+                        return out
+                    if (now - pending.delivered_at) * 1000 < min_idle_ms:
+                        continue
+                    pending.consumer = self.name
+                    pending.delivered_at = now
+                    pending.attempts += 1
+                    _, item = bus._topics[topic][pending.index]
+                    out.append(_delivery(topic, message_id, item, pending.attempts))
+            return out
+
+    def already_processed(self, event_ids: Sequence[str]) -> list[bool]:
+        with self._bus._condition:
+            processed = self._bus._processed[self.group]
+            return [event_id in processed for event_id in event_ids]
+
+    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
+        with self._bus._condition:
+            processed = self._bus._processed[self.group]
+            processed.update(d.event.id for d in deliveries if d.event is not None)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._bus._condition:
+            for delivery in deliveries:
+                self._bus._groups[(delivery.topic, self.group)].pending.pop(
+                    delivery.message_id, None
+                )
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        with self._bus._condition:
+            self.mark_processed(deliveries)
+            self.ack(deliveries)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]
+        with self._bus._condition:
+            self._bus._dead_letters.append(
+                DeadLetter(delivery.topic, self.group, self.name, delivery.message_id,
+                           delivery.attempts, reason, data)
+            )
+            self.ack([delivery])
+
+    def pending_count(self) -> int:
+        with self._bus._condition:
+            return sum(len(self._bus._groups[(t, self.group)].pending) for t in self.topics)

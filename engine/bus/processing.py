@@ -1,0 +1,164 @@
+"""The consume loop shared by every bus: read, skip duplicates, handle, commit, retry, and
+dead-letter what cannot succeed, so each bus only supplies the primitives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from engine.bus.base import Consumer, Delivery
+from engine.events import Envelope
+
+Handler = Callable[[Envelope], None]
+log = structlog.get_logger("engine.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeSettings:
+    """How a consumer loop paces itself; see ``engine.config.BusConfig`` for the meanings."""
+
+    batch_size: int = 256
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    reclaim_interval_ms: int = 5_000
+    max_deliveries: int = 5
+
+
+@dataclass(slots=True)
+class ConsumeStats:
+    """Counters of one loop, logged on shutdown and sent in heartbeats."""
+
+    processed: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+
+
+@dataclass
+class ConsumerLoop:
+    """Run ``handler`` on every event a consumer receives, at least once, effect once.
+
+    A handler that raises leaves its message pending; it comes back through reclaim after
+    ``claim_idle_ms`` and is dead-lettered once it has been delivered ``max_deliveries`` times.
+    Events this group already applied (same event id, e.g. a publisher's retry) are
+    acknowledged without calling the handler again.
+    """
+
+    consumer: Consumer
+    handler: Handler
+    settings: ConsumeSettings = field(default_factory=ConsumeSettings)
+    clock: Callable[[], float] = time.monotonic
+    stats: ConsumeStats = field(default_factory=ConsumeStats)
+    _last_reclaim: float | None = None
+
+    def process(self, deliveries: Sequence[Delivery]) -> int:
+        """Handle one batch; return how many events were applied."""
+        max_deliveries = self.settings.max_deliveries
+        candidates: list[Delivery] = []
+        for delivery in deliveries:
+            if delivery.error is not None:
+                self._dead_letter(delivery, f"undecodable: {delivery.error}")
+            elif delivery.attempts > max_deliveries:
+                self._dead_letter(
+                    delivery,
+                    f"delivered {delivery.attempts - 1} times without acknowledgement "
+                    f"(limit {max_deliveries}): the consumer died or stalled while handling it",
+                )
+            else:
+                candidates.append(delivery)
+        if not candidates:
+            return 0
+        seen = self.consumer.already_processed([d.event.id for d in candidates])  # type: ignore[union-attr]
+        applied: list[Delivery] = []
+        duplicates: list[Delivery] = []
+        applied_ids: set[str] = set()
+        for delivery, was_seen in zip(candidates, seen):
+            event = delivery.event
+            assert event is not None
+            if was_seen or event.id in applied_ids:
+                duplicates.append(delivery)
+                continue
+            with structlog.contextvars.bound_contextvars(corr=event.corr):
+                try:
+                    self.handler(event)
+                except Exception as error:  # a handler bug must not stop the service
+                    self._handle_failure(delivery, error)
+                    continue
+            applied.append(delivery)
+            applied_ids.add(event.id)
+        if applied:
+            self.consumer.commit(applied)
+        if duplicates:
+            self.consumer.ack(duplicates)
+            self.stats.duplicates += len(duplicates)
+            log.info("bus.duplicates_skipped", group=self.consumer.group, count=len(duplicates),
+                     event_ids=[d.event.id for d in duplicates if d.event][:10])
+        self.stats.processed += len(applied)
+        return len(applied)
+
+    def _handle_failure(self, delivery: Delivery, error: Exception) -> None:
+        self.stats.failed += 1
+        reason = f"handler raised {type(error).__name__}: {error}"
+        if delivery.attempts >= self.settings.max_deliveries:
+            self._dead_letter(delivery, f"{reason} (attempt {delivery.attempts} of "
+                                        f"{self.settings.max_deliveries})")
+            return
+        log.warning(
+            "bus.handler_failed",
+            group=self.consumer.group,
+            topic=delivery.topic,
+            message_id=delivery.message_id,
+            event_type=delivery.event.type if delivery.event else None,
+            attempt=delivery.attempts,
+            max_deliveries=self.settings.max_deliveries,
+            error=reason,
+            retry_after_ms=self.settings.claim_idle_ms,
+        )
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.consumer.dead_letter(delivery, reason)
+        self.stats.dead_lettered += 1
+        log.error(
+            "bus.dead_lettered",
+            group=self.consumer.group,
+            topic=delivery.topic,
+            message_id=delivery.message_id,
+            attempts=delivery.attempts,
+            reason=reason,
+        )
+
+    def reclaim(self) -> int:
+        """Take over messages pending too long (dead members, failed handlers) and run them."""
+        self._last_reclaim = self.clock()
+        deliveries = self.consumer.reclaim(self.settings.claim_idle_ms, self.settings.batch_size)
+        if deliveries:
+            self.stats.reclaimed += len(deliveries)
+            log.info("bus.reclaimed", group=self.consumer.group, consumer=self.consumer.name,
+                     count=len(deliveries))
+        return self.process(deliveries)
+
+    def run_once(self, block_ms: int | None = None) -> int:
+        """Reclaim if it is time, then read and handle one batch; return events applied."""
+        applied = 0
+        interval_s = self.settings.reclaim_interval_ms / 1000
+        if self._last_reclaim is None or self.clock() - self._last_reclaim >= interval_s:
+            applied += self.reclaim()
+        deliveries = self.consumer.read(
+            self.settings.batch_size, self.settings.block_ms if block_ms is None else block_ms
+        )
+        return applied + self.process(deliveries)
+
+    def run(self, stop: threading.Event) -> ConsumeStats:
+        """Loop until ``stop`` is set; the batch in hand is finished and committed first."""
+        while not stop.is_set():
+            self.run_once()
+        log.info("bus.consumer_stopped", group=self.consumer.group, consumer=self.consumer.name,
+                 processed=self.stats.processed, failed=self.stats.failed,
+                 duplicates=self.stats.duplicates, dead_lettered=self.stats.dead_lettered,
+                 reclaimed=self.stats.reclaimed)
+        return self.stats

@@ -1,0 +1,361 @@
+"""Redis Streams bus: at-least-once delivery through consumer groups, effects once through
+event-id idempotency, poison messages to a dead-letter stream, and reconnection with capped
+exponential backoff when Redis goes away.
+
+Round trips are what cost, so the hot paths batch: ``publish_many`` is one pipeline, a consumer
+reads up to ``batch_size`` messages per XREADGROUP, checks them for duplicates with one ZMSCORE,
+and marks and acknowledges the whole batch in one MULTI.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import structlog
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from engine.bus import keys
+from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic
+from engine.errors import BusError, BusUnavailableError, EventDecodeError
+from engine.events import Envelope, decode, encode
+from engine.events.topics import LEDGER_TOPICS
+
+T = TypeVar("T")
+log = structlog.get_logger("engine.bus")
+_EVENT_FIELD = b"event"
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBus(Bus):
+    """A bus over one Redis connection pool, keys under ``namespace``.
+
+    Parameters
+    ----------
+    url
+        ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, password allowed in it.
+    stream_maxlen
+        Approximate cap per topic stream (MAXLEN ~); the order/fill ledger is never trimmed.
+    processed_retention_s
+        How long applied event ids are remembered for duplicate detection.
+    reconnect_max_delay_s
+        Cap of the backoff between reconnection attempts.
+    give_up_after_s
+        Raise ``BusUnavailableError`` when Redis stays away this long; None waits forever,
+        which is what a daemon wants.
+    stop
+        When set, a wait for Redis is cut short with ``BusUnavailableError``, so shutdown is
+        never stuck behind a dead server.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        stream_maxlen: int = 100_000,
+        processed_retention_s: int = 7 * 24 * 3600,
+        reconnect_max_delay_s: float = 10.0,
+        give_up_after_s: float | None = None,
+        socket_timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.url = url
+        self._stream_maxlen = stream_maxlen
+        self._processed_retention_ms = processed_retention_s * 1000
+        self._backoff = ExponentialWithJitterBackoff(cap=reconnect_max_delay_s, base=0.05)
+        self._give_up_after_s = give_up_after_s
+        self._stop = stop or threading.Event()
+        # We own retrying (with logs and a stop signal), so redis-py must not retry silently.
+        self.redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
+
+    # -- resilience ------------------------------------------------------------------------
+    def call(self, operation: str, function: Callable[[], T]) -> T:
+        """Run ``function``, retrying with backoff while Redis is unreachable."""
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            try:
+                result = function()
+            except _UNAVAILABLE as error:
+                attempt += 1
+                waited = time.monotonic() - started
+                if self._stop.is_set() or (
+                    self._give_up_after_s is not None and waited >= self._give_up_after_s
+                ):
+                    raise BusUnavailableError(
+                        f"redis unavailable for {waited:.1f}s during {operation} "
+                        f"({attempt} attempts): {error}"
+                    ) from error
+                delay = self._backoff.compute(attempt)
+                log.warning("bus.redis_unavailable", operation=operation, attempt=attempt,
+                            retry_in_s=round(delay, 3), error=str(error))
+                self._stop.wait(delay)
+                continue
+            if attempt:
+                log.info("bus.redis_reconnected", operation=operation, attempts=attempt,
+                         downtime_s=round(time.monotonic() - started, 3))
+            return result
+
+    def ping(self) -> bool:
+        """Return True when Redis answers (raises BusUnavailableError per ``call``'s rules)."""
+        return bool(self.call("ping", self.redis.ping))
+
+    # -- publishing ------------------------------------------------------------------------
+    def _xadd_args(self, topic: str) -> dict[str, Any]:
+        if topic in LEDGER_TOPICS:
+            return {}
+        return {"maxlen": self._stream_maxlen, "approximate": True}
+
+    def publish(self, topic: str, event: Envelope) -> str:
+        return self.publish_raw(topic, encode(event))
+
+    def publish_raw(self, topic: str, data: bytes) -> str:
+        key = keys.stream(self.namespace, check_topic(topic))
+        args = self._xadd_args(topic)
+        message_id = self.call("xadd", lambda: self.redis.xadd(key, {_EVENT_FIELD: data}, **args))
+        return _text(message_id)
+
+    def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
+        if not events:
+            return []
+        key = keys.stream(self.namespace, check_topic(topic))
+        args = self._xadd_args(topic)
+        payloads = [encode(event) for event in events]
+
+        def send() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for data in payloads:
+                pipe.xadd(key, {_EVENT_FIELD: data}, **args)
+            return pipe.execute()
+
+        return [_text(i) for i in self.call("xadd_batch", send)]
+
+    # -- consuming -------------------------------------------------------------------------
+    def consumer(self, group: str, name: str, topics: Sequence[str]) -> RedisConsumer:
+        consumer = RedisConsumer(self, group, name, tuple(check_topic(t) for t in topics))
+        consumer.ensure_groups()
+        return consumer
+
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        key = keys.dead_letter(self.namespace)
+        entries = self.call("xrange", lambda: self.redis.xrange(key, count=count))
+        out = []
+        for _, fields in entries:
+            out.append(
+                DeadLetter(
+                    topic=_text(fields[b"topic"]),
+                    group=_text(fields[b"group"]),
+                    consumer=_text(fields[b"consumer"]),
+                    message_id=_text(fields[b"message_id"]),
+                    attempts=int(fields[b"attempts"]),
+                    reason=_text(fields[b"reason"]),
+                    data=fields[b"event"],
+                )
+            )
+        return out
+
+    def topic_length(self, topic: str) -> int:
+        key = keys.stream(self.namespace, topic)
+        return int(self.call("xlen", lambda: self.redis.xlen(key)))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class RedisConsumer(Consumer):
+    """One member of a consumer group on a ``RedisBus``."""
+
+    def __init__(self, bus: RedisBus, group: str, name: str, topics: tuple[str, ...]):
+        self._bus = bus
+        self._redis = bus.redis
+        self.group = group
+        self.name = name
+        self.topics = topics
+        self._stream_keys = {keys.stream(bus.namespace, t): t for t in topics}
+        self._processed_key = keys.processed(bus.namespace, group)
+
+    def ensure_groups(self) -> None:
+        """Create this group on every topic (from the start of the stream) if missing."""
+
+        def create() -> None:
+            for key in self._stream_keys:
+                try:
+                    self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
+                except redis.ResponseError as error:
+                    if "BUSYGROUP" not in str(error):
+                        raise
+
+        self._bus.call("xgroup_create", create)
+
+    def _call_grouped(self, operation: str, function: Callable[[], T]) -> T:
+        # A Redis that came back empty (no persistence) has lost our groups: recreate, retry.
+        try:
+            return self._bus.call(operation, function)
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise BusError(f"redis {operation} failed: {error}") from error
+            log.warning("bus.group_recreated", group=self.group, topics=list(self.topics))
+            self.ensure_groups()
+            return self._bus.call(operation, function)
+
+    def _delivery(self, key: bytes | str, message_id: bytes, fields: dict, attempts: int) -> Delivery:
+        topic = self._stream_keys[_text(key)]
+        data = fields.get(_EVENT_FIELD)
+        if data is None:
+            error = EventDecodeError("<message>", f"stream entry has no {_EVENT_FIELD!r} field")
+            return Delivery(topic, _text(message_id), attempts, None, error=error, data=b"")
+        try:
+            return Delivery(topic, _text(message_id), attempts, decode(data), data=data)
+        except EventDecodeError as error:
+            return Delivery(topic, _text(message_id), attempts, None, error=error, data=data)
+
+    def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
+        streams = dict.fromkeys(self._stream_keys, ">")
+        response = self._call_grouped(
+            "xreadgroup",
+            lambda: self._redis.xreadgroup(
+                self.group, self.name, streams, count=count, block=block_ms or None
+            ),
+        )
+        return [
+            self._delivery(key, message_id, fields, 1)
+            for key, entries in response or ()
+            for message_id, fields in entries
+        ]
+
+    def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        for key in self._stream_keys:
+            claimed: list[tuple[bytes, dict]] = []
+            start = "0-0"
+            while len(claimed) < count:
+                result = self._call_grouped(
+                    "xautoclaim",
+                    lambda: self._redis.xautoclaim(
+                        key, self.group, self.name, min_idle_time=min_idle_ms,
+                        start_id=start, count=count - len(claimed),
+                    ),
+                )
+                # Redis 7 adds a third element: ids trimmed away while pending (6.2 has none).
+                next_start, entries = result[0], result[1]
+                deleted = result[2] if len(result) > 2 else []
+                claimed.extend(entries)
+                if deleted:
+                    log.error("bus.pending_trimmed", topic=self._stream_keys[key],
+                              group=self.group, message_ids=[_text(i) for i in deleted],
+                              hint="raise [bus] stream_maxlen: messages were trimmed before ack")
+                start = _text(next_start)
+                if start == "0-0":
+                    break
+            if not claimed:
+                continue
+            attempts = self._attempts(key, claimed)
+            out.extend(
+                self._delivery(key, message_id, fields, attempts.get(_text(message_id), 1))
+                for message_id, fields in claimed
+            )
+        return out
+
+    def _attempts(self, key: str, claimed: list[tuple[bytes, dict]]) -> dict[str, int]:
+        first, last = _text(claimed[0][0]), _text(claimed[-1][0])
+        rows = self._bus.call(
+            "xpending",
+            lambda: self._redis.xpending_range(
+                key, self.group, min=first, max=last, count=len(claimed) * 2 + 10,
+                consumername=self.name,
+            ),
+        )
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+    def already_processed(self, event_ids: Sequence[str]) -> list[bool]:
+        if not event_ids:
+            return []
+        scores = self._bus.call(
+            "zmscore", lambda: self._redis.zmscore(self._processed_key, list(event_ids))
+        )
+        return [score is not None for score in scores]
+
+    def _queue_mark(self, pipe: Any, deliveries: Sequence[Delivery]) -> None:
+        now_ms = int(time.time() * 1000)
+        members = {d.event.id: now_ms for d in deliveries if d.event is not None}
+        if members:
+            pipe.zadd(self._processed_key, members)
+            pipe.zremrangebyscore(
+                self._processed_key, "-inf", now_ms - self._bus._processed_retention_ms
+            )
+
+    def _queue_ack(self, pipe: Any, deliveries: Sequence[Delivery]) -> None:
+        by_topic: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            by_topic.setdefault(delivery.topic, []).append(delivery.message_id)
+        for topic, ids in by_topic.items():
+            pipe.xack(keys.stream(self._bus.namespace, topic), self.group, *ids)
+
+    def _run_pipeline(self, operation: str, fill: Callable[[Any], None]) -> None:
+        def run() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            fill(pipe)
+            pipe.execute()
+
+        self._bus.call(operation, run)
+
+    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
+        self._run_pipeline("mark_processed", lambda pipe: self._queue_mark(pipe, deliveries))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self._run_pipeline("xack", lambda pipe: self._queue_ack(pipe, deliveries))
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+
+        def fill(pipe: Any) -> None:
+            self._queue_mark(pipe, deliveries)
+            self._queue_ack(pipe, deliveries)
+
+        self._run_pipeline("commit", fill)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]
+        entry = {
+            "topic": delivery.topic,
+            "group": self.group,
+            "consumer": self.name,
+            "message_id": delivery.message_id,
+            "attempts": str(delivery.attempts),
+            "reason": reason,
+            "dead_at_ms": str(int(time.time() * 1000)),
+            "event": data,
+        }
+
+        def fill(pipe: Any) -> None:
+            pipe.xadd(keys.dead_letter(self._bus.namespace), entry)
+            self._queue_ack(pipe, [delivery])
+
+        self._run_pipeline("dead_letter", fill)
+
+    def pending_count(self) -> int:
+        def count() -> int:
+            total = 0
+            for key in self._stream_keys:
+                total += int(self._redis.xpending(key, self.group)["pending"])
+            return total
+
+        return self._call_grouped("xpending", count)

@@ -1,0 +1,160 @@
+"""Load a TOML config, apply ``DEEPFACTOR_SECTION__KEY`` environment overrides, and validate it
+once into frozen structs, with errors that name the file, the key, what was expected and what
+was received."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from engine.config.schema import Config
+from engine.errors import ConfigError
+
+ENV_PREFIX = "DEEPFACTOR_"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _parse_env_value(text: str) -> Any:
+    # A TOML literal if it is one ("5", "true", "[\"a\"]"), else the plain string.
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    overrides: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        if any(not part for part in path):
+            raise ConfigError(f"environment {name}: empty key segment, expected SECTION__KEY")
+        overrides[path] = (name, _parse_env_value(text))
+    return overrides
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any, origin: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment {origin}: [{part}] is not a table in the config")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(path: str) -> str:
+    # "$.bus.max_deliveries" -> "[bus] max_deliveries"; "$.bus" -> "[bus]"
+    parts = [p for p in path.removeprefix("$").split(".") if p]
+    if not parts:
+        return "<top level>"
+    if len(parts) == 1:
+        return f"[{parts[0]}]"
+    return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in [p for p in path.removeprefix("$").split(".") if p]:
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _validation_message(
+    error: msgspec.ValidationError,
+    tree: Mapping[str, Any],
+    source: str,
+    env_origins: Mapping[tuple[str, ...], str],
+) -> str:
+    message = str(error)
+    problem, separator, path = message.rpartition(" - at `")
+    if not separator:  # an error at the top level carries no path
+        problem, path = message, "$"
+    path = path.rstrip("`")
+    if problem.startswith("Object contains unknown field"):
+        unknown = problem.split("`")[1]
+        where = _describe(f"{path}.{unknown}")
+        return f"config {source}: {where} is not a known setting"
+    expected = _expected_text(problem, path)
+    found, received = _lookup(tree, path)
+    key = tuple(p for p in path.removeprefix("$").split(".") if p)
+    origin = f" (from environment {env_origins[key]})" if key in env_origins else ""
+    received_text = f", received {received!r}" if found else ""
+    return f"config {source}: {_describe(path)} must be {expected}{received_text}{origin}"
+
+
+def _expected_text(problem: str, path: str) -> str:
+    # msgspec: "Expected `int` >= 1", "Expected `int`, got `str`", "Invalid enum value 'x'".
+    if problem.startswith("Invalid enum value"):
+        choices = _literal_choices(path)
+        return "one of " + ", ".join(repr(c) for c in choices) if choices else problem
+    expected = problem.removeprefix("Expected ").split(", got ")[0]
+    return expected.replace("`", "")
+
+
+def _literal_choices(path: str) -> tuple[Any, ...]:
+    node: Any = Config
+    for part in [p for p in path.removeprefix("$").split(".") if p]:
+        field = next((f for f in msgspec.structs.fields(node) if f.name == part), None)
+        if field is None:
+            return ()
+        node = field.type
+    return typing.get_args(node) if typing.get_origin(node) is typing.Literal else ()
+
+
+def _check_redis_url(url: str, source: str, from_env: bool) -> None:
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ConfigError(
+            f"config {source}: [bus] redis_url must start with redis://, rediss:// or unix://, "
+            f"received scheme {parts.scheme!r}"
+        )
+    if parts.password and not from_env:
+        raise ConfigError(
+            f"config {source}: [bus] redis_url carries a password; secrets come only from the "
+            f"environment: set {ENV_PREFIX}BUS__REDIS_URL instead"
+        )
+
+
+def load_config(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Return the validated config of ``path`` (defaults when None) with env overrides applied.
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read or parsed, a key is unknown, or a value is out of range.
+    """
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config {source}: file not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config {source}: not valid TOML: {error}") from None
+    overrides = _env_overrides(environ)
+    env_origins = {key: name for key, (name, _) in overrides.items()}
+    for key, (name, value) in overrides.items():
+        _set_path(tree, key, value, name)
+    try:
+        config = msgspec.convert(tree, Config, strict=True)
+    except msgspec.ValidationError as error:
+        raise ConfigError(_validation_message(error, tree, source, env_origins)) from None
+    _check_redis_url(config.bus.redis_url, source, ("bus", "redis_url") in env_origins)
+    return config

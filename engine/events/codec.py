@@ -1,0 +1,110 @@
+"""Encode events to JSON bytes and decode them back, validating every field.
+
+JSON keeps messages readable in ``redis-cli``; msgspec makes it cheap (a 20-asset BarSet
+round-trips in a few microseconds, see ``benchmarks/bus.py``). Decoding goes in two steps: the
+envelope first, with the payload left as raw bytes, then the payload with the struct its
+``type`` names, so an unknown type is reported as such rather than as a shape mismatch.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.errors import EventDecodeError
+from engine.events.base import Envelope, EventPayload, UtcDatetime
+from engine.events.decision import RebalanceDue, Signal, TargetPortfolio
+from engine.events.market import BarSet, FactorSnapshot
+from engine.events.operations import Control, Heartbeat, RiskAlert
+from engine.events.trading import Fill, OrderRequest, OrderUpdate, PortfolioSnapshot
+
+PAYLOAD_TYPES: tuple[type[EventPayload], ...] = (
+    BarSet,
+    FactorSnapshot,
+    Signal,
+    RebalanceDue,
+    TargetPortfolio,
+    OrderRequest,
+    OrderUpdate,
+    Fill,
+    PortfolioSnapshot,
+    RiskAlert,
+    Control,
+    Heartbeat,
+)
+PAYLOAD_BY_TYPE: dict[str, type[EventPayload]] = {cls.TYPE: cls for cls in PAYLOAD_TYPES}
+
+
+class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    type: str
+    v: int
+    ts: UtcDatetime
+    source: str
+    corr: str
+    payload: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_wire_decoder = msgspec.json.Decoder(_WireEnvelope)
+_payload_decoders = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOAD_BY_TYPE.items()}
+
+
+def encode(event: Envelope) -> bytes:
+    """Return the JSON bytes of ``event``."""
+    return _encoder.encode(event)
+
+
+def _field_and_problem(error: msgspec.MsgspecError, prefix: str) -> tuple[str, str]:
+    # msgspec says "Expected `int`, got `str` - at `$.payload.qty`"; split the path off.
+    message = str(error)
+    problem, separator, path = message.rpartition(" - at `")
+    if not separator:
+        return prefix or "<message>", message
+    path = path.rstrip("`").removeprefix("$").removeprefix(".")
+    field = ".".join(part for part in (prefix, path) if part) if not path.startswith("[") else (
+        f"{prefix}{path}"
+    )
+    return field or "<message>", problem
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> Envelope:
+    """Return the event encoded in ``data``.
+
+    Raises
+    ------
+    EventDecodeError
+        When the bytes are not JSON, the envelope or payload fails validation, the type is
+        unknown, or the schema version is newer than this build understands. The error names
+        the field and the problem.
+    """
+    try:
+        wire = _wire_decoder.decode(data)
+    except msgspec.ValidationError as error:
+        raise EventDecodeError(*_field_and_problem(error, "")) from None
+    except msgspec.DecodeError as error:
+        raise EventDecodeError("<message>", f"not a JSON event: {error}") from None
+    payload_decoder = _payload_decoders.get(wire.type)
+    if payload_decoder is None:
+        raise EventDecodeError(
+            "type", f"unknown event type {wire.type!r}; known: {', '.join(sorted(PAYLOAD_BY_TYPE))}"
+        )
+    known_version = PAYLOAD_BY_TYPE[wire.type].VERSION
+    if not 1 <= wire.v <= known_version:
+        raise EventDecodeError(
+            "v",
+            f"{wire.type} schema version {wire.v} is not understood by this build "
+            f"(supports 1..{known_version})",
+        )
+    try:
+        payload = payload_decoder.decode(wire.payload)
+    except msgspec.MsgspecError as error:
+        raise EventDecodeError(*_field_and_problem(error, "payload")) from None
+    return Envelope(
+        id=wire.id,
+        type=wire.type,
+        v=wire.v,
+        ts=wire.ts,
+        source=wire.source,
+        corr=wire.corr,
+        payload=payload,
+    )

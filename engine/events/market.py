@@ -1,0 +1,87 @@
+"""Market-side payloads: bars in, factor exposures out."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+from engine.events.base import (
+    EventPayload,
+    NonNegativeFloat,
+    PositiveFloat,
+    Symbol,
+    UtcDatetime,
+)
+
+
+def _check_unique(symbols: tuple[str, ...], owner: str) -> None:
+    if len(set(symbols)) != len(symbols):
+        seen: set[str] = set()
+        duplicates = sorted({s for s in symbols if s in seen or seen.add(s)})
+        raise ValueError(f"{owner}.symbols must be unique, duplicated: {duplicates}")
+
+
+class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """All symbols' OHLCV bars of one bar-open time, stored column-wise.
+
+    Columns rather than one struct per bar keep a 500-asset set cheap to encode and turn
+    straight into numpy arrays. ``volume`` is None for close-only sources.
+    """
+
+    TYPE: ClassVar[str] = "BarSet"
+    TOPIC: ClassVar[str] = "bars"
+
+    timeframe: str = msgspec.field(default="1d")
+    bar_open: UtcDatetime
+    symbols: tuple[Symbol, ...]
+    open: tuple[PositiveFloat, ...]
+    high: tuple[PositiveFloat, ...]
+    low: tuple[PositiveFloat, ...]
+    close: tuple[PositiveFloat, ...]
+    volume: tuple[NonNegativeFloat, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.symbols)
+        columns = {"open": self.open, "high": self.high, "low": self.low, "close": self.close}
+        if self.volume is not None:
+            columns["volume"] = self.volume
+        for name, column in columns.items():
+            if len(column) != n:
+                raise ValueError(f"BarSet.{name} has {len(column)} values for {n} symbols")
+        _check_unique(self.symbols, "BarSet")
+
+
+class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Standardised factor exposures of every asset at ``asof``, plus last period's factor
+    performance and market-state features that the signal model reads.
+
+    ``exposures[i][j]`` is asset ``symbols[i]`` on factor ``factor_names[j]``; None marks an
+    asset without enough history for that factor (excluded, never zero-filled).
+    """
+
+    TYPE: ClassVar[str] = "FactorSnapshot"
+    TOPIC: ClassVar[str] = "factors"
+
+    asof: UtcDatetime
+    symbols: tuple[Symbol, ...]
+    factor_names: tuple[str, ...]
+    exposures: tuple[tuple[float | None, ...], ...]
+    factor_ic: dict[str, float | None] = {}
+    factor_returns: dict[str, float | None] = {}
+    market_state: dict[str, float] = {}
+
+    def __post_init__(self) -> None:
+        if len(self.exposures) != len(self.symbols):
+            raise ValueError(
+                f"FactorSnapshot.exposures has {len(self.exposures)} rows for "
+                f"{len(self.symbols)} symbols"
+            )
+        width = len(self.factor_names)
+        for row_index, row in enumerate(self.exposures):
+            if len(row) != width:
+                raise ValueError(
+                    f"FactorSnapshot.exposures[{row_index}] has {len(row)} values for "
+                    f"{width} factors"
+                )
+        _check_unique(self.symbols, "FactorSnapshot")

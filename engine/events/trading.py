@@ -1,0 +1,96 @@
+"""Trading payloads: orders, their lifecycle, fills and the portfolio they add up to."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from engine.events.base import (
+    EventPayload,
+    Identifier,
+    NonNegativeFloat,
+    PositiveFloat,
+    Symbol,
+    UtcDatetime,
+)
+
+Side = Literal["buy", "sell"]
+OrderStatus = Literal[
+    "accepted", "rejected", "partially_filled", "filled", "cancelled", "expired"
+]
+TERMINAL_ORDER_STATUSES: frozenset[str] = frozenset({"rejected", "filled", "cancelled", "expired"})
+
+
+class OrderRequest(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An order the rebalancer wants placed.
+
+    ``client_order_id`` is derived from the rebalance id and symbol, so a re-delivered request
+    is recognised by the broker adapter and never trades twice.
+    """
+
+    TYPE: ClassVar[str] = "OrderRequest"
+    TOPIC: ClassVar[str] = "orders"
+
+    client_order_id: Identifier
+    rebalance_id: Identifier
+    symbol: Symbol
+    side: Side
+    quantity: PositiveFloat
+    order_type: Literal["market", "limit"] = "market"
+    limit_price: PositiveFloat | None = None
+    reference_price: PositiveFloat | None = None
+
+    def __post_init__(self) -> None:
+        if self.order_type == "limit" and self.limit_price is None:
+            raise ValueError("OrderRequest.limit_price is required for a limit order")
+
+
+class OrderUpdate(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A change in an order's state; every order ends with exactly one terminal update."""
+
+    TYPE: ClassVar[str] = "OrderUpdate"
+    TOPIC: ClassVar[str] = "order_updates"
+
+    client_order_id: Identifier
+    status: OrderStatus
+    broker_order_id: str | None = None
+    filled_quantity: NonNegativeFloat = 0.0
+    average_price: PositiveFloat | None = None
+    reason: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Return True when no further update will follow for this order."""
+        return self.status in TERMINAL_ORDER_STATUSES
+
+
+class Fill(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One execution against an order; fees are in ``fee_currency`` (the quote currency)."""
+
+    TYPE: ClassVar[str] = "Fill"
+    TOPIC: ClassVar[str] = "fills"
+
+    fill_id: Identifier
+    client_order_id: Identifier
+    symbol: Symbol
+    side: Side
+    quantity: PositiveFloat
+    price: PositiveFloat
+    fee: NonNegativeFloat
+    fee_currency: str
+    executed_at: UtcDatetime
+
+
+class PortfolioSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The account marked to market: ``equity == cash + sum(positions * prices)``."""
+
+    TYPE: ClassVar[str] = "PortfolioSnapshot"
+    TOPIC: ClassVar[str] = "portfolio"
+
+    asof: UtcDatetime
+    equity: float
+    cash: float
+    positions: dict[str, float]
+    prices: dict[str, PositiveFloat]
+    gross_exposure: NonNegativeFloat
+    high_water_mark: float
+    drawdown: NonNegativeFloat

@@ -1,0 +1,1 @@
+"""The daemons, their runtime, and the ``deepfactor`` command line."""

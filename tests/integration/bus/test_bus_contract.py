@@ -1,0 +1,251 @@
+"""One contract, two buses: the in-memory bus and the Redis Streams bus must behave the same."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus
+from engine.events import Envelope, decode, encode
+from tests.events import heartbeat
+
+IDLE_MS = 50
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Bus]]:
+    """Return a function giving handles on one shared bus (one per simulated process)."""
+    if request.param == "memory":
+        shared = MemoryBus()
+        yield lambda: shared
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    namespace = request.getfixturevalue("namespace")
+    made: list[RedisBus] = []
+
+    def make() -> Bus:
+        bus = RedisBus(redis_url, namespace, give_up_after_s=5)
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        bus.close()
+
+
+def settings(**overrides: int) -> ConsumeSettings:
+    values = dict(batch_size=10, block_ms=0, claim_idle_ms=IDLE_MS, reclaim_interval_ms=1,
+                  max_deliveries=3)
+    values.update(overrides)
+    return ConsumeSettings(**values)
+
+
+def drain(loop: ConsumerLoop, rounds: int = 50) -> None:
+    for _ in range(rounds):
+        loop.run_once(block_ms=0)
+
+
+def test_events_arrive_in_publish_order_per_topic_and_decode_equal(bus_factory):
+    bus = bus_factory()
+    published_a = [heartbeat(i, "a") for i in range(40)]
+    published_b = [heartbeat(i, "b") for i in range(40)]
+    for a, b in zip(published_a, published_b):
+        bus.publish("alpha", a)
+        bus.publish("beta", b)
+    consumer = bus.consumer("svc", "c1", ["alpha", "beta"])
+    received: dict[str, list[Envelope]] = {"alpha": [], "beta": []}
+    while deliveries := consumer.read(7):
+        for delivery in deliveries:
+            received[delivery.topic].append(delivery.event)
+        consumer.ack(deliveries)
+    assert received["alpha"] == published_a
+    assert received["beta"] == published_b
+    assert consumer.pending_count() == 0
+
+
+def test_publish_many_keeps_order_and_ids_increase(bus_factory):
+    bus = bus_factory()
+    events = [heartbeat(i) for i in range(25)]
+    ids = bus.publish_many("alpha", events)
+    assert len(ids) == 25 and len(set(ids)) == 25
+    parsed = [tuple(int(part) for part in i.split("-")) for i in ids]
+    assert parsed == sorted(parsed)
+    consumer = bus.consumer("svc", "c1", ["alpha"])
+    assert [d.event for d in consumer.read(100)] == events
+
+
+def test_new_group_sees_messages_published_before_it_joined(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(5)])
+    late = bus.consumer("late-service", "c1", ["alpha"])
+    assert [d.event.payload.processed for d in late.read(10)] == [0, 1, 2, 3, 4]
+
+
+def test_two_consumers_in_one_group_split_the_work_without_overlap(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(60)])
+    seen: dict[str, list[int]] = {"c1": [], "c2": []}
+    loops = {
+        name: ConsumerLoop(
+            bus_factory().consumer("svc", name, ["alpha"]),
+            lambda event, name=name: seen[name].append(event.payload.processed),
+            settings(),
+        )
+        for name in seen
+    }
+    for _ in range(10):
+        for loop in loops.values():
+            loop.run_once(block_ms=0)
+    assert seen["c1"] and seen["c2"], "both members should get a share"
+    assert sorted(seen["c1"] + seen["c2"]) == list(range(60))
+    assert not set(seen["c1"]) & set(seen["c2"])
+
+
+def test_each_group_receives_every_message(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(12)])
+    got: dict[str, list[int]] = {"factor-update": [], "signal": []}
+    for group in got:
+        drain(ConsumerLoop(bus.consumer(group, "c1", ["alpha"]),
+                           lambda e, g=group: got[g].append(e.payload.processed), settings()))
+    assert got["factor-update"] == list(range(12)) == got["signal"]
+
+
+def test_consumer_killed_before_ack_loses_nothing_and_effect_happens_once(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(6)])
+    doomed = bus_factory().consumer("svc", "doomed", ["alpha"])
+    taken = doomed.read(3)  # read, then "killed": no handler ran, no ack
+    assert len(taken) == 3
+    doomed.close()
+
+    effects: list[int] = []
+    survivor = ConsumerLoop(bus_factory().consumer("svc", "survivor", ["alpha"]),
+                            lambda e: effects.append(e.payload.processed), settings())
+    survivor.run_once(block_ms=0)  # reclaim finds nothing idle yet; reads the 3 new ones
+    assert sorted(effects) == [3, 4, 5]
+    time.sleep(IDLE_MS * 2 / 1000)
+    survivor.reclaim()
+    assert sorted(effects) == [0, 1, 2, 3, 4, 5]
+    assert survivor.stats.reclaimed == 3
+    assert survivor.consumer.pending_count() == 0
+
+
+def test_consumer_killed_after_applying_but_before_ack_is_not_applied_twice(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(4)])
+    effects: list[int] = []
+    doomed = bus_factory().consumer("svc", "doomed", ["alpha"])
+    taken = doomed.read(10)
+    for delivery in taken:
+        effects.append(delivery.event.payload.processed)
+    doomed.mark_processed(taken)  # the effect is recorded...
+    doomed.close()  # ...and the process dies before XACK
+
+    survivor = ConsumerLoop(bus_factory().consumer("svc", "survivor", ["alpha"]),
+                            lambda e: effects.append(e.payload.processed), settings())
+    time.sleep(IDLE_MS * 2 / 1000)
+    survivor.reclaim()
+    assert effects == [0, 1, 2, 3]
+    assert survivor.stats.duplicates == 4
+    assert survivor.consumer.pending_count() == 0
+
+
+def test_republished_event_with_same_id_is_applied_once(bus_factory):
+    bus = bus_factory()
+    event = heartbeat(7)
+    bus.publish("alpha", event)
+    bus.publish("alpha", event)  # a publisher retry after a lost reply
+    bus.publish("alpha", heartbeat(8))
+    effects: list[str] = []
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), lambda e: effects.append(e.id),
+                        settings())
+    drain(loop)
+    assert effects == [event.id, effects[1]] and len(effects) == 2
+    assert loop.stats.duplicates == 1
+    assert loop.consumer.pending_count() == 0
+
+
+def test_undecodable_message_is_dead_lettered_with_reason_and_the_rest_flow_on(bus_factory):
+    bus = bus_factory()
+    bus.publish("alpha", heartbeat(1))
+    bad = encode(heartbeat(2)).replace(b'"processed":2', b'"processed":"two"')
+    bus.publish_raw("alpha", bad)
+    bus.publish_raw("alpha", b"\x00not json")
+    bus.publish("alpha", heartbeat(3))
+    effects: list[int] = []
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]),
+                        lambda e: effects.append(e.payload.processed), settings())
+    drain(loop)
+    assert effects == [1, 3]
+    letters = bus.dead_letters()
+    assert [letter.data for letter in letters] == [bad, b"\x00not json"]
+    assert "payload.processed" in letters[0].reason and "int" in letters[0].reason
+    assert "not a JSON event" in letters[1].reason
+    assert all(letter.group == "svc" and letter.topic == "alpha" for letter in letters)
+    assert loop.consumer.pending_count() == 0
+
+
+def test_poison_message_is_dead_lettered_after_max_deliveries_while_others_flow(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(5)])
+    calls: list[int] = []
+
+    def handler(event: Envelope) -> None:
+        calls.append(event.payload.processed)
+        if event.payload.processed == 2:
+            raise ValueError("cannot price asset")
+
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), handler, settings(max_deliveries=3))
+    for _ in range(6):
+        loop.run_once(block_ms=0)
+        time.sleep(IDLE_MS * 1.5 / 1000)
+    assert calls.count(2) == 3
+    assert sorted(set(calls)) == [0, 1, 2, 3, 4]
+    assert [c for c in calls if c != 2] == [0, 1, 3, 4]
+    (letter,) = bus.dead_letters()
+    assert letter.attempts == 3
+    assert "ValueError: cannot price asset" in letter.reason
+    assert decode(letter.data).payload.processed == 2
+    assert loop.stats.dead_lettered == 1
+    assert loop.consumer.pending_count() == 0
+
+
+def test_message_whose_consumers_keep_dying_is_dead_lettered(bus_factory):
+    bus = bus_factory()
+    bus.publish("alpha", heartbeat(9))
+    for attempt in range(3):  # three members each take it and die
+        member = bus_factory().consumer("svc", f"dies-{attempt}", ["alpha"])
+        taken = member.read(1) if attempt == 0 else member.reclaim(0, 10)
+        assert len(taken) == 1 and taken[0].attempts == attempt + 1
+    time.sleep(IDLE_MS * 2 / 1000)
+    effects: list[int] = []
+    loop = ConsumerLoop(bus.consumer("svc", "last", ["alpha"]),
+                        lambda e: effects.append(e.payload.processed), settings(max_deliveries=3))
+    loop.reclaim()
+    assert effects == []
+    (letter,) = bus.dead_letters()
+    assert "died or stalled" in letter.reason and letter.attempts == 4
+    assert loop.consumer.pending_count() == 0
+
+
+def test_failed_handler_is_retried_and_succeeds_without_dead_letter(bus_factory):
+    bus = bus_factory()
+    bus.publish("alpha", heartbeat(1))
+    failures = iter([True, False])
+    effects: list[int] = []
+
+    def flaky(event: Envelope) -> None:
+        if next(failures):
+            raise ConnectionError("broker timeout")
+        effects.append(event.payload.processed)
+
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), flaky, settings())
+    loop.run_once(block_ms=0)
+    time.sleep(IDLE_MS * 2 / 1000)
+    loop.run_once(block_ms=0)
+    assert effects == [1]
+    assert bus.dead_letters() == []
+    assert loop.stats.failed == 1 and loop.consumer.pending_count() == 0
