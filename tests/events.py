@@ -22,8 +22,8 @@ def order_request(sequence: int) -> Envelope:
     """A realistic ~400-byte order event."""
     return make_event(
         OrderRequest(
-            client_order_id=f"rb-20240101-0001-BTC-USDT-{sequence:06d}",
-            rebalance_id="rb-20240101-0001",
+            client_order_id=f"df-paper-rb-20240101T000000Z-monthly-BTC-USDT-{sequence:06d}",
+            rebalance_id="df-paper-rb-20240101T000000Z-monthly",
             symbol="BTC/USDT",
             side="buy",
             quantity=0.125 + sequence * 1e-6,
@@ -32,7 +32,7 @@ def order_request(sequence: int) -> Envelope:
             reference_price=42_100.0,
         ),
         source="rebalance",
-        corr="rb-20240101-0001",
+        corr="df-paper-rb-20240101T000000Z-monthly",
         ts=T0,
     )
 

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from engine.errors import BusError, EventDecodeError
 from engine.events import Envelope
 
@@ -31,13 +33,13 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One message handed to one consumer.
 
     ``attempts`` counts deliveries of this message to the group, this one included. Exactly
     one of ``event`` and ``error`` is set: a message that failed to decode is still delivered,
-    so the consumer can dead-letter it with the reason instead of losing it.
+    so the consumer can dead-letter it with the reason instead of losing it. A msgspec Struct
+    rather than a frozen dataclass: one is made per message, and this is ~10x cheaper to build.
     """
 
     topic: str

@@ -77,20 +77,25 @@ class ConsumerLoop:
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
         applied_ids: set[str] = set()
-        for delivery, was_seen in zip(candidates, seen):
-            event = delivery.event
-            assert event is not None
-            if was_seen or event.id in applied_ids:
-                duplicates.append(delivery)
-                continue
-            with structlog.contextvars.bound_contextvars(corr=event.corr):
+        # bind once per event (cheap), restore the caller's context once per batch
+        outer_context = structlog.contextvars.bind_contextvars(corr=None)
+        try:
+            for delivery, was_seen in zip(candidates, seen):
+                event = delivery.event
+                assert event is not None
+                if was_seen or event.id in applied_ids:
+                    duplicates.append(delivery)
+                    continue
+                structlog.contextvars.bind_contextvars(corr=event.corr)
                 try:
                     self.handler(event)
                 except Exception as error:  # a handler bug must not stop the service
                     self._handle_failure(delivery, error)
                     continue
-            applied.append(delivery)
-            applied_ids.add(event.id)
+                applied.append(delivery)
+                applied_ids.add(event.id)
+        finally:
+            structlog.contextvars.reset_contextvars(**outer_context)
         if applied:
             self.consumer.commit(applied)
         if duplicates:

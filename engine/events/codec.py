@@ -44,9 +44,27 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     payload: msgspec.Raw
 
 
+def _typed_wire(payload_type: type[EventPayload]) -> type[msgspec.Struct]:
+    return msgspec.defstruct(
+        f"_Wire{payload_type.TYPE}",
+        [(name, msgspec.structs.fields(_WireEnvelope)[i].type) for i, name in
+         enumerate(_WireEnvelope.__struct_fields__) if name != "payload"]
+        + [("payload", payload_type)],
+        frozen=True,
+        kw_only=True,
+        forbid_unknown_fields=True,
+    )
+
+
 _encoder = msgspec.json.Encoder()
 _wire_decoder = msgspec.json.Decoder(_WireEnvelope)
 _payload_decoders = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOAD_BY_TYPE.items()}
+_typed_decoders = {
+    name.encode(): (cls.VERSION, msgspec.json.Decoder(_typed_wire(cls)))
+    for name, cls in PAYLOAD_BY_TYPE.items()
+}
+# Our encoder writes fields in declaration order, so "type" sits right after the 26-char id.
+_TYPE_MARK = b'"type":"'
 
 
 def encode(event: Envelope) -> bytes:
@@ -70,6 +88,10 @@ def _field_and_problem(error: msgspec.MsgspecError, prefix: str) -> tuple[str, s
 def decode(data: bytes | bytearray | memoryview | str) -> Envelope:
     """Return the event encoded in ``data``.
 
+    The fast path reads the type near the start and decodes envelope and payload in one
+    pass; anything unusual (other field order, an error) takes the two-step path, which
+    also produces the precise error.
+
     Raises
     ------
     EventDecodeError
@@ -77,6 +99,25 @@ def decode(data: bytes | bytearray | memoryview | str) -> Envelope:
         unknown, or the schema version is newer than this build understands. The error names
         the field and the problem.
     """
+    if isinstance(data, bytes):
+        start = data.find(_TYPE_MARK, 0, 64)
+        if start > 0:
+            start += len(_TYPE_MARK)
+            known = _typed_decoders.get(data[start:data.find(b'"', start, start + 40)])
+            if known is not None:
+                try:
+                    typed = known[1].decode(data)
+                except msgspec.MsgspecError:
+                    pass  # diagnose below
+                else:
+                    if 1 <= typed.v <= known[0]:
+                        return Envelope(id=typed.id, type=typed.type, v=typed.v, ts=typed.ts,
+                                        source=typed.source, corr=typed.corr,
+                                        payload=typed.payload)
+    return _decode_two_step(data)
+
+
+def _decode_two_step(data: bytes | bytearray | memoryview | str) -> Envelope:
     try:
         wire = _wire_decoder.decode(data)
     except msgspec.ValidationError as error:

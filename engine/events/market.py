@@ -42,14 +42,18 @@ class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     volume: tuple[NonNegativeFloat, ...] | None = None
 
     def __post_init__(self) -> None:
+        # Runs on every decode: the common case is one chained comparison and one set.
         n = len(self.symbols)
-        columns = {"open": self.open, "high": self.high, "low": self.low, "close": self.close}
-        if self.volume is not None:
-            columns["volume"] = self.volume
-        for name, column in columns.items():
-            if len(column) != n:
-                raise ValueError(f"BarSet.{name} has {len(column)} values for {n} symbols")
-        _check_unique(self.symbols, "BarSet")
+        volume_ok = self.volume is None or len(self.volume) == n
+        if not (len(self.open) == len(self.high) == len(self.low) == len(self.close) == n
+                and volume_ok):
+            columns = {"open": self.open, "high": self.high, "low": self.low,
+                       "close": self.close, "volume": self.volume or ()}
+            name, column = next((k, v) for k, v in columns.items()
+                                if len(v) != n and (k != "volume" or self.volume is not None))
+            raise ValueError(f"BarSet.{name} has {len(column)} values for {n} symbols")
+        if len(set(self.symbols)) != n:
+            _check_unique(self.symbols, "BarSet")
 
 
 class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
