@@ -79,6 +79,7 @@ class ConsumerLoop:
         applied_ids: set[str] = set()
         # bind once per event (cheap), restore the caller's context once per batch
         outer_context = structlog.contextvars.bind_contextvars(corr=None)
+        bound_corr: str | None = None
         try:
             for delivery, was_seen in zip(candidates, seen):
                 event = delivery.event
@@ -86,7 +87,9 @@ class ConsumerLoop:
                 if was_seen or event.id in applied_ids:
                     duplicates.append(delivery)
                     continue
-                structlog.contextvars.bind_contextvars(corr=event.corr)
+                if event.corr != bound_corr:  # bursts share a corr: bind once
+                    structlog.contextvars.bind_contextvars(corr=event.corr)
+                    bound_corr = event.corr
                 try:
                     self.handler(event)
                 except Exception as error:  # a handler bug must not stop the service
