@@ -24,6 +24,7 @@ def order_request(sequence: int) -> Envelope:
         OrderRequest(
             client_order_id=f"df-paper-rb-20240101T000000Z-monthly-BTC-USDT-{sequence:06d}",
             rebalance_id="df-paper-rb-20240101T000000Z-monthly",
+            asof=T0,
             symbol="BTC/USDT",
             side="buy",
             quantity=0.125 + sequence * 1e-6,

@@ -32,7 +32,12 @@ class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class RebalanceDue(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A schedule fired: the rebalance identified by ``rebalance_id`` should happen now."""
+    """A schedule fired: the rebalance identified by ``rebalance_id`` should happen now.
+
+    ``decision_time`` is the close time of the last bar the decision may use (the last bar
+    closing at or before ``due``), so a rebalancer that receives the tick late, or ahead of
+    that bar's signal, still decides on exactly that bar: never a later one.
+    """
 
     TYPE: ClassVar[str] = "RebalanceDue"
     TOPIC: ClassVar[str] = "schedule"
@@ -40,6 +45,7 @@ class RebalanceDue(EventPayload, frozen=True, kw_only=True, forbid_unknown_field
     rebalance_id: Identifier
     schedule: str
     due: UtcDatetime
+    decision_time: UtcDatetime
 
 
 class TargetPortfolio(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -60,8 +60,9 @@ class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fie
     """Standardised factor exposures of every asset at ``asof``, plus last period's factor
     performance and market-state features that the signal model reads.
 
-    ``exposures[i][j]`` is asset ``symbols[i]`` on factor ``factor_names[j]``; None marks an
-    asset without enough history for that factor (excluded, never zero-filled).
+    Column-wise like BarSet: ``exposures[j][i]`` is factor ``factor_names[j]`` of asset
+    ``symbols[i]``. None marks an asset without enough history for that factor (excluded,
+    never zero-filled). ``asof`` is the close time of the bar the exposures were computed on.
     """
 
     TYPE: ClassVar[str] = "FactorSnapshot"
@@ -76,16 +77,17 @@ class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fie
     market_state: dict[str, float] = {}
 
     def __post_init__(self) -> None:
-        if len(self.exposures) != len(self.symbols):
+        if len(self.exposures) != len(self.factor_names):
             raise ValueError(
-                f"FactorSnapshot.exposures has {len(self.exposures)} rows for "
-                f"{len(self.symbols)} symbols"
+                f"FactorSnapshot.exposures has {len(self.exposures)} columns for "
+                f"{len(self.factor_names)} factors"
             )
-        width = len(self.factor_names)
-        for row_index, row in enumerate(self.exposures):
-            if len(row) != width:
+        n = len(self.symbols)
+        for index, column in enumerate(self.exposures):
+            if len(column) != n:
                 raise ValueError(
-                    f"FactorSnapshot.exposures[{row_index}] has {len(row)} values for "
-                    f"{width} factors"
+                    f"FactorSnapshot.exposures[{index}] ({self.factor_names[index]}) has "
+                    f"{len(column)} values for {n} symbols"
                 )
-        _check_unique(self.symbols, "FactorSnapshot")
+        if len(set(self.symbols)) != n:
+            _check_unique(self.symbols, "FactorSnapshot")

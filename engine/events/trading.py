@@ -8,6 +8,7 @@ from engine.events.base import (
     EventPayload,
     Identifier,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     Symbol,
     UtcDatetime,
@@ -24,7 +25,8 @@ class OrderRequest(EventPayload, frozen=True, kw_only=True, forbid_unknown_field
     """An order the rebalancer wants placed.
 
     ``client_order_id`` is derived from the rebalance id and symbol, so a re-delivered request
-    is recognised by the broker adapter and never trades twice.
+    is recognised by the broker adapter and never trades twice. ``asof`` is the close time of
+    the bar the decision was made on; ``reference_price`` is that bar's close.
     """
 
     TYPE: ClassVar[str] = "OrderRequest"
@@ -32,6 +34,7 @@ class OrderRequest(EventPayload, frozen=True, kw_only=True, forbid_unknown_field
 
     client_order_id: Identifier
     rebalance_id: Identifier
+    asof: UtcDatetime
     symbol: Symbol
     side: Side
     quantity: PositiveFloat
@@ -81,7 +84,11 @@ class Fill(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class PortfolioSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The account marked to market: ``equity == cash + sum(positions * prices)``."""
+    """The account marked to market: ``equity == cash + sum(positions * prices)``.
+
+    ``fills_applied`` counts the fills in the books so far, so an auditor can rebuild exactly
+    this state from the first ``fills_applied`` fills of the ledger.
+    """
 
     TYPE: ClassVar[str] = "PortfolioSnapshot"
     TOPIC: ClassVar[str] = "portfolio"
@@ -94,3 +101,4 @@ class PortfolioSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_
     gross_exposure: NonNegativeFloat
     high_water_mark: float
     drawdown: NonNegativeFloat
+    fills_applied: NonNegativeInt = 0

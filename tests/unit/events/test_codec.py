@@ -33,11 +33,11 @@ from tests.strategies import bar_sets
 ONE_OF_EACH = [
     bar_set(3),
     FactorSnapshot(asof=T0, symbols=("A", "B"), factor_names=("mom_12_1", "vol"),
-                   exposures=((0.5, None), (-0.5, 1.2)), factor_ic={"mom_12_1": 0.03, "vol": None},
+                   exposures=((0.5, -0.5), (None, 1.2)), factor_ic={"mom_12_1": 0.03, "vol": None},
                    factor_returns={"mom_12_1": 0.01}, market_state={"drawdown": 0.1}),
     Signal(asof=T0, model="lstm-v1", factor_weights={"mom_12_1": 0.7, "vol": 0.3},
            symbols=("A", "B"), scores=(0.4, -0.1)),
-    RebalanceDue(rebalance_id="rb-1", schedule="cron:0 0 1 * *", due=T0),
+    RebalanceDue(rebalance_id="rb-1", schedule="cron:0 0 1 * *", due=T0, decision_time=T0),
     TargetPortfolio(rebalance_id="rb-1", asof=T0, symbols=("A",), weights=(0.6,), cash_weight=0.4,
                     risk_actions=("var_limit",)),
     order_request(1).payload,
@@ -47,7 +47,7 @@ ONE_OF_EACH = [
          price=10.5, fee=0.021, fee_currency="USDT", executed_at=T0),
     PortfolioSnapshot(asof=T0, equity=1000.0, cash=979.0, positions={"A": 2.0},
                       prices={"A": 10.5}, gross_exposure=0.021, high_water_mark=1000.0,
-                      drawdown=0.0),
+                      drawdown=0.0, fills_applied=1),
     RiskAlert(kind="var_limit", severity="warning", message="VaR 99% above limit",
               action="scale_exposure", metrics={"var_99": 0.061, "limit": 0.05}),
     Control(command="halt", flatten=True, reason="operator"),
@@ -143,8 +143,8 @@ def test_bar_set_rejects_ragged_columns_and_duplicate_symbols():
                low=(1.0, 1.0), close=(1.0, 1.0))
 
 
-def test_factor_snapshot_rejects_a_short_row():
-    with pytest.raises(ValueError, match=r"exposures\[1\] has 1 values for 2 factors"):
+def test_factor_snapshot_rejects_a_short_column():
+    with pytest.raises(ValueError, match=r"exposures\[1\] \(g\) has 1 values for 2 symbols"):
         FactorSnapshot(asof=T0, symbols=("A", "B"), factor_names=("f", "g"),
                        exposures=((1.0, 2.0), (1.0,)))
 
