@@ -39,3 +39,7 @@ class BusError(DeepfactorError):
 
 class BusUnavailableError(BusError):
     """Redis stayed unreachable for longer than the caller was willing to wait."""
+
+
+class DataError(DeepfactorError):
+    """Market data is malformed; the message names the file, the row or symbol, and why."""

@@ -1,18 +1,27 @@
 """``deepfactor`` command line: parse, load config, call into services, return an exit code.
 
-Heavy libraries (torch, pandas) are imported inside the commands that use them, so start-up
-stays fast for everything else.
+Heavy libraries (numpy, pandas, torch) are imported inside the commands that use them, so
+start-up stays fast and ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import FrameType
 
 EXIT_OK = 0
-EXIT_USAGE = 2  # bad arguments or bad config: nothing was started
+EXIT_FAILED = 1  # the run started and failed
+EXIT_USAGE = 2  # bad arguments, config or data: nothing was started
+EXIT_INTERRUPTED = 130
+
+STRATEGIES = ("equal-weight",)
 
 
 def _version() -> str:
@@ -20,6 +29,20 @@ def _version() -> str:
         return version("deepfactor")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _load(arguments: argparse.Namespace, service: str):  # -> Config
+    from engine.config import load_config
+    from engine.logging import configure_logging
+
+    config = load_config(arguments.config)
+    configure_logging(service, config.log.level, config.log.format)
+    return config
 
 
 def _config_check(arguments: argparse.Namespace) -> int:
@@ -32,10 +55,110 @@ def _config_check(arguments: argparse.Namespace) -> int:
     try:
         config = load_config(arguments.config)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(str(error))
     shown = redact_secrets(None, "info", msgspec.to_builtins(config))
     print(msgspec.json.format(msgspec.json.encode(shown), indent=2).decode())
+    return EXIT_OK
+
+
+def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
+    rows = [
+        ("bars", f"{summary['bars']}"),
+        ("period", f"{summary['start']} .. {summary['end']}"),
+        ("final equity", f"{summary['final_equity']:,.2f}"),
+        ("total return", f"{summary['total_return']:+.2%}"),
+        ("max drawdown", f"{summary['max_drawdown']:.2%}"),
+        ("sharpe", f"{summary['sharpe']:.2f}"),
+        ("VaR 95 / 99", f"{summary['var_95']:.2%} / {summary['var_99']:.2%}"),
+        ("orders / fills", f"{summary['orders']} / {summary['fills']}"),
+        ("fees", f"{summary['fees']:,.2f}"),
+        ("written to", str(out_dir)),
+    ]
+    print(title)
+    for name, value in rows:
+        print(f"  {name:<15} {value}")
+
+
+def _backtest(arguments: argparse.Namespace) -> int:
+    from engine.data import load_panel
+    from engine.errors import ConfigError, DataError
+
+    if arguments.strategy not in STRATEGIES:
+        return _error(f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}")
+    try:
+        config = _load(arguments, "backtest")
+        panel = load_panel(arguments.data)
+        from services.backtest import run_backtest
+
+        summary = run_backtest(config, panel, Path(arguments.out))
+    except (ConfigError, DataError) as error:
+        return _error(str(error))
+    _print_summary("backtest", summary, Path(arguments.out))
+    return EXIT_OK
+
+
+def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
+    from engine.data import load_panel, synthetic_panel
+
+    bars = config.paper.bars if arguments.bars is None else arguments.bars
+    if arguments.data:
+        panel = load_panel(arguments.data)
+        return panel.slice(0, bars) if bars else panel
+    market = config.market
+    return synthetic_panel(market.symbols, bars or 250, seed=market.seed, start=market.start,
+                           timeframe=market.timeframe.upper())
+
+
+def _parse_speed(text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    if text == "max":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speed must be a number of bars per second or 'max', "
+                                         f"received {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--speed must be positive or 'max', received {text!r}")
+    return value
+
+
+def _paper(arguments: argparse.Namespace) -> int:
+    import os
+
+    from engine.errors import BusError, ConfigError, DataError
+
+    try:
+        if arguments.redis_url:
+            os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
+        config = _load(arguments, "paper")
+        speed = _parse_speed(arguments.speed, config.paper.speed)
+        panel = _paper_panel(arguments, config)
+    except (ConfigError, DataError, argparse.ArgumentTypeError) as error:
+        return _error(str(error))
+    out_dir = Path(arguments.out or config.run.run_dir)
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # second signal: cold stop
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        from services.paper import run_paper
+
+        run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BusError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    _print_summary("paper" + (" (stopped early)" if run.interrupted else ""), run.summary, out_dir)
     return EXIT_OK
 
 
@@ -47,6 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepfactor {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    paper = commands.add_parser("paper", help="paper-trade every service over Redis against the "
+                                              "simulated broker")
+    paper.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
+    source = paper.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="F", help="replay this market-data file")
+    source.add_argument("--synthetic", action="store_true",
+                        help="replay the seeded synthetic market (the default for now)")
+    paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
+    paper.add_argument("--speed", metavar="X|max", help="bars per second, or max")
+    paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")
+    paper.add_argument("--redis-url", metavar="URL",
+                       help="Redis to use instead of a private server in the run directory")
+    paper.set_defaults(run=_paper)
+
+    backtest = commands.add_parser("backtest", help="run the services in one process on a data "
+                                                    "file and write summary.json and equity.csv")
+    backtest.add_argument("--data", metavar="F", required=True,
+                          help="long OHLCV or wide close-only file (CSV, CSV.gz, Parquet)")
+    backtest.add_argument("--out", metavar="DIR", required=True)
+    backtest.add_argument("--config", metavar="F")
+    backtest.add_argument("--strategy", metavar="NAME", default="equal-weight",
+                          help=f"signal model: {', '.join(STRATEGIES)}")
+    backtest.set_defaults(run=_backtest)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)

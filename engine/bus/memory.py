@@ -45,10 +45,16 @@ class MemoryBus(Bus):
         self._processed: dict[str, set[str]] = {}
         self._dead_letters: list[DeadLetter] = []
 
+    def _log(self, topic: str) -> list[tuple[str, Envelope | bytes]]:
+        log = self._topics.get(topic)
+        if log is None:
+            log = self._topics[check_topic(topic)] = []
+        return log
+
     def _append(self, topic: str, item: Envelope | bytes) -> str:
         self._sequence += 1
         message_id = f"{self._sequence}-0"
-        self._topics.setdefault(check_topic(topic), []).append((message_id, item))
+        self._log(topic).append((message_id, item))
         return message_id
 
     def publish(self, topic: str, event: Envelope) -> str:
@@ -59,7 +65,11 @@ class MemoryBus(Bus):
 
     def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
         with self._condition:
-            ids = [self._append(topic, event) for event in events]
+            log = self._log(topic)
+            first = self._sequence + 1
+            self._sequence += len(events)
+            ids = [f"{sequence}-0" for sequence in range(first, self._sequence + 1)]
+            log.extend(zip(ids, events))
             self._condition.notify_all()
         return ids
 
@@ -111,12 +121,20 @@ class MemoryConsumer(Consumer):
         for topic in self.topics:
             group = bus._groups[(topic, self.group)]
             log = bus._topics[topic]
-            while group.next_index < len(log) and len(out) < count:
-                index = group.next_index
+            start = group.next_index
+            stop = min(len(log), start + count - len(out))
+            if stop <= start:
+                continue
+            group.next_index = stop
+            pending = group.pending
+            name = self.name
+            for index in range(start, stop):
                 message_id, item = log[index]
-                group.next_index += 1
-                group.pending[message_id] = _Pending(self.name, now, 1, index)
-                out.append(_delivery(topic, message_id, item, 1))
+                pending[message_id] = _Pending(name, now, 1, index)
+                if item.__class__ is Envelope:
+                    out.append(Delivery(topic, message_id, 1, item))
+                else:
+                    out.append(_delivery(topic, message_id, item, 1))
         return out
 
     def read(self, count: int, block_ms: int = 0) -> list[Delivery]:

@@ -1,6 +1,32 @@
 """Typed configuration: one TOML file, environment overrides, validated once at start-up."""
 
 from engine.config.loader import ENV_PREFIX, load_config
-from engine.config.schema import BusConfig, Config, LogConfig, RunConfig
+from engine.config.schema import (
+    BrokerConfig,
+    BusConfig,
+    Config,
+    FactorConfig,
+    LogConfig,
+    MarketConfig,
+    PaperConfig,
+    PortfolioConfig,
+    RunConfig,
+    ScheduleConfig,
+    StrategyConfig,
+)
 
-__all__ = ["ENV_PREFIX", "BusConfig", "Config", "LogConfig", "RunConfig", "load_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "BrokerConfig",
+    "BusConfig",
+    "Config",
+    "FactorConfig",
+    "LogConfig",
+    "MarketConfig",
+    "PaperConfig",
+    "PortfolioConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "StrategyConfig",
+    "load_config",
+]

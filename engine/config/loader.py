@@ -5,6 +5,7 @@ was received."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -63,10 +64,15 @@ def _describe(path: str) -> str:
 
 def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     node: Any = tree
-    for part in [p for p in path.removeprefix("$").split(".") if p]:
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path.removeprefix("$")):
+        if key:
+            if not isinstance(node, Mapping) or key not in node:
+                return False, None
+            node = node[key]
+        else:
+            if not isinstance(node, list) or int(index) >= len(node):
+                return False, None
+            node = node[int(index)]
     return True, node
 
 

@@ -53,9 +53,90 @@ class LogConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     format: Literal["auto", "json", "console"] = "auto"
 
 
+Fraction = Annotated[float, msgspec.Meta(gt=0, le=1)]
+Timeframe = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]*[smhdw]$")]
+IsoDate = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+
+
+class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where bars come from when no ``--data`` file is given: the seeded synthetic market."""
+
+    symbols: PositiveInt = 20
+    seed: int = 7
+    start: IsoDate = "2020-01-01"
+    timeframe: Timeframe = "1d"
+
+
+class ScheduleConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When to rebalance: a 5-field crontab expression in UTC, or an interval like ``7d``."""
+
+    name: Name = "weekly"
+    cron: str = "0 0 * * MON"
+    interval: str = ""
+
+
+class FactorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One factor of the strategy: its name in the factor library, lookbacks, and weight."""
+
+    name: str
+    lookback: PositiveInt
+    skip: NonNegativeInt = 0
+    weight: float = 1.0
+
+
+_DEFAULT_FACTORS = (
+    FactorConfig(name="momentum", lookback=60, skip=5),
+    FactorConfig(name="reversal", lookback=5),
+    FactorConfig(name="low_volatility", lookback=20),
+)
+
+
+class StrategyConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which signal model scores assets, from which factors."""
+
+    name: Literal["equal-weight"] = "equal-weight"
+    factors: tuple[FactorConfig, ...] = _DEFAULT_FACTORS
+    # "bar": exposures on every bar (what a model reading factor history needs);
+    # "rebalance": only at each rebalance's decision bar (all a periodic strategy reads).
+    compute_on: Literal["bar", "rebalance"] = "bar"
+
+
+class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How scores become holdings: the top fraction of assets, equal-weight, long-only."""
+
+    initial_cash: PositiveFloat = 1_000_000.0
+    top_fraction: Fraction = 0.25
+    gross_exposure: Fraction = 1.0
+    min_order_notional: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The simulated broker: fees as a fraction of notional, and which price fills."""
+
+    fee_rate: Annotated[float, msgspec.Meta(ge=0, lt=0.1)] = 0.001
+    fill_price: Literal["next_open", "close"] = "next_open"
+    fractional: bool = True
+    quote_currency: str = "USDT"
+
+
+class PaperConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Paper replay pace: ``bars`` to run (0: the whole source) at ``speed`` bars per second
+    (0: as fast as the services keep up)."""
+
+    bars: NonNegativeInt = 250
+    speed: Annotated[float, msgspec.Meta(ge=0)] = 50.0
+    heartbeat_s: PositiveFloat = 5.0
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A whole deepfactor config, as validated at start-up."""
 
     run: RunConfig = RunConfig()
     bus: BusConfig = BusConfig()
     log: LogConfig = LogConfig()
+    market: MarketConfig = MarketConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    portfolio: PortfolioConfig = PortfolioConfig()
+    broker: BrokerConfig = BrokerConfig()
+    paper: PaperConfig = PaperConfig()

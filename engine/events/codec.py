@@ -63,7 +63,7 @@ _typed_decoders = {
     name.encode(): (cls.VERSION, msgspec.json.Decoder(_typed_wire(cls)))
     for name, cls in PAYLOAD_BY_TYPE.items()
 }
-# Our encoder writes fields in declaration order, so "type" sits right after the 26-char id.
+# Our encoder writes fields in declaration order, so "type" sits right after the 32-char id.
 _TYPE_MARK = b'"type":"'
 
 

@@ -11,7 +11,9 @@ from engine.events.base import EventPayload, Identifier, NonNegativeFloat, Symbo
 class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Per-asset scores for the next period and the factor weights that produced them.
 
-    ``fallback`` is True when the model was unusable and a baseline weighting was served.
+    ``asof`` is the close time of the bar the scores were computed on; a missing score (NaN
+    in process, None after decoding) marks an asset that cannot be scored. ``fallback`` is True when the model was
+    unusable and a baseline weighting was served.
     """
 
     TYPE: ClassVar[str] = "Signal"
@@ -21,7 +23,7 @@ class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     model: str
     factor_weights: dict[str, float]
     symbols: tuple[Symbol, ...]
-    scores: tuple[float, ...]
+    scores: tuple[float | None, ...]
     fallback: bool = False
 
     def __post_init__(self) -> None:

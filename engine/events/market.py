@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from datetime import datetime
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -13,6 +14,7 @@ from engine.events.base import (
     Symbol,
     UtcDatetime,
 )
+from engine.timeframes import timeframe_delta
 
 
 def _check_unique(symbols: tuple[str, ...], owner: str) -> None:
@@ -32,7 +34,7 @@ class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     TYPE: ClassVar[str] = "BarSet"
     TOPIC: ClassVar[str] = "bars"
 
-    timeframe: str = msgspec.field(default="1d")
+    timeframe: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]*[smhdw]$")] = "1d"
     bar_open: UtcDatetime
     symbols: tuple[Symbol, ...]
     open: tuple[PositiveFloat, ...]
@@ -55,14 +57,20 @@ class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
         if len(set(self.symbols)) != n:
             _check_unique(self.symbols, "BarSet")
 
+    @property
+    def close_time(self) -> datetime:
+        """When these bars closed: the event time of the set."""
+        return self.bar_open + timeframe_delta(self.timeframe)
+
 
 class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Standardised factor exposures of every asset at ``asof``, plus last period's factor
     performance and market-state features that the signal model reads.
 
     Column-wise like BarSet: ``exposures[j][i]`` is factor ``factor_names[j]`` of asset
-    ``symbols[i]``. None marks an asset without enough history for that factor (excluded,
-    never zero-filled). ``asof`` is the close time of the bar the exposures were computed on.
+    ``symbols[i]``. A missing value (NaN in process, null on the wire, None after decoding)
+    marks an asset without enough history for that factor: excluded, never zero-filled.
+    ``asof`` is the close time of the bar the exposures were computed on.
     """
 
     TYPE: ClassVar[str] = "FactorSnapshot"

@@ -1,0 +1,52 @@
+"""Execution service: hands OrderRequests to the broker adapter and publishes what comes back
+(OrderUpdate, Fill). The simulated broker is fed the same bars the strategy sees."""
+
+from __future__ import annotations
+
+import structlog
+
+from brokers.simulated import SimulatedBroker
+from engine.bus import Bus
+from engine.clock import Clock
+from engine.events import BarSet, Control, Envelope, EventPayload, OrderRequest, OrderUpdate
+from services.runtime import Handler, Service
+
+log = structlog.get_logger("services.execution")
+
+
+class ExecutionService(Service):
+    """Routes orders to a broker; refuses new orders while halted."""
+
+    name = "execution"
+
+    def __init__(self, bus: Bus, clock: Clock, broker: SimulatedBroker) -> None:
+        self.broker = broker
+        self.orders_received = 0
+        super().__init__(bus, clock)
+
+    def handlers(self) -> dict[type[EventPayload], Handler]:
+        return {OrderRequest: self.on_order, BarSet: self.on_bars}
+
+    def on_order(self, event: Envelope) -> None:
+        order = event.payload
+        assert isinstance(order, OrderRequest)
+        self.orders_received += 1
+        if self.halted:
+            self.emit([OrderUpdate(client_order_id=order.client_order_id, status="rejected",
+                                   reason="trading halted")], corr=event.corr)
+            return
+        self.emit(self.broker.submit(order), corr=event.corr)
+
+    def on_bars(self, event: Envelope) -> None:
+        bars = event.payload
+        assert isinstance(bars, BarSet)
+        results = self.broker.on_bar(bars, bars.close_time)
+        if results:
+            self.emit(results, corr=event.corr)
+
+    def on_control(self, control: Control, event: Envelope) -> None:
+        if control.command == "halt":
+            cancelled = self.broker.cancel_open_orders(f"halted: {control.reason or 'operator'}")
+            if cancelled:
+                log.warning("execution.orders_cancelled", count=len(cancelled), reason=control.reason)
+                self.emit(cancelled, corr=event.corr)

@@ -1,0 +1,85 @@
+"""The account as the rebalancer sees it: cash and positions built from fills alone, marked to
+the latest closes. Fills are the ledger; this is derived state (event sourcing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.events import Fill, PortfolioSnapshot
+
+
+@dataclass
+class PortfolioBook:
+    """Cash, positions and marks, plus the running totals a report needs.
+
+    A held symbol is marked at its close in the latest bar set that has it; until one arrives
+    after the position opened, at its fill price.
+    """
+
+    cash: float
+    positions: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+    fills_applied: int = 0
+    fees_paid: float = 0.0
+    traded_notional: float = 0.0
+    high_water_mark: float = 0.0
+    _bar_index: dict[str, int] = field(default_factory=dict)
+    _bar_close: tuple[float, ...] = ()
+
+    def apply_fill(self, fill: Fill) -> None:
+        """Move cash and position by one fill (fees in the quote currency)."""
+        notional = fill.quantity * fill.price
+        if fill.side == "buy":
+            self.cash -= notional + fill.fee
+            held = self.positions.get(fill.symbol, 0.0) + fill.quantity
+        else:
+            self.cash += notional - fill.fee
+            held = self.positions.get(fill.symbol, 0.0) - fill.quantity
+        if abs(held) <= 1e-12:
+            self.positions.pop(fill.symbol, None)
+        else:
+            self.positions[fill.symbol] = held
+        if fill.symbol not in self.marks:
+            self.marks[fill.symbol] = fill.price
+        self.fills_applied += 1
+        self.fees_paid += fill.fee
+        self.traded_notional += notional
+
+    def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
+        """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""
+        self._bar_index, self._bar_close = index, closes
+        for symbol in self.positions:
+            column = index.get(symbol)
+            if column is not None:
+                self.marks[symbol] = closes[column]
+
+    def price(self, symbol: str) -> float:
+        """Return the mark of ``symbol``."""
+        column = self._bar_index.get(symbol)
+        if column is not None:
+            return self._bar_close[column]
+        return self.marks[symbol]
+
+    def equity(self) -> float:
+        """Cash plus positions at their marks."""
+        return self.cash + sum(q * self.price(s) for s, q in self.positions.items())
+
+    def snapshot(self, asof: datetime) -> PortfolioSnapshot:
+        """Return the marked account, updating the high-water mark."""
+        held_prices = {s: self.price(s) for s in self.positions}
+        values = [q * held_prices[s] for s, q in self.positions.items()]
+        equity = self.cash + sum(values)
+        self.high_water_mark = max(self.high_water_mark, equity)
+        drawdown = 1.0 - equity / self.high_water_mark if self.high_water_mark > 0 else 0.0
+        return PortfolioSnapshot(
+            asof=asof,
+            equity=equity,
+            cash=self.cash,
+            positions=dict(self.positions),
+            prices=held_prices,
+            gross_exposure=sum(abs(v) for v in values) / equity if equity > 0 else 0.0,
+            high_water_mark=self.high_water_mark,
+            drawdown=max(0.0, drawdown),
+            fills_applied=self.fills_applied,
+        )

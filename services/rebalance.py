@@ -1,0 +1,221 @@
+"""Rebalance service: on each RebalanceDue, turns the decision bar's signal into long-only
+target weights and the orders that reach them; keeps the portfolio view from fills.
+
+Decisions are pinned to ``RebalanceDue.decision_time``: the service waits until it holds that
+bar and its signal, whatever order the streams deliver them in, and never uses a later bar.
+One rebalance at a time: the next waits until every order of the last has ended.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import structlog
+
+from engine.bus import Bus
+from engine.clock import Clock
+from engine.config import PortfolioConfig
+from engine.events import (
+    BarSet,
+    Control,
+    Envelope,
+    EventPayload,
+    Fill,
+    OrderRequest,
+    OrderUpdate,
+    RebalanceDue,
+    Signal,
+    TargetPortfolio,
+)
+from services.portfolio import PortfolioBook
+from services.runtime import Handler, Service
+from strategies.weighting import top_fraction_weights
+
+log = structlog.get_logger("services.rebalance")
+_KEPT = 16  # recent bars and signals kept to match late ticks against
+
+
+@dataclass
+class _OpenOrder:
+    quantity_filled: float = 0.0
+    terminal_quantity: float | None = None
+
+
+@dataclass(frozen=True)
+class _Bar:
+    symbols: tuple[str, ...]
+    index: dict[str, int]
+    close: tuple[float, ...]
+
+
+class RebalanceService(Service):
+    """Holds the portfolio view and turns rebalance ticks into orders."""
+
+    name = "rebalance"
+
+    def __init__(self, bus: Bus, clock: Clock, portfolio: PortfolioConfig) -> None:
+        self.config = portfolio
+        self.book = PortfolioBook(cash=portfolio.initial_cash)
+        self.open_orders: dict[str, _OpenOrder] = {}
+        self.pending: list[tuple[RebalanceDue, str]] = []
+        self.rebalances_done = 0
+        self._bars: OrderedDict[datetime, _Bar] = OrderedDict()
+        self._signals: OrderedDict[datetime, Signal] = OrderedDict()
+        self._last_bar_time: datetime | None = None
+        self._last_symbols: tuple[str, ...] | None = None
+        self._last_index: dict[str, int] = {}
+        super().__init__(bus, clock)
+
+    def handlers(self) -> dict[type[EventPayload], Handler]:
+        return {
+            BarSet: self.on_bars,
+            Signal: self.on_signal,
+            RebalanceDue: self.on_rebalance_due,
+            Fill: self.on_fill,
+            OrderUpdate: self.on_order_update,
+        }
+
+    # -- inputs ----------------------------------------------------------------------------
+    def on_bars(self, event: Envelope) -> None:
+        bars = event.payload
+        assert isinstance(bars, BarSet)
+        if bars.symbols is not self._last_symbols and bars.symbols != self._last_symbols:
+            self._last_index = {s: i for i, s in enumerate(bars.symbols)}
+            self._last_symbols = bars.symbols
+        close_time = bars.close_time
+        self._remember(self._bars, close_time, _Bar(bars.symbols, self._last_index, bars.close))
+        self._last_bar_time = close_time
+        self.book.mark(self._last_index, bars.close)
+        self.emit([self.book.snapshot(close_time)], corr=event.corr, ts=event.ts)
+        self._try_pending()
+
+    def on_signal(self, event: Envelope) -> None:
+        signal = event.payload
+        assert isinstance(signal, Signal)
+        self._remember(self._signals, signal.asof, signal)
+        self._try_pending()
+
+    def on_rebalance_due(self, event: Envelope) -> None:
+        tick = event.payload
+        assert isinstance(tick, RebalanceDue)
+        self.pending.append((tick, event.corr))
+        self._try_pending()
+
+    def on_fill(self, event: Envelope) -> None:
+        fill = event.payload
+        assert isinstance(fill, Fill)
+        self.book.apply_fill(fill)
+        order = self.open_orders.get(fill.client_order_id)
+        if order is not None:
+            order.quantity_filled += fill.quantity
+            self._close_if_done(fill.client_order_id, event)
+
+    def on_order_update(self, event: Envelope) -> None:
+        update = event.payload
+        assert isinstance(update, OrderUpdate)
+        order = self.open_orders.get(update.client_order_id)
+        if order is None or not update.is_terminal:
+            return
+        if update.status == "rejected":
+            log.warning("order.rejected", client_order_id=update.client_order_id,
+                        reason=update.reason)
+        order.terminal_quantity = update.filled_quantity
+        self._close_if_done(update.client_order_id, event)
+
+    def on_control(self, control: Control, event: Envelope) -> None:
+        if control.command == "halt" and self.pending:
+            log.warning("rebalance.dropped_on_halt", count=len(self.pending),
+                        rebalance_ids=[tick.rebalance_id for tick, _ in self.pending])
+            self.pending.clear()
+
+    # -- decisions -------------------------------------------------------------------------
+    @staticmethod
+    def _remember(store: OrderedDict, key: datetime, value: object) -> None:
+        store[key] = value
+        while len(store) > _KEPT:
+            store.popitem(last=False)
+
+    def _close_if_done(self, client_order_id: str, event: Envelope) -> None:
+        # An order is over when its terminal update came AND its fills add up to it:
+        # the two travel on different streams and may arrive in either order.
+        order = self.open_orders[client_order_id]
+        if order.terminal_quantity is None:
+            return
+        if order.quantity_filled + 1e-9 * max(1.0, order.terminal_quantity) < order.terminal_quantity:
+            return
+        del self.open_orders[client_order_id]
+        if not self.open_orders:
+            assert self._last_bar_time is not None
+            self.emit([self.book.snapshot(self._last_bar_time)], corr=event.corr, ts=event.ts)
+            self._try_pending()
+
+    def _try_pending(self) -> None:
+        while self.pending and not self.open_orders and not self.halted:
+            tick, corr = self.pending[0]
+            bar = self._bars.get(tick.decision_time)
+            signal = self._signals.get(tick.decision_time)
+            if bar is None or signal is None:
+                # Each stream arrives in order: once a later item came, the missing one never will.
+                bar_lost = bar is None and (self._last_bar_time or tick.decision_time) > tick.decision_time
+                signal_lost = signal is None and max(self._signals, default=tick.decision_time) > tick.decision_time
+                if not (bar_lost or signal_lost):
+                    return  # the decision bar or its signal is still on its way
+                self.pending.pop(0)
+                log.warning("rebalance.skipped", rebalance_id=tick.rebalance_id,
+                            decision_time=tick.decision_time.isoformat(),
+                            reason="no bar or signal for the decision time")
+                continue
+            self.pending.pop(0)
+            self._rebalance(tick, corr, bar, signal)
+
+    def _rebalance(self, tick: RebalanceDue, corr: str, bar: _Bar, signal: Signal) -> None:
+        scores = np.array(signal.scores, dtype=float)
+        priced = np.array([s in bar.index for s in signal.symbols])
+        scores[~priced] = np.nan  # no bar now: cannot be bought at a known price
+        weights = top_fraction_weights(scores, self.config.top_fraction, self.config.gross_exposure)
+        prices = {s: bar.close[bar.index[s]] for s in signal.symbols if s in bar.index}
+        for symbol in self.book.positions:
+            if symbol not in prices and symbol in bar.index:
+                prices[symbol] = bar.close[bar.index[symbol]]
+        # Value the account at the decision bar, the prices the orders are sized with.
+        equity = self.book.cash + sum(q * prices.get(s, self.book.price(s))
+                                      for s, q in self.book.positions.items())
+        targets = {s: w * equity / prices[s] for s, w in zip(signal.symbols, weights.tolist()) if w > 0}
+        orders: list[tuple[float, OrderRequest]] = []
+        for symbol in sorted(set(targets) | set(self.book.positions)):
+            price = prices.get(symbol)
+            if price is None:
+                continue  # held but not trading now: nothing can be done at a known price
+            delta = targets.get(symbol, 0.0) - self.book.positions.get(symbol, 0.0)
+            if abs(delta) * price <= max(self.config.min_order_notional, 1e-9 * equity):
+                continue
+            orders.append((delta * price, OrderRequest(
+                client_order_id=f"{tick.rebalance_id}-{symbol}",
+                rebalance_id=tick.rebalance_id,
+                asof=tick.decision_time,
+                symbol=symbol,
+                side="buy" if delta > 0 else "sell",
+                quantity=abs(delta),
+                reference_price=price,
+            )))
+        # Sells first, then buys from the smallest: cash is freed before it is spent.
+        orders.sort(key=lambda item: item[0])
+        requests = [request for _, request in orders]
+        for request in requests:
+            self.open_orders[request.client_order_id] = _OpenOrder()
+        target = TargetPortfolio(
+            rebalance_id=tick.rebalance_id,
+            asof=tick.decision_time,
+            symbols=signal.symbols,
+            weights=tuple(weights.tolist()),
+            cash_weight=max(0.0, 1.0 - float(weights.sum())),
+        )
+        self.emit([target, *requests], corr=corr, ts=self.clock.now())
+        self.rebalances_done += 1
+        log.info("rebalance.done", rebalance_id=tick.rebalance_id,
+                 decision_time=tick.decision_time.isoformat(), equity=round(equity, 2),
+                 holdings=len(targets), n_orders=len(requests),
+                 turnover=round(sum(abs(v) for v, _ in orders) / equity, 4) if equity > 0 else 0.0)

@@ -1,0 +1,46 @@
+"""Turn factor exposures into asset scores, and scores into long-only target weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def zscore(values: np.ndarray) -> np.ndarray:
+    """Return the cross-sectional z-score of ``values``, ignoring NaN (NaN stays NaN)."""
+    valid = ~np.isnan(values)
+    out = np.full_like(values, np.nan, dtype=float)
+    if valid.sum() < 2:
+        out[valid] = 0.0
+        return out
+    selected = values[valid]
+    std = selected.std(ddof=0)
+    out[valid] = (selected - selected.mean()) / std if std > 0 else 0.0
+    return out
+
+
+def equal_factor_scores(exposures: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Return per-asset scores: the weighted sum of z-scored factor columns.
+
+    ``exposures`` is shaped (F, N). An asset missing any factor gets NaN (excluded): scoring
+    it on fewer factors would compare it on a different basis from the rest.
+    """
+    n_factors = exposures.shape[0]
+    weights = np.full(n_factors, 1.0 / n_factors) if weights is None else np.asarray(weights, float)
+    standardised = np.vstack([zscore(column) for column in exposures])
+    return weights @ standardised
+
+
+def top_fraction_weights(scores: np.ndarray, fraction: float, gross: float = 1.0) -> np.ndarray:
+    """Return equal weights summing to ``gross`` on the top ``fraction`` of assets with a score
+    (the count is rounded down, so too small a universe holds cash); zero elsewhere.
+
+    Ties are broken by position (the first asset wins), so the choice is deterministic.
+    """
+    weights = np.zeros(len(scores))
+    valid = np.flatnonzero(~np.isnan(scores))
+    count = int(np.floor(fraction * len(valid) + 1e-9))
+    if count == 0:
+        return weights
+    order = valid[np.argsort(-scores[valid], kind="stable")]
+    weights[order[:count]] = gross / count
+    return weights
