@@ -1,0 +1,103 @@
+"""The command line the way a user runs it: real files in both shapes, the output contract,
+and a SIGTERM to a running paper session."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine.bus import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+CRYPTO = DATA / "crypto" / "cdd_binance_usdt_spot_1d_2017-2026.csv.gz"
+EQUITIES = DATA / "equities" / "pypfopt_cookbook_stock_prices_1990-2024.csv.gz"
+SUMMARY_KEYS = {"start", "end", "bars", "initial_equity", "final_equity", "total_return", "cagr",
+                "sharpe", "max_drawdown", "var_95", "var_99", "orders", "fills", "fees",
+                "turnover", "periods_per_year"}
+EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the checkout")
+
+
+def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *arguments], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@needs_data
+@pytest.mark.parametrize(("data", "periods_per_year"), [(CRYPTO, 365.0), (EQUITIES, 252.0)],
+                         ids=["long-crypto", "wide-equities"])
+def test_backtest_on_a_real_file_writes_the_contract_files(tmp_path, data, periods_per_year):
+    out = tmp_path / "out"
+    result = deepfactor("backtest", "--data", str(data), "--out", str(out),
+                        "--config", str(ROOT / "deploy" / "configs" / "peer-momentum.toml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["periods_per_year"] == periods_per_year
+    assert summary["orders"] > 0 and summary["fills"] > 0
+    with (out / "equity.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == EQUITY_COLUMNS
+    assert len(rows) - 1 == summary["bars"]
+    assert float(rows[-1][1]) == pytest.approx(summary["final_equity"], rel=1e-12)
+    log_lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(line["event"] == "rebalance.done" for line in log_lines)
+    assert all({"service", "event", "corr"} <= set(line) for line in log_lines)
+
+
+def test_backtest_names_a_missing_file_and_exits_2(tmp_path):
+    result = deepfactor("backtest", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "nope.csv: file not found" in result.stderr
+
+
+def test_backtest_names_a_bad_strategy(tmp_path):
+    result = deepfactor("backtest", "--data", "x.csv", "--out", str(tmp_path), "--strategy", "magic")
+    assert result.returncode == 2 and "--strategy must be one of" in result.stderr
+
+
+def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "paper", "--bars", "100000", "--speed", "40",
+         "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTOR_")},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        seen_rebalance = False
+        while not seen_rebalance and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            seen_rebalance = '"rebalance.done"' in line
+        assert seen_rebalance, "paper never rebalanced"
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert "paper (stopped early)" in stdout
+    stopped = [json.loads(line) for line in stderr.splitlines()
+               if '"service.stopped"' in line]
+    assert len(stopped) == 5 and all(line["pending"] == 0 for line in stopped)
+    # Independently: reopen the run's Redis data and look for unacknowledged messages.
+    with EmbeddedRedis(out / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        pending, groups = 0, 0
+        for key in client.scan_iter(match="deepfactor-*", _type="stream"):
+            for group in client.xinfo_groups(key):
+                pending += group["pending"]
+                groups += 1
+        client.close()
+    assert groups >= 10 and pending == 0
