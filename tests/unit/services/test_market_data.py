@@ -1,0 +1,64 @@
+"""The replay is the simulated-time driver: bars at their close, ticks after a same-instant bar,
+decisions pinned to the last bar closing at or before the tick, nothing after the last bar."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+
+from engine.bus import MemoryBus
+from engine.clock import SimulatedClock
+from engine.data import synthetic_panel
+from engine.events import BarSet, RebalanceDue
+from engine.scheduling import build_trigger
+from services.market_data import MarketDataService, replay_steps, to_datetime
+
+
+def test_tick_at_a_bar_close_comes_after_that_bar_and_decides_on_it():
+    panel = synthetic_panel(3, 6, start="2024-01-01")  # daily bars closing at 00:00
+    steps = list(replay_steps(panel, build_trigger(cron="0 0 * * *")))
+    kinds = ["bar" if s.bar_index is not None else "tick" for s in steps]
+    assert kinds == ["bar", "tick"] * 6
+    for bar, tick in zip(steps[::2], steps[1::2]):
+        assert tick.due == bar.time == tick.decision_time
+
+
+def test_decision_time_is_the_last_close_at_or_before_the_tick_and_none_after_the_data():
+    panel = synthetic_panel(3, 40, start="2024-01-01", timeframe="1D")
+    closes = [to_datetime(t) for t in panel.close_time]
+    ticks = [s for s in replay_steps(panel, build_trigger(cron="0 12 * * MON")) if s.due]
+    assert ticks, "weekly ticks expected"
+    for tick in ticks:
+        assert tick.decision_time == max(c for c in closes if c <= tick.due)
+        assert tick.due < tick.decision_time + timedelta(days=1)
+    assert ticks[-1].due <= closes[-1]
+    times = [s.time for s in replay_steps(panel, build_trigger(cron="0 12 * * MON"))]
+    assert times == sorted(times)
+
+
+def test_bar_sets_leave_out_symbols_without_a_bar_and_carry_the_panel_values():
+    panel = synthetic_panel(4, 5)
+    panel.close[2, 1] = np.nan
+    market = MarketDataService(MemoryBus(), panel, None, "none")
+    full, partial = market.bar_set(1), market.bar_set(2)
+    assert isinstance(full, BarSet) and full.symbols == panel.symbols
+    assert full.close == tuple(panel.close[1])
+    assert partial.symbols == tuple(s for i, s in enumerate(panel.symbols) if i != 1)
+    assert partial.open == tuple(np.delete(panel.open[2], 1))
+    assert partial.close_time == to_datetime(panel.close_time[2])
+
+
+def test_publish_moves_the_clock_and_publishes_in_order():
+    panel = synthetic_panel(2, 10, start="2024-01-01")
+    bus = MemoryBus()
+    clock = SimulatedClock(to_datetime(panel.bar_open[0]))
+    market = MarketDataService(bus, panel, build_trigger(cron="0 0 * * WED"), "weekly", clock)
+    for step in market.steps():
+        market.publish(step)
+        assert clock.now() == step.time
+    consumer = bus.consumer("probe", "p", ["bars", "schedule"])
+    deliveries = consumer.read(100)
+    ticks = [d.event.payload for d in deliveries if isinstance(d.event.payload, RebalanceDue)]
+    assert market.bars_published == 10 and len(ticks) == market.ticks_published >= 1
+    assert all(t.rebalance_id == f"rb-weekly-{t.due:%Y%m%dT%H%M%SZ}" for t in ticks)

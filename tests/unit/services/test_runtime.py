@@ -1,0 +1,114 @@
+"""The runtime dispatches by type, batches what a handler emits, heartbeats, obeys control
+events aimed at it, and stops after committing the batch in hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import msgspec
+import pytest
+
+from engine.bus import ConsumeSettings, MemoryBus
+from engine.clock import SimulatedClock
+from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, make_event
+from brokers.simulated import SimulatedBroker
+from services.execution import ExecutionService
+from services.runtime import HandlerFailedError, Pump, Service, ServiceRunner
+from tests.events import heartbeat, order_request
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def market_order(sequence: int):
+    event = order_request(sequence)
+    payload = msgspec.structs.replace(event.payload, order_type="market", limit_price=None)
+    return msgspec.structs.replace(event, payload=payload)
+
+
+class Echo(Service):
+    name = "echo"
+
+    def __init__(self, bus, clock):
+        self.seen: list[int] = []
+        super().__init__(bus, clock)
+
+    def handlers(self):
+        return {Heartbeat: self.on_heartbeat}
+
+    def on_heartbeat(self, event):
+        if event.source != "other":
+            return  # its own heartbeats come back on the topic it consumes
+        self.seen.append(event.payload.processed)
+        self.emit([Control(command="resume", target="nobody"), Control(command="resume", target="nobody")],
+                  corr=event.corr)
+
+
+def test_topics_come_from_handled_types_plus_control():
+    assert Echo(MemoryBus(), SimulatedClock(T0)).topics == ("control", "heartbeat")
+
+
+def test_runner_handles_heartbeats_and_stops_with_nothing_pending():
+    bus = MemoryBus()
+    service = Echo(bus, SimulatedClock(T0))
+    runner = ServiceRunner(service, ConsumeSettings(block_ms=10, claim_idle_ms=1000), heartbeat_s=0.05)
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    bus.publish_many("heartbeat", [heartbeat(i, source="other") for i in range(5)])
+    deadline = time.monotonic() + 5
+    while len(service.seen) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert service.seen[:5] == [0, 1, 2, 3, 4]
+    assert runner.loop.consumer.pending_count() == 0
+    beats = [d.event.payload for d in bus.consumer("probe", "p", ["heartbeat"]).read(1000)
+             if d.event.payload.service == "echo"]
+    assert beats[0].status == "starting" and beats[-1].status == "stopping"
+    assert beats[-1].processed >= 5
+    assert bus.topic_length("control") == 2 * len(service.seen)
+
+
+def test_control_aimed_elsewhere_is_ignored_and_halt_then_resume_toggle():
+    service = Echo(MemoryBus(), SimulatedClock(T0))
+    service.handle(make_event(Control(command="halt", target="signal"), source="cli"))
+    assert not service.halted
+    service.handle(make_event(Control(command="halt", target="echo"), source="cli"))
+    assert service.halted
+    service.handle(make_event(Control(command="resume"), source="cli"))
+    assert not service.halted
+
+
+def test_halted_execution_rejects_new_orders_and_cancels_queued_ones():
+    bus = MemoryBus()
+    execution = ExecutionService(bus, SimulatedClock(T0), SimulatedBroker(initial_cash=1e6))
+    pump = Pump([execution])
+    bus.publish("orders", market_order(1))  # queued: no bar yet
+    pump.pump()
+    bus.publish("control", make_event(Control(command="halt", reason="operator"), source="cli"))
+    bus.publish("orders", market_order(2))
+    pump.pump()
+    updates = [d.event.payload for d in bus.consumer("probe", "p", ["order_updates"]).read(100)]
+    statuses = [(u.client_order_id[-6:], u.status, u.reason) for u in updates if isinstance(u, OrderUpdate)]
+    assert statuses == [("000001", "accepted", None), ("000001", "cancelled", "halted: operator"),
+                        ("000002", "rejected", "trading halted")]
+
+
+def test_pump_stops_the_run_when_a_handler_fails():
+    class Broken(Service):
+        name = "broken"
+
+        def handlers(self):
+            return {OrderRequest: self.explode}
+
+        def explode(self, event):
+            raise ZeroDivisionError("bad maths")
+
+    bus = MemoryBus()
+    pump = Pump([Broken(bus, SimulatedClock(T0))])
+    bus.publish("orders", order_request(1))
+    with pytest.raises(HandlerFailedError, match="broken failed: handler raised ZeroDivisionError: bad maths"):
+        pump.pump()
