@@ -32,7 +32,9 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bus.py
+	$(BIN)/python benchmarks/backtest_vs_vectorbt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -125,15 +125,23 @@ class SimulatedBroker:
         price = prices[column]
         requested = order.quantity
         if order.side == "buy":
-            affordable = self.cash / (price * (1.0 + self.fee_rate))
-            quantity = min(requested, max(affordable, 0.0))
+            available = max(self.cash / (price * (1.0 + self.fee_rate)), 0.0)
+            limit_reason = "cash covers only part" if available > 0 else "no cash"
         else:
-            quantity = min(requested, self.positions.get(order.symbol, 0.0))
+            available = self.positions.get(order.symbol, 0.0)
+            limit_reason = "position smaller than order" if available > 0 else "no position to sell"
+        quantity = min(requested, available)
+        if quantity < requested * (1 - 1e-9):
+            reason = limit_reason
+        elif not self.fractional and quantity != math.floor(quantity + _QUANTITY_EPSILON):
+            reason = "whole units only"
+        else:
+            reason = ""
         if not self.fractional:
             quantity = math.floor(quantity + _QUANTITY_EPSILON)
         if quantity <= _QUANTITY_EPSILON:
-            why = "no cash" if order.side == "buy" else "no position to sell"
-            return [OrderUpdate(client_order_id=order.client_order_id, status="rejected", reason=why)]
+            return [OrderUpdate(client_order_id=order.client_order_id, status="rejected",
+                                reason=reason or "quantity rounds to zero")]
         notional = quantity * price
         fee = notional * self.fee_rate
         if order.side == "buy":
@@ -158,8 +166,6 @@ class SimulatedBroker:
             status="filled" if complete else "cancelled",
             filled_quantity=quantity,
             average_price=price,
-            reason=None if complete else (
-                "rest cancelled: cash covers only part" if order.side == "buy"
-                else "rest cancelled: position smaller than order"),
+            reason=None if complete else f"rest cancelled: {reason}",
         )
         return [fill, update]

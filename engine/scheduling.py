@@ -30,8 +30,13 @@ def build_trigger(cron: str = "", interval: str = "", *, owner: str = "[schedule
         raise ConfigError(f"{owner}: set exactly one of cron and interval, "
                           f"received cron={cron!r} interval={interval!r}")
     if cron:
+        fields = cron.split()
         try:
-            return CronTrigger.from_crontab(cron, timezone=timezone.utc)
+            if len(fields) != 5:
+                raise ValueError(f"expected 5 fields, found {len(fields)}")
+            minute, hour, day, month, day_of_week = fields
+            return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                               day_of_week=_crontab_days(day_of_week), timezone=timezone.utc)
         except ValueError as error:
             raise ConfigError(f"{owner} cron must be a 5-field crontab expression, "
                               f"received {cron!r}: {error}") from None
@@ -42,6 +47,40 @@ def build_trigger(cron: str = "", interval: str = "", *, owner: str = "[schedule
                           f"received {interval!r}")
     return IntervalTrigger(**{_INTERVAL_UNITS[unit]: int(count)}, timezone=timezone.utc,
                            start_date=datetime(1970, 1, 5, tzinfo=timezone.utc))
+
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_days(field: str) -> str:
+    # crontab numbers days 0-7 from Sunday; APScheduler 3 numbers them from Monday, so a
+    # numeric field ("1-5") would fire a day late. Expand it into names, which mean the same
+    # to both.
+    if field == "*" or not any(c.isdigit() for c in field.replace("*/", "")):
+        return field
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            first, last = (_day_number(x) for x in span.split("-", 1))
+        else:
+            first = last = _day_number(span)
+        if step < 1 or last < first:
+            raise ValueError(f"day-of-week part {part!r} is not a valid range")
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))
+
+
+def _day_number(text: str) -> int:
+    text = text.strip().lower()
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text)
+    if text[:3] in _DAY_NAMES:
+        return _DAY_NAMES.index(text[:3])
+    raise ValueError(f"day of week must be 0-7 or a day name, received {text!r}")
 
 
 def fire_times(trigger: BaseTrigger, after: datetime, until: datetime) -> Iterator[datetime]:

@@ -48,11 +48,17 @@ class PortfolioBook:
 
     def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
         """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""
+        if self.positions and self._bar_close:
+            self.marks.update(self._held_prices())  # freeze the outgoing bar's marks first
         self._bar_index, self._bar_close = index, closes
+
+    def _held_prices(self) -> dict[str, float]:
+        index, closes, marks = self._bar_index, self._bar_close, self.marks
+        prices = {}
         for symbol in self.positions:
             column = index.get(symbol)
-            if column is not None:
-                self.marks[symbol] = closes[column]
+            prices[symbol] = closes[column] if column is not None else marks[symbol]
+        return prices
 
     def price(self, symbol: str) -> float:
         """Return the mark of ``symbol``."""
@@ -67,7 +73,7 @@ class PortfolioBook:
 
     def snapshot(self, asof: datetime) -> PortfolioSnapshot:
         """Return the marked account, updating the high-water mark."""
-        held_prices = {s: self.price(s) for s in self.positions}
+        held_prices = self._held_prices()
         values = [q * held_prices[s] for s, q in self.positions.items()]
         equity = self.cash + sum(values)
         self.high_water_mark = max(self.high_water_mark, equity)

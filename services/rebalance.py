@@ -185,14 +185,19 @@ class RebalanceService(Service):
                                       for s, q in self.book.positions.items())
         targets = {s: w * equity / prices[s] for s, w in zip(signal.symbols, weights.tolist()) if w > 0}
         orders: list[tuple[float, OrderRequest]] = []
-        for symbol in sorted(set(targets) | set(self.book.positions)):
+        universe_order = {s: i for i, s in enumerate(signal.symbols)}
+        candidates = sorted(set(targets) | set(self.book.positions),
+                            key=lambda s: (universe_order.get(s, len(universe_order)), s))
+        for symbol in candidates:
             price = prices.get(symbol)
             if price is None:
                 continue  # held but not trading now: nothing can be done at a known price
             delta = targets.get(symbol, 0.0) - self.book.positions.get(symbol, 0.0)
             if abs(delta) * price <= max(self.config.min_order_notional, 1e-9 * equity):
                 continue
-            orders.append((delta * price, OrderRequest(
+            # Order value relative to equity, rounded so that float noise cannot reorder equal
+            # buys (a new holding's value is weight x equity whatever its price).
+            orders.append((round(delta * price / equity, 9), OrderRequest(
                 client_order_id=f"{tick.rebalance_id}-{symbol}",
                 rebalance_id=tick.rebalance_id,
                 asof=tick.decision_time,
@@ -201,7 +206,8 @@ class RebalanceService(Service):
                 quantity=abs(delta),
                 reference_price=price,
             )))
-        # Sells first, then buys from the smallest: cash is freed before it is spent.
+        # Sells first, then buys from the smallest: cash is freed before it is spent. The sort
+        # is stable, so equal values keep universe order (as vectorbt's call_seq="auto" does).
         orders.sort(key=lambda item: item[0])
         requests = [request for _, request in orders]
         for request in requests:
@@ -218,4 +224,4 @@ class RebalanceService(Service):
         log.info("rebalance.done", rebalance_id=tick.rebalance_id,
                  decision_time=tick.decision_time.isoformat(), equity=round(equity, 2),
                  holdings=len(targets), n_orders=len(requests),
-                 turnover=round(sum(abs(v) for v, _ in orders) / equity, 4) if equity > 0 else 0.0)
+                 turnover=round(sum(abs(v) for v, _ in orders), 4))

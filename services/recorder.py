@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.bus import Bus
 from engine.clock import Clock
-from engine.events import Envelope, EventPayload, Fill, OrderRequest, OrderUpdate, PortfolioSnapshot
+from engine.events import Envelope, EventPayload, Fill, OrderRequest, PortfolioSnapshot
 from engine.metrics import performance_summary
 from services.runtime import Handler, Service
 
@@ -30,12 +30,10 @@ class RecorderService(Service):
         self.fills = 0
         self.fees = 0.0
         self.traded_notional = 0.0
-        self.terminal_updates: dict[str, int] = {}
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
-        return {PortfolioSnapshot: self.on_snapshot, OrderRequest: self.on_order,
-                Fill: self.on_fill, OrderUpdate: self.on_update}
+        return {PortfolioSnapshot: self.on_snapshot, OrderRequest: self.on_order, Fill: self.on_fill}
 
     def on_snapshot(self, event: Envelope) -> None:
         snapshot = event.payload
@@ -51,13 +49,6 @@ class RecorderService(Service):
         self.fills += 1
         self.fees += fill.fee
         self.traded_notional += fill.quantity * fill.price
-
-    def on_update(self, event: Envelope) -> None:
-        update = event.payload
-        assert isinstance(update, OrderUpdate)
-        if update.is_terminal:
-            self.terminal_updates[update.client_order_id] = (
-                self.terminal_updates.get(update.client_order_id, 0) + 1)
 
     def summary(self, initial_equity: float, periods_per_year: float, bars: int) -> dict[str, Any]:
         """Return the run's summary with the keys of the command-line contract."""

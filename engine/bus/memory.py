@@ -19,17 +19,19 @@ from engine.events import Envelope, decode, encode
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Delivered:
+    """Who holds a pending message, since when, after how many deliveries; messages read in
+    one batch share one record (a reclaim gives each its own)."""
+
     consumer: str
     delivered_at: float
     attempts: int
-    index: int
 
 
 @dataclass(slots=True)
 class _Group:
     next_index: int = 0
-    pending: dict[str, _Pending] = field(default_factory=dict)
+    pending: dict[str, tuple[_Delivered, int]] = field(default_factory=dict)  # id -> (record, index)
 
 
 class MemoryBus(Bus):
@@ -39,6 +41,7 @@ class MemoryBus(Bus):
         self.namespace = namespace
         self._clock = clock
         self._condition = threading.Condition()
+        self._waiting = 0  # readers blocked in wait(); publishers skip notify when none
         self._sequence = 0
         self._topics: dict[str, list[tuple[str, Envelope | bytes]]] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
@@ -60,7 +63,8 @@ class MemoryBus(Bus):
     def publish(self, topic: str, event: Envelope) -> str:
         with self._condition:
             message_id = self._append(topic, event)
-            self._condition.notify_all()
+            if self._waiting:
+                self._condition.notify_all()
         return message_id
 
     def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
@@ -70,13 +74,15 @@ class MemoryBus(Bus):
             self._sequence += len(events)
             ids = [f"{sequence}-0" for sequence in range(first, self._sequence + 1)]
             log.extend(zip(ids, events))
-            self._condition.notify_all()
+            if self._waiting:
+                self._condition.notify_all()
         return ids
 
     def publish_raw(self, topic: str, data: bytes) -> str:
         with self._condition:
             message_id = self._append(topic, bytes(data))
-            self._condition.notify_all()
+            if self._waiting:
+                self._condition.notify_all()
         return message_id
 
     def consumer(self, group: str, name: str, topics: Sequence[str]) -> MemoryConsumer:
@@ -127,10 +133,10 @@ class MemoryConsumer(Consumer):
                 continue
             group.next_index = stop
             pending = group.pending
-            name = self.name
+            record = _Delivered(self.name, now, 1)
             for index in range(start, stop):
                 message_id, item = log[index]
-                pending[message_id] = _Pending(name, now, 1, index)
+                pending[message_id] = (record, index)
                 if item.__class__ is Envelope:
                     out.append(Delivery(topic, message_id, 1, item))
                 else:
@@ -145,7 +151,11 @@ class MemoryConsumer(Consumer):
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
                     return out
-                self._bus._condition.wait(remaining)
+                self._bus._waiting += 1
+                try:
+                    self._bus._condition.wait(remaining)
+                finally:
+                    self._bus._waiting -= 1
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
         bus = self._bus
@@ -154,16 +164,15 @@ class MemoryConsumer(Consumer):
             out: list[Delivery] = []
             for topic in self.topics:
                 group = bus._groups[(topic, self.group)]
-                for message_id, pending in list(group.pending.items()):
+                for message_id, (record, index) in list(group.pending.items()):
                     if len(out) >= count:
                         return out
-                    if (now - pending.delivered_at) * 1000 < min_idle_ms:
+                    if (now - record.delivered_at) * 1000 < min_idle_ms:
                         continue
-                    pending.consumer = self.name
-                    pending.delivered_at = now
-                    pending.attempts += 1
-                    _, item = bus._topics[topic][pending.index]
-                    out.append(_delivery(topic, message_id, item, pending.attempts))
+                    attempts = record.attempts + 1
+                    group.pending[message_id] = (_Delivered(self.name, now, attempts), index)
+                    _, item = bus._topics[topic][index]
+                    out.append(_delivery(topic, message_id, item, attempts))
             return out
 
     def already_processed(self, event_ids: Sequence[str]) -> list[bool]:

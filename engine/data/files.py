@@ -82,18 +82,23 @@ def _long_panel(frame: pd.DataFrame, path: Path) -> Panel:
     missing = [c for c in LONG_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: long format needs columns {list(LONG_COLUMNS)}, missing {missing}")
+    frame = frame.reset_index(drop=True)
     frame = frame.assign(timestamp=_utc_ms(frame["timestamp"], path, "timestamp"))
+    value_columns = ["open", "high", "low", "close"] + (["volume"] if "volume" in frame else [])
+    for column in value_columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            # Numbers stored as text (some Parquet writers) are converted; anything else is named.
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            bad = np.flatnonzero(converted.isna() & frame[column].notna())
+            if len(bad):
+                row = int(bad[0])
+                raise DataError(f"{path}: column {column!r} row {row + 2} is not a number: "
+                                f"{frame[column].iloc[row]!r}")
+            frame[column] = converted
     duplicated = frame.duplicated(["timestamp", "symbol"], keep="last")
     if duplicated.any():
         log.warning("data.duplicates_dropped", source=str(path), rows=int(duplicated.sum()))
         frame = frame[~duplicated]
-    value_columns = ["open", "high", "low", "close"] + (["volume"] if "volume" in frame else [])
-    for column in value_columns:
-        if not pd.api.types.is_numeric_dtype(frame[column]):
-            converted = pd.to_numeric(frame[column], errors="coerce")
-            row = int(np.flatnonzero(converted.isna() & frame[column].notna())[0])
-            raise DataError(f"{path}: column {column!r} row {row + 2} is not a number: "
-                            f"{frame[column].iloc[row]!r}")
     wide = frame.pivot(index="timestamp", columns="symbol", values=value_columns).sort_index()
     symbols = tuple(str(s) for s in wide["close"].columns)
     times = wide.index.to_numpy().astype("datetime64[ms]")

@@ -1,0 +1,289 @@
+"""The paper broker fills at the right bar and price, never lends and never trades twice."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from structlog.testing import capture_logs
+
+from brokers.simulated import SimulatedBroker
+from engine.events import BarSet, Fill, OrderRequest, OrderUpdate
+
+DAY0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+SYMBOLS = ("BTC/USDT", "ETH/USDT")
+
+
+def day(n: int) -> datetime:
+    return DAY0 + timedelta(days=n)
+
+
+def bar_set(n: int, opens: tuple[float, ...], closes: tuple[float, ...],
+            symbols: tuple[str, ...] = SYMBOLS) -> BarSet:
+    """Daily bars opening at day ``n``; high/low bracket open and close."""
+    return BarSet(timeframe="1d", bar_open=day(n), symbols=symbols, open=opens,
+                  high=tuple(max(o, c) * 1.01 for o, c in zip(opens, closes)),
+                  low=tuple(min(o, c) * 0.99 for o, c in zip(opens, closes)), close=closes)
+
+
+def feed(broker: SimulatedBroker, bars: BarSet) -> list:
+    return broker.on_bar(bars, bars.close_time)
+
+
+def order(symbol: str, side: str, quantity: float, *, asof: datetime = day(1),
+          client_order_id: str | None = None, **extra) -> OrderRequest:
+    return OrderRequest(client_order_id=client_order_id or f"rb-1-{symbol}-{side}",
+                        rebalance_id="rb-1", asof=asof, symbol=symbol, side=side,
+                        quantity=quantity, **extra)
+
+
+def updates(events: list) -> list[OrderUpdate]:
+    return [e for e in events if isinstance(e, OrderUpdate)]
+
+
+def fills(events: list) -> list[Fill]:
+    return [e for e in events if isinstance(e, Fill)]
+
+
+# Bar 0 opens 2024-01-01 and closes 2024-01-02 (the decision time ``day(1)``); bar 1 opens then.
+BAR0 = bar_set(0, opens=(100.0, 10.0), closes=(110.0, 11.0))
+BAR1 = bar_set(1, opens=(120.0, 12.0), closes=(125.0, 12.5))
+BAR2 = bar_set(2, opens=(130.0, 13.0), closes=(135.0, 13.5))
+
+
+def test_bar_set_close_time_is_one_day_after_its_open():
+    assert BAR0.close_time == day(1) == BAR1.bar_open
+
+
+# -- where and when orders fill ------------------------------------------------------------------
+def test_next_open_order_waits_for_the_next_bar_and_fills_at_its_open():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    feed(broker, BAR0)
+    submitted = broker.submit(order("BTC/USDT", "buy", 2.0, asof=BAR0.close_time))
+    assert [(u.status, u.filled_quantity) for u in updates(submitted)] == [("accepted", 0.0)]
+    assert not fills(submitted) and broker.open_order_count == 1
+    events = feed(broker, BAR1)
+    [fill] = fills(events)
+    assert (fill.symbol, fill.side, fill.quantity, fill.price) == ("BTC/USDT", "buy", 2.0, 120.0)
+    assert fill.executed_at == BAR1.bar_open
+    assert [(u.status, u.filled_quantity, u.average_price) for u in updates(events)] == [
+        ("filled", 2.0, 120.0)]
+    assert broker.open_order_count == 0
+    assert broker.positions == {"BTC/USDT": 2.0}
+    assert broker.cash == pytest.approx(10_000.0 - 2.0 * 120.0)
+
+
+def test_next_open_order_fills_at_once_when_its_bar_is_already_known():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    for bars in (BAR0, BAR1, BAR2):
+        feed(broker, bars)
+    [fill] = fills(broker.submit(order("ETH/USDT", "buy", 3.0, asof=day(1))))
+    assert fill.price == 12.0 and fill.executed_at == day(1)
+
+
+def test_next_open_order_does_not_fill_on_a_bar_opening_before_its_asof():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    broker.submit(order("BTC/USDT", "buy", 1.0, asof=day(2)))
+    assert feed(broker, BAR0) == [] and feed(broker, BAR1) == []
+    [fill] = fills(feed(broker, BAR2))
+    assert fill.price == 130.0 and fill.executed_at == day(2)
+
+
+def test_close_mode_fills_at_the_close_of_the_bar_closing_at_asof():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0, fill_price="close")
+    feed(broker, BAR0)
+    feed(broker, BAR1)
+    [fill] = fills(broker.submit(order("BTC/USDT", "buy", 1.0, asof=BAR0.close_time)))
+    assert fill.price == 110.0 and fill.executed_at == BAR0.close_time
+
+
+def test_close_mode_order_waits_for_the_bar_that_closes_at_asof():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0, fill_price="close")
+    feed(broker, BAR0)
+    broker.submit(order("BTC/USDT", "buy", 1.0, asof=BAR1.close_time))
+    assert broker.open_order_count == 1
+    [fill] = fills(feed(broker, BAR1))
+    assert fill.price == 125.0 and fill.executed_at == day(2)
+
+
+def test_queued_orders_fill_in_arrival_order():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    broker.submit(order("ETH/USDT", "buy", 1.0, client_order_id="first"))
+    broker.submit(order("BTC/USDT", "buy", 1.0, client_order_id="second"))
+    assert [f.client_order_id for f in fills(feed(broker, BAR1))] == ["first", "second"]
+
+
+def test_unknown_fill_price_mode_is_refused_naming_it():
+    expected = "fill_price must be 'next_open' or 'close', received 'vwap'"
+    with pytest.raises(ValueError, match=expected):
+        SimulatedBroker(initial_cash=1.0, fill_price="vwap")  # type: ignore[arg-type]
+
+
+# -- fees and cash -------------------------------------------------------------------------------
+def test_buy_pays_notional_plus_fee_and_sell_receives_notional_minus_fee():
+    fee_rate = 0.002
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=fee_rate)
+    feed(broker, BAR0)
+    feed(broker, BAR1)
+    feed(broker, BAR2)
+    [buy] = fills(broker.submit(order("BTC/USDT", "buy", 3.0, asof=day(1))))
+    assert buy.fee == pytest.approx(3.0 * 120.0 * fee_rate) and buy.fee_currency == "USDT"
+    assert broker.cash == pytest.approx(10_000.0 - 360.0 - 0.72)
+    [sell] = fills(broker.submit(order("BTC/USDT", "sell", 1.0, asof=day(2))))
+    assert sell.fee == pytest.approx(1.0 * 130.0 * fee_rate)
+    assert broker.cash == pytest.approx(10_000.0 - 360.72 + 130.0 - 0.26)
+    assert broker.positions == {"BTC/USDT": pytest.approx(2.0)}
+
+
+def test_fill_ids_are_unique_and_name_their_order():
+    broker = SimulatedBroker(initial_cash=10_000.0)
+    feed(broker, BAR1)
+    first = fills(broker.submit(order("BTC/USDT", "buy", 1.0, client_order_id="o1")))
+    second = fills(broker.submit(order("ETH/USDT", "buy", 1.0, client_order_id="o2")))
+    assert first[0].fill_id != second[0].fill_id
+    assert first[0].fill_id.startswith("o1-") and second[0].fill_id.startswith("o2-")
+
+
+# -- never lends ---------------------------------------------------------------------------------
+def test_buy_larger_than_cash_is_cut_to_what_the_cash_pays_for():
+    fee_rate = 0.001
+    broker = SimulatedBroker(initial_cash=1_000.0, fee_rate=fee_rate)
+    feed(broker, BAR1)
+    events = broker.submit(order("BTC/USDT", "buy", 20.0))
+    affordable = 1_000.0 / (120.0 * (1 + fee_rate))
+    [fill] = fills(events)
+    assert fill.quantity == pytest.approx(affordable)
+    [accepted, terminal] = updates(events)
+    assert accepted.status == "accepted"
+    assert terminal.status == "cancelled" and terminal.is_terminal
+    assert terminal.filled_quantity == pytest.approx(affordable)
+    assert terminal.reason == "rest cancelled: cash covers only part"
+    assert broker.cash == pytest.approx(0.0, abs=1e-9)
+    assert broker.positions["BTC/USDT"] == pytest.approx(affordable)
+
+
+def test_buy_with_no_cash_left_is_rejected():
+    broker = SimulatedBroker(initial_cash=0.0)
+    feed(broker, BAR1)
+    [_, terminal] = updates(broker.submit(order("BTC/USDT", "buy", 1.0)))
+    assert (terminal.status, terminal.reason) == ("rejected", "no cash")
+
+
+def test_sell_larger_than_the_position_is_cut_to_the_position():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    feed(broker, BAR1)
+    broker.submit(order("ETH/USDT", "buy", 4.0, client_order_id="buy"))
+    events = broker.submit(order("ETH/USDT", "sell", 10.0, client_order_id="sell"))
+    [fill] = fills(events)
+    assert fill.quantity == 4.0
+    terminal = updates(events)[-1]
+    assert terminal.status == "cancelled" and terminal.filled_quantity == 4.0
+    assert terminal.reason == "rest cancelled: position smaller than order"
+    assert "ETH/USDT" not in broker.positions
+    assert broker.cash == pytest.approx(10_000.0)
+
+
+def test_sell_without_a_position_is_rejected_and_changes_nothing():
+    broker = SimulatedBroker(initial_cash=500.0)
+    feed(broker, BAR1)
+    events = broker.submit(order("BTC/USDT", "sell", 1.0))
+    assert not fills(events)
+    terminal = updates(events)[-1]
+    assert (terminal.status, terminal.reason) == ("rejected", "no position to sell")
+    assert broker.cash == 500.0 and broker.positions == {}
+
+
+# -- idempotence and rejections ------------------------------------------------------------------
+def test_a_resubmitted_client_order_id_never_trades_twice():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    feed(broker, BAR1)
+    first = order("BTC/USDT", "buy", 1.0, client_order_id="rb-1-BTC")
+    assert fills(broker.submit(first))
+    with capture_logs() as logs:
+        assert broker.submit(first) == []
+        assert broker.submit(order("BTC/USDT", "buy", 5.0, client_order_id="rb-1-BTC")) == []
+    assert broker.positions == {"BTC/USDT": 1.0}
+    assert broker.cash == pytest.approx(10_000.0 - 120.0)
+    assert [(e["event"], e["client_order_id"]) for e in logs] == [
+        ("broker.duplicate_order_ignored", "rb-1-BTC")] * 2
+
+
+def test_a_resubmitted_queued_order_is_queued_once():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    request = order("BTC/USDT", "buy", 1.0)
+    broker.submit(request)
+    broker.submit(request)
+    assert broker.open_order_count == 1
+    assert len(fills(feed(broker, BAR1))) == 1
+
+
+def test_symbol_missing_from_the_fill_bar_is_rejected_naming_it():
+    broker = SimulatedBroker(initial_cash=10_000.0)
+    broker.submit(order("SOL/USDT", "buy", 1.0))
+    events = feed(broker, BAR1)
+    [terminal] = updates(events)
+    assert terminal.status == "rejected"
+    assert terminal.reason == f"no bar for SOL/USDT at {BAR1.close_time.isoformat()}"
+    assert not fills(events) and broker.cash == 10_000.0
+
+
+def test_universe_change_between_bars_maps_symbols_to_the_right_column():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    feed(broker, BAR0)
+    feed(broker, bar_set(1, opens=(7.0, 12.0, 120.0), closes=(7.5, 12.5, 125.0),
+                         symbols=("SOL/USDT", "ETH/USDT", "BTC/USDT")))
+    [fill] = fills(broker.submit(order("BTC/USDT", "buy", 1.0)))
+    assert fill.price == 120.0
+
+
+def test_limit_orders_are_rejected():
+    broker = SimulatedBroker(initial_cash=10_000.0)
+    feed(broker, BAR1)
+    events = broker.submit(order("BTC/USDT", "buy", 1.0, order_type="limit", limit_price=100.0))
+    assert [(u.status, u.reason) for u in updates(events)] == [
+        ("rejected", "simulated broker fills market orders only")]
+    assert not fills(events) and broker.open_order_count == 0
+
+
+def test_cancel_open_orders_cancels_every_queued_order_with_the_reason():
+    broker = SimulatedBroker(initial_cash=10_000.0)
+    broker.submit(order("BTC/USDT", "buy", 1.0, client_order_id="o1"))
+    broker.submit(order("ETH/USDT", "buy", 1.0, client_order_id="o2"))
+    cancelled = broker.cancel_open_orders("end of data")
+    assert [(u.client_order_id, u.status, u.reason) for u in cancelled] == [
+        ("o1", "cancelled", "end of data"), ("o2", "cancelled", "end of data")]
+    assert broker.open_order_count == 0
+    assert feed(broker, BAR1) == []
+    assert broker.positions == {} and broker.cash == 10_000.0
+
+
+# -- lot sizes -----------------------------------------------------------------------------------
+def test_non_fractional_broker_floors_quantities():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0, fractional=False)
+    feed(broker, BAR1)
+    [fill] = fills(broker.submit(order("ETH/USDT", "buy", 2.7)))
+    assert fill.quantity == 2.0
+    assert broker.positions == {"ETH/USDT": 2.0}
+    assert broker.cash == pytest.approx(10_000.0 - 24.0)
+
+
+def test_non_fractional_buy_capped_by_cash_floors_the_affordable_quantity():
+    broker = SimulatedBroker(initial_cash=1_000.0, fee_rate=0.001, fractional=False)
+    feed(broker, BAR1)
+    [fill] = fills(broker.submit(order("BTC/USDT", "buy", 20.0)))
+    assert fill.quantity == 8.0  # 1000 / (120 * 1.001) = 8.32...
+
+
+def test_non_fractional_order_below_one_unit_is_rejected():
+    broker = SimulatedBroker(initial_cash=10_000.0, fractional=False)
+    feed(broker, BAR1)
+    events = broker.submit(order("BTC/USDT", "buy", 0.4))
+    assert not fills(events) and updates(events)[-1].status == "rejected"
+
+
+def test_non_fractional_rounding_is_not_blamed_on_cash():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0, fractional=False)
+    feed(broker, BAR1)
+    terminal = updates(broker.submit(order("ETH/USDT", "buy", 2.7)))[-1]
+    assert terminal.status == "cancelled" and terminal.filled_quantity == 2.0
+    assert "cash" not in (terminal.reason or "")
