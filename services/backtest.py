@@ -18,6 +18,7 @@ from services.market_data import MarketDataService, to_datetime
 from services.runtime import Pump
 
 log = structlog.get_logger("services.backtest")
+_BATCH_BARS = 256
 
 
 class Backtest:
@@ -33,13 +34,32 @@ class Backtest:
                                         config.schedule.name, self.clock)
         self.pump = Pump(self.services.all())
 
+    def _quiet(self) -> bool:
+        # No order in flight and no tick waiting: nothing a service does depends on how the
+        # next bars interleave with other events, so they can be delivered as one batch.
+        return (not self.services.rebalance.open_orders and not self.services.rebalance.pending
+                and not self.services.execution.broker.open_order_count)
+
     def run(self, out_dir: Path | None = None) -> dict[str, Any]:
-        """Replay every bar and tick, then end the data; return (and write) the summary."""
+        """Replay every bar and tick, then end the data; return (and write) the summary.
+
+        Bars are delivered one step at a time, except runs of bars while nothing is in flight
+        (up to ``_BATCH_BARS``, never across a schedule tick), which are delivered together:
+        the same events in the same order per stream, with the per-delivery overhead shared.
+        """
         started = time.perf_counter()
         market, pump = self.market, self.pump
-        for step in market.steps():
+        steps = list(market.steps())
+        batched = 0
+        for position, step in enumerate(steps):
             market.publish(step)
+            following = steps[position + 1] if position + 1 < len(steps) else None
+            batched += 1
+            if (following is not None and following.bar_index is not None
+                    and step.bar_index is not None and batched < _BATCH_BARS and self._quiet()):
+                continue
             pump.pump()
+            batched = 0
         market.end_of_data()
         pump.pump()
         summary = self.services.recorder.summary(

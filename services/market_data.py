@@ -74,19 +74,28 @@ class MarketDataService:
         self._timeframe = panel.timeframe_label
         self._all_symbols = panel.symbols
         self._valid = ~np.isnan(panel.close)
+        self._universes: dict[bytes, tuple[tuple[str, ...], object]] = {}
         self._bar_open = [to_datetime(t) for t in panel.bar_open]
 
     def bar_set(self, index: int) -> BarSet | None:
         """Return the BarSet of bar ``index`` holding only symbols that have a bar then."""
         panel = self.panel
         valid = self._valid[index]
-        if valid.all():
-            symbols, columns = self._all_symbols, slice(None)
-        elif not valid.any():
+        key = valid.tobytes()
+        cached = self._universes.get(key)
+        if cached is None:
+            if valid.all():
+                cached = (self._all_symbols, slice(None))
+            elif not valid.any():
+                cached = ((), None)
+            else:
+                columns = np.flatnonzero(valid)
+                cached = (tuple(self._all_symbols[i] for i in columns), columns)
+            # One tuple object per universe, so consumers can compare universes by identity.
+            self._universes[key] = cached
+        symbols, columns = cached
+        if columns is None:
             return None
-        else:
-            columns = np.flatnonzero(valid)
-            symbols = tuple(self._all_symbols[i] for i in columns)
         volume = None if panel.volume is None else tuple(panel.volume[index, columns].tolist())
         return BarSet(
             timeframe=self._timeframe,

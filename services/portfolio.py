@@ -48,8 +48,10 @@ class PortfolioBook:
 
     def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
         """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""
-        if self.positions and self._bar_close:
-            self.marks.update(self._held_prices())  # freeze the outgoing bar's marks first
+        # A held symbol missing from the new bar keeps the outgoing bar's close: freeze those
+        # marks first. The same universe object means no symbol can go missing: skip.
+        if self.positions and self._bar_close and index is not self._bar_index:
+            self.marks.update(self._held_prices())
         self._bar_index, self._bar_close = index, closes
 
     def _held_prices(self) -> dict[str, float]:

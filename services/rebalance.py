@@ -185,10 +185,7 @@ class RebalanceService(Service):
                                       for s, q in self.book.positions.items())
         targets = {s: w * equity / prices[s] for s, w in zip(signal.symbols, weights.tolist()) if w > 0}
         orders: list[tuple[float, OrderRequest]] = []
-        universe_order = {s: i for i, s in enumerate(signal.symbols)}
-        candidates = sorted(set(targets) | set(self.book.positions),
-                            key=lambda s: (universe_order.get(s, len(universe_order)), s))
-        for symbol in candidates:
+        for symbol in sorted(set(targets) | set(self.book.positions)):
             price = prices.get(symbol)
             if price is None:
                 continue  # held but not trading now: nothing can be done at a known price
@@ -207,7 +204,8 @@ class RebalanceService(Service):
                 reference_price=price,
             )))
         # Sells first, then buys from the smallest: cash is freed before it is spent. The sort
-        # is stable, so equal values keep universe order (as vectorbt's call_seq="auto" does).
+        # is stable, so equal values go by symbol: the same orders whatever order the symbols
+        # first arrived in (vectorbt's call_seq="auto" keeps column order, alphabetical here).
         orders.sort(key=lambda item: item[0])
         requests = [request for _, request in orders]
         for request in requests:

@@ -157,7 +157,10 @@ class Pump:
         while moved:
             moved = False
             for loop in self.loops:
-                handled = loop.process(loop.consumer.read(loop.settings.batch_size))
+                deliveries = loop.consumer.read(loop.settings.batch_size)
+                if not deliveries:
+                    continue
+                handled = loop.process(deliveries)
                 if loop.stats.failed or loop.stats.dead_lettered:
                     reasons = [d.reason for d in self._bus.dead_letters(10_000)
                                if d.group == loop.consumer.group]

@@ -33,7 +33,7 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     """One message handed to one consumer.
 
     ``attempts`` counts deliveries of this message to the group, this one included. Exactly

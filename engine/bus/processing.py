@@ -77,8 +77,8 @@ class ConsumerLoop:
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
         applied_ids: set[str] = set()
-        # bind once per event (cheap), restore the caller's context once per batch
-        outer_context = structlog.contextvars.bind_contextvars(corr=None)
+        # Bind corr only when it changes (bursts share one); restore the caller's once per batch.
+        outer_context: dict | None = None
         bound_corr: str | None = None
         try:
             for delivery, was_seen in zip(candidates, seen):
@@ -87,8 +87,9 @@ class ConsumerLoop:
                 if was_seen or event.id in applied_ids:
                     duplicates.append(delivery)
                     continue
-                if event.corr != bound_corr:  # bursts share a corr: bind once
-                    structlog.contextvars.bind_contextvars(corr=event.corr)
+                if event.corr != bound_corr:
+                    tokens = structlog.contextvars.bind_contextvars(corr=event.corr)
+                    outer_context = outer_context or tokens
                     bound_corr = event.corr
                 try:
                     self.handler(event)
@@ -98,7 +99,8 @@ class ConsumerLoop:
                 applied.append(delivery)
                 applied_ids.add(event.id)
         finally:
-            structlog.contextvars.reset_contextvars(**outer_context)
+            if outer_context:
+                structlog.contextvars.reset_contextvars(**outer_context)
         if applied:
             self.consumer.commit(applied)
         if duplicates:

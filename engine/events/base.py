@@ -18,12 +18,16 @@ NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                   gc=False):
     """Base of every typed payload.
 
     Subclasses set ``TYPE`` (the envelope's ``type``), ``VERSION`` (bumped on any change of
     fields, since unknown fields are rejected) and ``TOPIC`` (the stream it is published on
-    by default). Payloads are frozen: a message is never mutated after it is made.
+    by default). Payloads are frozen: a message is never mutated after it is made. They hold
+    only numbers, strings, times and containers of those, so they can never be part of a
+    reference cycle: ``gc=False`` keeps the millions a backtest makes out of the collector's
+    scans.
     """
 
     TYPE: ClassVar[str] = ""
@@ -31,7 +35,7 @@ class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     TOPIC: ClassVar[str] = ""
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """What travels on the bus: identity, time, provenance and a typed payload.
 
     ``corr`` ties every event of one cycle (a bar, a rebalance) together, so one grep of the
