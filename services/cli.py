@@ -98,15 +98,15 @@ def _backtest(arguments: argparse.Namespace) -> int:
 
 
 def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
-    from engine.data import load_panel, synthetic_panel
+    from engine.data import load_panel, sample_panel, synthetic_panel
 
     bars = config.paper.bars if arguments.bars is None else arguments.bars
-    if arguments.data:
-        panel = load_panel(arguments.data)
-        return panel.slice(0, bars) if bars else panel
-    market = config.market
-    return synthetic_panel(market.symbols, bars or 250, seed=market.seed, start=market.start,
-                           timeframe=market.timeframe.upper())
+    if arguments.synthetic:
+        market = config.market
+        return synthetic_panel(market.symbols, bars or 250, seed=market.seed, start=market.start,
+                               timeframe=market.timeframe.upper())
+    panel = load_panel(arguments.data) if arguments.data else sample_panel()
+    return panel.slice(0, bars) if bars else panel
 
 
 def _parse_speed(text: str | None, default: float) -> float:
@@ -175,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "simulated broker")
     paper.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
     source = paper.add_mutually_exclusive_group()
-    source.add_argument("--data", metavar="F", help="replay this market-data file")
+    source.add_argument("--data", metavar="F",
+                        help="replay this market-data file (default: the bundled real sample, "
+                             "16 Binance USDT pairs, daily 2021-2024)")
     source.add_argument("--synthetic", action="store_true",
-                        help="replay the seeded synthetic market (the default for now)")
+                        help="replay the seeded synthetic market of [market] instead")
     paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
     paper.add_argument("--speed", metavar="X|max", help="bars per second, or max")
     paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")

@@ -19,6 +19,7 @@ from apscheduler.triggers.base import BaseTrigger
 from engine.bus import Bus
 from engine.clock import SimulatedClock
 from engine.data import Panel
+from engine.data.quality import REASONS, bar_problems
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.scheduling import fire_times, rebalance_id
 
@@ -71,16 +72,38 @@ class MarketDataService:
         self.clock = clock
         self.bars_published = 0
         self.ticks_published = 0
+        self.rejected = 0
+        self._now = lambda: datetime.now(timezone.utc)
         self._timeframe = panel.timeframe_label
         self._all_symbols = panel.symbols
         self._valid = ~np.isnan(panel.close)
         self._universes: dict[bytes, tuple[tuple[str, ...], object]] = {}
         self._bar_open = [to_datetime(t) for t in panel.bar_open]
 
-    def bar_set(self, index: int) -> BarSet | None:
-        """Return the BarSet of bar ``index`` holding only symbols that have a bar then."""
+    def _screen(self, index: int) -> np.ndarray:
+        # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
         panel = self.panel
         valid = self._valid[index]
+        volume = None if panel.volume is None else panel.volume[index]
+        problems = bar_problems(panel.open[index], panel.high[index], panel.low[index],
+                                panel.close[index], volume)
+        bad = problems >= 0
+        if self._bar_open[index] > self._now():
+            bad = valid.copy()
+            problems = np.where(valid, -2, -1)
+        if bad.any():
+            for column in np.flatnonzero(bad):
+                reason = REASONS[problems[column]] if problems[column] >= 0 else "timestamp in the future"
+                log.warning("data.rejected", symbol=self._all_symbols[column],
+                            timestamp=self._bar_open[index].isoformat(), reason=reason)
+            self.rejected += int(bad.sum())
+            valid = valid & ~bad
+        return valid
+
+    def bar_set(self, index: int) -> BarSet | None:
+        """Return the BarSet of bar ``index`` holding only symbols with a good bar then."""
+        panel = self.panel
+        valid = self._screen(index)
         key = valid.tobytes()
         cached = self._universes.get(key)
         if cached is None:

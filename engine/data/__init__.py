@@ -1,7 +1,18 @@
-"""Market data as panels: file loading (long and wide shapes) and a seeded synthetic market."""
+"""Market data as panels: file loading (long and wide shapes), a bundled real sample, and a
+seeded synthetic market."""
 
-from engine.data.panel import Panel
+from pathlib import Path
+
 from engine.data.files import load_panel
+from engine.data.panel import Panel
 from engine.data.synthetic import synthetic_panel
 
-__all__ = ["Panel", "load_panel", "synthetic_panel"]
+SAMPLE_PATH = Path(__file__).parent / "sample" / "binance_usdt_1d_2021-2024.csv.gz"
+
+
+def sample_panel() -> Panel:
+    """Return the bundled real sample: 16 Binance USDT pairs, daily, 2021-2024."""
+    return load_panel(SAMPLE_PATH)
+
+
+__all__ = ["SAMPLE_PATH", "Panel", "load_panel", "sample_panel", "synthetic_panel"]

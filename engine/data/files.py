@@ -14,6 +14,7 @@ import pandas as pd
 import structlog
 
 from engine.data.panel import Panel
+from engine.data.quality import REASONS, bar_problems
 from engine.errors import DataError
 
 log = structlog.get_logger("engine.data")
@@ -56,23 +57,14 @@ def _infer_timeframe(times: np.ndarray, path: Path) -> np.timedelta64:
 def _reject_bad_bars(panel: dict[str, np.ndarray], symbols: tuple[str, ...], times: np.ndarray,
                      path: Path) -> None:
     # Bad bars become missing bars (NaN) so they never reach the factors; each is logged.
-    close = panel["close"]
-    present = ~np.isnan(close)
-    bad = np.zeros_like(present)
-    reasons: dict[str, np.ndarray] = {}
-    for name in ("open", "high", "low", "close"):
-        column = panel[name]
-        reasons[f"non-positive {name}"] = present & ~(column > 0)
-    reasons["high below low"] = present & (panel["high"] < panel["low"])
-    if panel.get("volume") is not None:
-        reasons["negative volume"] = present & (panel["volume"] < 0)
-    for reason, mask in reasons.items():
-        for row, col in zip(*np.nonzero(mask & ~bad)):
-            log.warning("data.rejected", source=str(path), symbol=symbols[col],
-                        timestamp=str(times[row]), reason=reason)
-        bad |= mask
+    problems = bar_problems(panel["open"], panel["high"], panel["low"], panel["close"],
+                            panel.get("volume"))
+    bad = problems >= 0
+    for row, col in zip(*np.nonzero(bad)):
+        log.warning("data.rejected", source=str(path), symbol=symbols[col],
+                    timestamp=str(times[row]), reason=REASONS[problems[row, col]])
     if bad.any():
-        for name, column in panel.items():
+        for column in panel.values():
             if column is not None:
                 column[bad] = np.nan
 

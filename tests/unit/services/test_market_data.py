@@ -62,3 +62,28 @@ def test_publish_moves_the_clock_and_publishes_in_order():
     ticks = [d.event.payload for d in deliveries if isinstance(d.event.payload, RebalanceDue)]
     assert market.bars_published == 10 and len(ticks) == market.ticks_published >= 1
     assert all(t.rebalance_id == f"rb-weekly-{t.due:%Y%m%dT%H%M%SZ}" for t in ticks)
+
+
+def test_bad_bars_never_reach_the_bus_and_are_logged_and_counted():
+    from structlog.testing import capture_logs
+
+    panel = synthetic_panel(3, 4, start="2024-01-01")
+    panel.high[1, 2] = panel.low[1, 2] / 2  # high below low
+    panel.volume[2, 0] = -5.0
+    market = MarketDataService(MemoryBus(), panel, None, "none")
+    with capture_logs() as logs:
+        one, two = market.bar_set(1), market.bar_set(2)
+    assert panel.symbols[2] not in one.symbols and panel.symbols[0] not in two.symbols
+    rejected = [(e["symbol"], e["reason"]) for e in logs if e["event"] == "data.rejected"]
+    assert rejected == [(panel.symbols[2], "high below low"), (panel.symbols[0], "negative volume")]
+    assert market.rejected == 2
+
+
+def test_bars_stamped_in_the_future_are_rejected():
+    from datetime import datetime, timezone
+
+    panel = synthetic_panel(2, 3, start="2024-01-01")
+    market = MarketDataService(MemoryBus(), panel, None, "none")
+    market._now = lambda: datetime(2024, 1, 2, 12, tzinfo=timezone.utc)
+    assert market.bar_set(1) is not None
+    assert market.bar_set(2) is None and market.rejected == 2

@@ -343,7 +343,7 @@ def test_wide_file_non_positive_close_becomes_nan_and_is_logged(tmp_path):
 
 def test_duplicated_timestamp_symbol_rows_are_dropped_keeping_the_last(tmp_path):
     frame = long_frame(["2024-01-01", "2024-01-02"], ["A", "B"])
-    again = frame.iloc[[1, 2]].assign(close=[555.0, 666.0])  # (01-01, B) and (01-02, A)
+    again = frame.iloc[[1, 2]].assign(close=[555.0, 666.0], high=[700.0, 700.0])  # (01-01, B), (01-02, A)
     path = write_csv(tmp_path, pd.concat([frame, again], ignore_index=True))
     with capture_logs() as logs:
         panel = load_panel(path)
