@@ -162,6 +162,44 @@ def _paper(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _factors_report(arguments: argparse.Namespace) -> int:
+    from engine.data import load_panel
+    from engine.errors import ConfigError, DataError
+    from engine.logging import configure_logging
+
+    if arguments.horizon < 1:
+        return _error(f"--horizon must be a positive number of bars, received {arguments.horizon}")
+    configure_logging("factors", "info", "auto")
+    try:
+        panel = load_panel(arguments.data)
+        from services.factor_report import run_factor_report
+
+        run_factor_report(panel, Path(arguments.out), arguments.horizon, arguments.quantiles)
+    except (ConfigError, DataError, ValueError) as error:
+        return _error(str(error))
+    return EXIT_OK
+
+
+def _data_fetch(arguments: argparse.Namespace) -> int:
+    from engine.errors import DataError
+    from engine.logging import configure_logging
+
+    configure_logging("data-fetch", "info", "auto")
+    symbols = [s.strip() for s in arguments.symbols.split(",") if s.strip()]
+    if not symbols:
+        return _error("--symbols must list at least one symbol, e.g. BTC/USDT,ETH/USDT")
+    try:
+        from services.data_fetch import fetch_to_file
+
+        summary = fetch_to_file(arguments.exchange, symbols, arguments.timeframe, arguments.since,
+                                Path(arguments.out), until=arguments.until)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every ``deepfactor`` command."""
     parser = argparse.ArgumentParser(
@@ -196,6 +234,28 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--strategy", metavar="NAME", default="equal-weight",
                           help=f"signal model: {', '.join(STRATEGIES)}")
     backtest.set_defaults(run=_backtest)
+
+    factors = commands.add_parser("factors", help="factor research")
+    factor_commands = factors.add_subparsers(dest="factors_command", required=True)
+    report = factor_commands.add_parser(
+        "report", help="rank IC and long-short return of every factor on a data file")
+    report.add_argument("--data", metavar="F", required=True)
+    report.add_argument("--out", metavar="DIR", required=True)
+    report.add_argument("--horizon", type=int, default=7, metavar="BARS",
+                        help="period length in bars: returns over the next period (default 7)")
+    report.add_argument("--quantiles", type=int, default=5, help="long-short quantiles (default 5)")
+    report.set_defaults(run=_factors_report)
+
+    data = commands.add_parser("data", help="market data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download OHLCV history through ccxt")
+    fetch.add_argument("--exchange", required=True, metavar="ID", help="ccxt exchange id, e.g. binance")
+    fetch.add_argument("--symbols", required=True, metavar="A/B,C/D")
+    fetch.add_argument("--timeframe", required=True, metavar="TF", help="e.g. 1h, 1d")
+    fetch.add_argument("--since", required=True, metavar="DATE", help="UTC date or time, e.g. 2024-01-01")
+    fetch.add_argument("--until", metavar="DATE", help="UTC end (default: now)")
+    fetch.add_argument("--out", required=True, metavar="F", help=".parquet, .csv or .csv.gz")
+    fetch.set_defaults(run=_data_fetch)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -134,6 +134,12 @@ class Bus(ABC):
         """
 
     @abstractmethod
+    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
+        """Return the last ``count`` events of ``topic`` that ``group`` has consumed and
+        acknowledged, oldest first: what a restarted service replays to rebuild its state
+        (messages still pending come back through reclaim, so they are left out here)."""
+
+    @abstractmethod
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         """Return up to ``count`` dead letters, oldest first."""
 

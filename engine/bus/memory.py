@@ -93,6 +93,24 @@ class MemoryBus(Bus):
             self._processed.setdefault(group, set())
         return MemoryConsumer(self, group, name, tuple(topics))
 
+    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
+        check_topic(topic)
+        with self._condition:
+            state = self._groups.get((topic, group))
+            if state is None or count <= 0:
+                return []
+            pending = {index for _, index in state.pending.values()}
+            out: list[Envelope] = []
+            log = self._topics[topic]
+            for index in range(state.next_index - 1, -1, -1):
+                if index in pending:
+                    continue
+                item = log[index][1]
+                out.append(item if isinstance(item, Envelope) else decode(item))
+                if len(out) == count:
+                    break
+            return out[::-1]
+
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         with self._condition:
             return list(self._dead_letters[:count])

@@ -177,6 +177,35 @@ class RedisBus(Bus):
         consumer.ensure_groups()
         return consumer
 
+    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
+        key = keys.stream(self.namespace, check_topic(topic))
+
+        def read() -> list[tuple[bytes, dict]]:
+            try:
+                groups = self.redis.xinfo_groups(key)
+            except redis.ResponseError:
+                return []  # no such stream yet
+            state = next((g for g in groups if _text(g["name"]) == group), None)
+            if state is None or count <= 0:
+                return []
+            pending: set[str] = set()
+            if state["pending"]:
+                rows = self.redis.xpending_range(key, group, min="-", max="+",
+                                                 count=int(state["pending"]))
+                pending = {_text(row["message_id"]) for row in rows}
+            entries = self.redis.xrevrange(key, max=_text(state["last-delivered-id"]), min="-",
+                                           count=count + len(pending))
+            return [e for e in entries if _text(e[0]) not in pending][:count]
+
+        entries = self.call("consumed_history", read)
+        out = []
+        for message_id, fields in reversed(entries):
+            try:
+                out.append(decode(fields[_EVENT_FIELD]))
+            except (EventDecodeError, KeyError):
+                log.warning("bus.history_skipped", topic=topic, message_id=_text(message_id))
+        return out
+
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         key = keys.dead_letter(self.namespace)
         entries = self.call("xrange", lambda: self.redis.xrange(key, count=count))

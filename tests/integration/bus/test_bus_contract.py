@@ -249,3 +249,17 @@ def test_failed_handler_is_retried_and_succeeds_without_dead_letter(bus_factory)
     assert effects == [1]
     assert bus.dead_letters() == []
     assert loop.stats.failed == 1 and loop.consumer.pending_count() == 0
+
+
+def test_consumed_history_returns_acknowledged_events_only_oldest_first(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(10)])
+    consumer = bus.consumer("svc", "c1", ["alpha"])
+    assert bus.consumed_history("svc", "alpha", 5) == []
+    first = consumer.read(6)
+    consumer.ack(first[:4])  # 4 and 5 stay pending (the process "died" holding them)
+    history = bus.consumed_history("svc", "alpha", 3)
+    assert [e.payload.processed for e in history] == [1, 2, 3]
+    assert [e.payload.processed for e in bus.consumed_history("svc", "alpha", 100)] == [0, 1, 2, 3]
+    assert bus.consumed_history("other-group", "alpha", 3) == []
+    assert bus.consumed_history("svc", "never_published", 3) == []
