@@ -49,7 +49,7 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
         fee_currency=config.broker.quote_currency,
     )
     return Services(
-        factor_update=FactorUpdateService(bus, clock, factors, config.strategy.compute_on),
+        factor_update=FactorUpdateService(bus, clock, config.strategy),
         signal=SignalService(bus, clock, factors, model=config.strategy.name),
         rebalance=RebalanceService(bus, clock, config.portfolio),
         execution=ExecutionService(bus, clock, broker),

@@ -73,6 +73,8 @@ class MarketDataService:
         self.bars_published = 0
         self.ticks_published = 0
         self.rejected = 0
+        self._problems: np.ndarray | None = None
+        self._problem_rows = np.zeros(0, dtype=bool)
         self._now = lambda: datetime.now(timezone.utc)
         self._timeframe = panel.timeframe_label
         self._all_symbols = panel.symbols
@@ -82,23 +84,25 @@ class MarketDataService:
 
     def _screen(self, index: int) -> np.ndarray:
         # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
-        panel = self.panel
+        if self._problems is None:  # the whole panel is checked at once, on first use
+            panel = self.panel
+            self._problems = bar_problems(panel.open, panel.high, panel.low, panel.close, panel.volume)
+            self._problem_rows = (self._problems >= 0).any(axis=1)
         valid = self._valid[index]
-        volume = None if panel.volume is None else panel.volume[index]
-        problems = bar_problems(panel.open[index], panel.high[index], panel.low[index],
-                                panel.close[index], volume)
-        bad = problems >= 0
         if self._bar_open[index] > self._now():
-            bad = valid.copy()
-            problems = np.where(valid, -2, -1)
-        if bad.any():
-            for column in np.flatnonzero(bad):
-                reason = REASONS[problems[column]] if problems[column] >= 0 else "timestamp in the future"
-                log.warning("data.rejected", symbol=self._all_symbols[column],
-                            timestamp=self._bar_open[index].isoformat(), reason=reason)
-            self.rejected += int(bad.sum())
-            valid = valid & ~bad
-        return valid
+            reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "timestamp in the future")
+        elif self._problem_rows[index]:
+            reasons = {column: REASONS[problem]
+                       for column, problem in enumerate(self._problems[index].tolist()) if problem >= 0}
+        else:
+            return valid
+        for column, reason in reasons.items():
+            log.warning("data.rejected", symbol=self._all_symbols[column],
+                        timestamp=self._bar_open[index].isoformat(), reason=reason)
+        self.rejected += len(reasons)
+        bad = np.zeros_like(valid)
+        bad[list(reasons)] = True
+        return valid & ~bad
 
     def bar_set(self, index: int) -> BarSet | None:
         """Return the BarSet of bar ``index`` holding only symbols with a good bar then."""

@@ -91,8 +91,8 @@ class Service:
     def on_control(self, control: Control, event: Envelope) -> None:
         """React to halt/resume/reload beyond the ``halted`` flag (override as needed)."""
 
-    def finish(self) -> None:
-        """Called once when the run ends, after the last event was handled."""
+    def start(self) -> None:
+        """Called once before the first event: rebuild state (override as needed)."""
 
 
 class ServiceRunner:
@@ -117,6 +117,7 @@ class ServiceRunner:
     def run(self, stop: threading.Event) -> ConsumeStats:
         """Consume until ``stop`` is set; the batch in hand is finished and committed first."""
         self._heartbeat("starting")
+        self.service.start()
         last_beat = time.monotonic()
         while not stop.is_set():
             self.loop.run_once()
@@ -141,6 +142,8 @@ class Pump:
         settings = ConsumeSettings(batch_size=batch_size, block_ms=0, claim_idle_ms=0,
                                    reclaim_interval_ms=10**12, max_deliveries=1)
         self._bus = services[0].bus
+        for service in services:
+            service.start()
         self.loops = [
             ConsumerLoop(s.bus.consumer(s.name, f"{s.name}-0", s.topics), s.handle, settings)
             for s in services

@@ -76,29 +76,35 @@ class ScheduleConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class FactorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One factor of the strategy: its name in the factor library, lookbacks, and weight."""
+    """One factor of the strategy: its name in the factor library, its parameters (the
+    library's defaults where omitted), and its weight in the score (negative: prefer low)."""
 
     name: str
-    lookback: PositiveInt
-    skip: NonNegativeInt = 0
     weight: float = 1.0
+    params: dict[str, int] = {}
 
 
 _DEFAULT_FACTORS = (
-    FactorConfig(name="momentum", lookback=60, skip=5),
-    FactorConfig(name="reversal", lookback=5),
-    FactorConfig(name="low_volatility", lookback=20),
+    FactorConfig(name="momentum", params={"lookback": 63, "skip": 5}),
+    FactorConfig(name="trend", params={"lookback": 50}),
+    FactorConfig(name="volatility", weight=-1.0, params={"lookback": 21}),
+    FactorConfig(name="max_return", weight=-1.0, params={"lookback": 21}),
 )
 
 
 class StrategyConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which signal model scores assets, from which factors."""
+    """Which signal model scores assets, from which factors, preprocessed how."""
 
     name: Literal["equal-weight"] = "equal-weight"
     factors: tuple[FactorConfig, ...] = _DEFAULT_FACTORS
     # "bar": exposures on every bar (what a model reading factor history needs);
     # "rebalance": only at each rebalance's decision bar (all a periodic strategy reads).
     compute_on: Literal["bar", "rebalance"] = "bar"
+    # Cross-sectional preprocessing before exposures are published.
+    winsorize: Literal["mad", "quantile", "none"] = "mad"
+    neutralize_against: tuple[str, ...] = ()
+    # Long files (timestamp, symbol, one column per factor) whose columns join the factors.
+    factor_files: tuple[str, ...] = ()
 
 
 class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,79 +1,160 @@
-"""The factor service's rolling window equals the plain history, and computing at rebalances
-only gives the same exposures as computing on every bar."""
+"""The factor service: exposures equal the library's full-history computation after
+preprocessing, rebalance-only publishing equals every-bar publishing, close-only data turns
+volume factors off, last period's factor performance is reported, and a restart is warm."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
-from engine.config import FactorConfig
+from engine.config import FactorConfig, StrategyConfig
 from engine.data import synthetic_panel
 from engine.errors import ConfigError
 from engine.events import FactorSnapshot, RebalanceDue, make_event
-from services.factor_update import FactorUpdateService, RollingCloses
+from services.factor_update import FactorUpdateService, factor_label
 from services.market_data import MarketDataService, to_datetime
-from strategies.factors.basic import momentum
+from strategies.evaluation import quantile_spread, rank_ic
+from strategies.factors import FactorInputs, compute_panel
+from strategies.preprocessing import preprocess
 
-FACTORS = (FactorConfig(name="momentum", lookback=10, skip=2), FactorConfig(name="low_volatility", lookback=5))
-
-
-def test_rolling_window_equals_the_tail_of_the_full_history_across_shifts():
-    rng = np.random.default_rng(3)
-    history = rng.uniform(1, 2, (50, 3))
-    closes = RollingCloses(window=7)
-    symbols = ("A", "B", "C")
-    for t in range(50):
-        closes.append(t, symbols, tuple(history[t]))
-        np.testing.assert_array_equal(closes.view(), history[max(0, t - 6):t + 1])
-    np.testing.assert_array_equal(closes.view(until=47), history[41:48])
+FACTORS = (
+    FactorConfig(name="momentum", params={"lookback": 10, "skip": 2}),
+    FactorConfig(name="volatility", weight=-1.0, params={"lookback": 5}),
+    FactorConfig(name="amihud", params={"lookback": 5}),
+)
 
 
-def test_new_symbols_join_with_missing_history():
-    closes = RollingCloses(window=3)
-    closes.append(0, ("A",), (1.0,))
-    closes.append(1, ("A", "B"), (2.0, 5.0))
-    view = closes.view()
-    assert closes.symbols == ["A", "B"]
-    assert np.isnan(view[0, 1]) and view[1].tolist() == [2.0, 5.0]
+def strategy(compute_on: str = "bar", factors=FACTORS, **extra) -> StrategyConfig:
+    return StrategyConfig(factors=factors, compute_on=compute_on, **extra)
 
 
-def run_factor_service(compute_on: str) -> dict:
-    panel = synthetic_panel(5, 40, start="2024-01-01")
-    bus = MemoryBus()
+def run(config: StrategyConfig, panel, bus=None, ticks_every: int = 0, start: int = 0, stop=None):
+    bus = bus or MemoryBus()
     clock = SimulatedClock(to_datetime(panel.bar_open[0]))
-    service = FactorUpdateService(bus, clock, FACTORS, compute_on)
+    service = FactorUpdateService(bus, clock, config)
+    service.start()
     market = MarketDataService(bus, panel, None, "none", clock)
-    for index in range(panel.n_bars):
+    consumer = bus.consumer(service.name, "c", service.topics)
+    for index in range(start, stop or panel.n_bars):
         bars = market.bar_set(index)
-        service.handle(make_event(bars, source="md"))
-        if index % 7 == 6 and compute_on == "rebalance":
-            service.handle(make_event(RebalanceDue(rebalance_id=f"rb-{index}", schedule="s",
-                                                   due=bars.close_time, decision_time=bars.close_time),
-                                      source="md"))
-    snapshots = [d.event.payload for d in bus.consumer("probe", "p", ["factors"]).read(1000)]
-    return {s.asof: s for s in snapshots}, panel
+        bus.publish("bars", make_event(bars, source="md"))
+        if ticks_every and index % ticks_every == ticks_every - 1:
+            bus.publish("schedule", make_event(RebalanceDue(
+                rebalance_id=f"rb-{index}", schedule="s", due=bars.close_time,
+                decision_time=bars.close_time), source="md"))
+        deliveries = consumer.read(100)
+        for delivery in deliveries:
+            service.handle(delivery.event)
+        consumer.commit(deliveries)
+    snapshots = [d.event.payload for d in bus.consumer("probe", "p", ["factors"]).read(10_000)]
+    return {s.asof: s for s in snapshots}, service
 
 
-def test_rebalance_only_exposures_equal_every_bar_exposures_and_a_direct_computation():
-    every_bar, panel = run_factor_service("bar")
-    at_rebalance, _ = run_factor_service("rebalance")
-    assert len(every_bar) == 40 and len(at_rebalance) == 40 // 7
-    for asof, snapshot in at_rebalance.items():
-        assert isinstance(snapshot, FactorSnapshot)
+def test_exposures_equal_the_full_history_computation_after_preprocessing():
+    panel = synthetic_panel(6, 40, start="2024-01-01")
+    snapshots, service = run(strategy(), panel)
+    labels = tuple(factor_label(f) for f in FACTORS)
+    assert service.labels == labels == ("momentum_10_2", "volatility_5", "amihud_5")
+    full = compute_panel([(factor_label(f), f.name, f.params) for f in FACTORS],
+                         FactorInputs(close=panel.close, open=panel.open, high=panel.high,
+                                      low=panel.low, volume=panel.volume))
+    closes = [to_datetime(t) for t in panel.close_time]
+    for t in (12, 25, 39):
+        raw = np.vstack([full[label][t] for label in labels])
+        expected = preprocess(raw, winsorize="mad")
+        got = np.array(snapshots[closes[t]].exposures, dtype=float)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_rebalance_only_publishing_equals_every_bar_publishing():
+    panel = synthetic_panel(5, 40, start="2024-01-01")
+    every_bar, _ = run(strategy("bar"), panel)
+    at_ticks, _ = run(strategy("rebalance"), panel, ticks_every=7)
+    assert len(every_bar) == 40 and len(at_ticks) == 40 // 7
+    for asof, snapshot in at_ticks.items():
         np.testing.assert_array_equal(np.array(snapshot.exposures, dtype=float),
                                       np.array(every_bar[asof].exposures, dtype=float))
-        t = [to_datetime(c) for c in panel.close_time].index(asof)
-        expected = momentum(panel.close[:t + 1], lookback=10, skip=2)
-        np.testing.assert_allclose(np.array(snapshot.exposures[0], dtype=float), expected)
-    assert snapshot.factor_names == ("momentum_10_2", "low_volatility_5")
 
 
-def test_unknown_factor_and_bad_skip_are_config_errors():
+def test_previous_period_factor_ic_and_return_are_reported():
+    panel = synthetic_panel(12, 40, start="2024-01-01")
+    snapshots, _ = run(strategy("rebalance"), panel, ticks_every=5)
+    ordered = [snapshots[t] for t in sorted(snapshots)]
+    first, second = ordered[3], ordered[4]
+    previous = np.array(first.exposures, dtype=float)
+    t0, t1 = ([to_datetime(c) for c in panel.close_time].index(s.asof) for s in (first, second))
+    realised = panel.close[t1] / panel.close[t0] - 1.0
+    expected_ic = rank_ic(previous, np.broadcast_to(realised, previous.shape))
+    expected_spread = quantile_spread(previous, np.broadcast_to(realised, previous.shape))
+    for j, label in enumerate(second.factor_names):
+        assert second.factor_ic[label] == pytest.approx(expected_ic[j])
+        assert second.factor_returns[label] == pytest.approx(expected_spread[j])
+    assert {"market_return", "market_volatility", "market_drawdown", "breadth"} <= set(second.market_state)
+    assert ordered[0].factor_ic == dict.fromkeys(ordered[0].factor_names)
+
+
+def test_close_only_bars_turn_volume_factors_off_with_one_warning():
+    panel = synthetic_panel(4, 20, start="2024-01-01")
+    panel = type(panel)(bar_open=panel.bar_open, symbols=panel.symbols, open=panel.close,
+                        high=panel.close, low=panel.close, close=panel.close, volume=None,
+                        timeframe=panel.timeframe)
+    with capture_logs() as logs:
+        snapshots, service = run(strategy(), panel)
+    warnings = [e for e in logs if e["event"] == "factors.volume_factors_off"]
+    assert len(warnings) == 1 and warnings[0]["factors"] == ["amihud_5"]
+    assert service.labels == ("momentum_10_2", "volatility_5")
+    assert all(s.factor_names == service.labels for s in snapshots.values())
+
+
+def test_restarted_service_rebuilds_its_windows_from_consumed_bars():
+    panel = synthetic_panel(5, 40, start="2024-01-01")
+    uninterrupted, _ = run(strategy(), panel)
+    bus = MemoryBus()
+    run(strategy(), panel, bus=bus, stop=25)  # "crash" after 25 bars
+    with capture_logs() as logs:
+        resumed, service = run(strategy(), panel, bus=bus, start=25)
+    assert any(e["event"] == "factors.warmed_up" for e in logs)
+    later = [t for t in uninterrupted if t in resumed and t > to_datetime(panel.close_time[24])]
+    assert len(later) == 15
+    for asof in later:
+        np.testing.assert_array_equal(np.array(resumed[asof].exposures, dtype=float),
+                                      np.array(uninterrupted[asof].exposures, dtype=float))
+
+
+def test_factor_file_columns_join_as_of_their_timestamps(tmp_path):
+    from strategies.preprocessing import zscore
+
+    panel = synthetic_panel(3, 10, start="2024-01-01")
+    path = tmp_path / "mine.csv"
+    values = {1: (10.0, 11.0, 12.0), 4: (40.0, 42.0, 50.0)}
+    rows = ["timestamp,symbol,sentiment"]
+    for day, day_values in values.items():
+        rows += [f"2024-01-0{day},{symbol},{value}" for symbol, value in zip(panel.symbols, day_values)]
+    path.write_text("\n".join(rows) + "\n")
+    snapshots, service = run(strategy(factors=FACTORS[:1], factor_files=(str(path),),
+                                      winsorize="none"), panel)
+    assert service.labels == ("momentum_10_2", "sentiment")
+    by_bar_day = {s.asof.day - 1: np.array(s.exposures[1], dtype=float) for s in snapshots.values()}
+    for day in (1, 2, 3):  # bars opening on days 1..3 see the day-1 values
+        np.testing.assert_allclose(by_bar_day[day], zscore(np.array(values[1])))
+    for day in (4, 5, 9):  # from day 4 on, the day-4 values; never a later file row early
+        np.testing.assert_allclose(by_bar_day[day], zscore(np.array(values[4])))
+
+
+def test_unknown_factor_bad_params_and_bad_neutraliser_are_config_errors():
     with pytest.raises(ConfigError, match=r"\[strategy.factors\[0\]\] name must be one of"):
-        FactorUpdateService(MemoryBus(), None, (FactorConfig(name="astrology", lookback=3),))
-    with pytest.raises(ConfigError, match="skip must be below lookback"):
-        FactorUpdateService(MemoryBus(), None, (FactorConfig(name="momentum", lookback=3, skip=3),))
-    with pytest.raises(ConfigError, match="reversal takes no skip"):
-        FactorUpdateService(MemoryBus(), None, (FactorConfig(name="reversal", lookback=3, skip=1),))
+        FactorUpdateService(MemoryBus(), None, strategy(factors=(FactorConfig(name="astrology"),)))
+    with pytest.raises(ConfigError, match=r"\[strategy.factors\[0\]\] params: .*skip"):
+        FactorUpdateService(MemoryBus(), None, strategy(
+            factors=(FactorConfig(name="momentum", params={"lookback": 3, "skip": 3}),)))
+    with pytest.raises(ConfigError, match=r"\[strategy.factors\[0\]\] params: .*colour"):
+        FactorUpdateService(MemoryBus(), None, strategy(
+            factors=(FactorConfig(name="reversal", params={"colour": 3}),)))
+    service = FactorUpdateService(MemoryBus(), SimulatedClock(to_datetime(np.datetime64("2024-01-01"))),
+                                  strategy(neutralize_against=("beta",)))
+    panel = synthetic_panel(3, 3, start="2024-01-01")
+    with pytest.raises(ConfigError, match="neutralize_against names unknown factors"):
+        service.handle(make_event(MarketDataService(MemoryBus(), panel, None, "n").bar_set(0), source="md"))
