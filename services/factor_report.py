@@ -66,14 +66,20 @@ def plot_cumulative(evaluations: list[FactorEvaluation], path: Path, title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(11, 6), dpi=110)
-    for evaluation in evaluations:
+    figure, axis = plt.subplots(figsize=(12, 6.5), dpi=110)
+    colours = plt.get_cmap("tab20").colors
+    for position, evaluation in enumerate(evaluations):
         spread = np.nan_to_num(evaluation.spread, nan=0.0)
         times = evaluation.period_times.astype("datetime64[ms]").astype("O")
-        axis.plot(times, np.cumprod(1.0 + spread) - 1.0, label=evaluation.name, linewidth=1.2)
-    axis.axhline(0.0, color="grey", linewidth=0.8)
+        # Growth of 1 on a log axis: factors far apart in size stay readable side by side.
+        growth = np.maximum(np.cumprod(1.0 + spread), 1e-6)
+        axis.plot(times, growth, label=evaluation.name, linewidth=1.1,
+                  color=colours[position % len(colours)],
+                  linestyle="-" if position < len(colours) else "--")
+    axis.set_yscale("log")
+    axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.set_title(title)
-    axis.set_ylabel("cumulative long-short return (top minus bottom quintile)")
+    axis.set_ylabel("growth of 1 in the long-short portfolio (top minus bottom quintile)")
     axis.legend(fontsize=7, ncol=3, loc="upper left")
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -101,3 +101,38 @@ def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
                 groups += 1
         client.close()
     assert groups >= 10 and pending == 0
+
+
+def test_factors_report_on_the_bundled_sample_writes_table_json_and_picture(tmp_path):
+    from engine.data import SAMPLE_PATH
+    from strategies.factors import FACTORS
+
+    result = deepfactor("factors", "report", "--data", str(SAMPLE_PATH), "--out", str(tmp_path),
+                        "--horizon", "7")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ic_mean" in result.stdout and "icir" in result.stdout
+    report = json.loads((tmp_path / "factor_report.json").read_text())
+    assert {row["factor"] for row in report["factors"]} == set(FACTORS)
+    assert report["horizon_bars"] == 7
+    assert all(row["periods"] > 100 for row in report["factors"] if row["factor"] != "beta")
+    png = (tmp_path / "factor_returns.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+@needs_data
+def test_factors_report_on_close_only_data_turns_volume_factors_off(tmp_path):
+    result = deepfactor("factors", "report", "--data", str(EQUITIES), "--out", str(tmp_path),
+                        "--horizon", "21")
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = next(json.loads(line) for line in result.stderr.splitlines()
+                   if '"factors.volume_factors_off"' in line)
+    assert set(warning["factors"]) == {"amihud", "dollar_volume", "turnover", "volume_trend"}
+    names = {row["factor"] for row in json.loads((tmp_path / "factor_report.json").read_text())["factors"]}
+    assert "amihud" not in names and "momentum_12_1" in names
+
+
+def test_data_fetch_names_an_unknown_exchange(tmp_path):
+    result = deepfactor("data", "fetch", "--exchange", "nosuchexchange", "--symbols", "BTC/USDT",
+                        "--timeframe", "1h", "--since", "2024-01-01", "--out", str(tmp_path / "x.parquet"))
+    assert result.returncode == 1 and "nosuchexchange" in result.stderr
+    assert not (tmp_path / "x.parquet").exists()

@@ -109,10 +109,17 @@ def test_close_only_bars_turn_volume_factors_off_with_one_warning():
     assert all(s.factor_names == service.labels for s in snapshots.values())
 
 
-def test_restarted_service_rebuilds_its_windows_from_consumed_bars():
+@pytest.mark.parametrize("bus_kind", ["memory", "redis"])
+def test_restarted_service_rebuilds_its_windows_from_consumed_bars(bus_kind, request):
     panel = synthetic_panel(5, 40, start="2024-01-01")
     uninterrupted, _ = run(strategy(), panel)
-    bus = MemoryBus()
+    if bus_kind == "redis":
+        from engine.bus import RedisBus
+
+        bus = RedisBus(request.getfixturevalue("redis_url"), request.getfixturevalue("namespace"),
+                       give_up_after_s=5)
+    else:
+        bus = MemoryBus()
     run(strategy(), panel, bus=bus, stop=25)  # "crash" after 25 bars
     with capture_logs() as logs:
         resumed, service = run(strategy(), panel, bus=bus, start=25)
