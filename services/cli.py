@@ -134,11 +134,23 @@ def _paper(arguments: argparse.Namespace) -> int:
             os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
         config = _load(arguments, "paper")
         speed = _parse_speed(arguments.speed, config.paper.speed)
-        panel = _paper_panel(arguments, config)
+        panel = None if arguments.exchange else _paper_panel(arguments, config)
     except (ConfigError, DataError, argparse.ArgumentTypeError) as error:
         return _error(str(error))
     out_dir = Path(arguments.out or config.run.run_dir)
     stop = threading.Event()
+    source = None
+    if arguments.exchange:
+        from engine.data.ccxt_source import CcxtOhlcvSource
+
+        symbols = [s.strip() for s in (arguments.symbols or "").split(",") if s.strip()]
+        if not symbols:
+            return _error("--exchange needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT")
+        try:
+            source = CcxtOhlcvSource(arguments.exchange, symbols, arguments.timeframe)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
 
     def on_signal(number: int, frame: FrameType | None) -> None:
         if stop.is_set():  # second signal: cold stop
@@ -147,9 +159,12 @@ def _paper(arguments: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        from services.paper import run_paper
+        from services.paper import run_live_paper, run_paper
 
-        run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
+        if source is not None:
+            run = run_live_paper(config, source, out_dir, warmup_bars=arguments.warmup_bars, stop=stop)
+        else:
+            run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BusError as error:
@@ -218,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "16 Binance USDT pairs, daily 2021-2024)")
     source.add_argument("--synthetic", action="store_true",
                         help="replay the seeded synthetic market of [market] instead")
+    source.add_argument("--exchange", metavar="ID",
+                        help="live: poll closed candles of --symbols from this ccxt exchange")
+    paper.add_argument("--symbols", metavar="A/B,C/D", help="live: the universe")
+    paper.add_argument("--timeframe", default="1m", metavar="TF", help="live: bar length (1m)")
+    paper.add_argument("--warmup-bars", type=int, default=300, metavar="N",
+                       help="live: closed bars fetched first so factor windows start full")
     paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
     paper.add_argument("--speed", metavar="X|max", help="bars per second, or max")
     paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")
