@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bus.py
 	$(BIN)/python benchmarks/backtest_vs_vectorbt.py
+	$(BIN)/python benchmarks/factors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
