@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from apscheduler.triggers.base import BaseTrigger
 
 from brokers.simulated import SimulatedBroker
-from engine.bus import Bus
-from engine.clock import Clock
+from engine.bus import Bus, MemoryBus
+from engine.clock import Clock, WallClock
 from engine.config import Config
 from engine.scheduling import build_trigger
 from services.execution import ExecutionService
@@ -36,6 +36,19 @@ class Services:
 def schedule_trigger(config: Config) -> BaseTrigger:
     """Return the rebalance trigger of ``config``'s [schedule]."""
     return build_trigger(config.schedule.cron, config.schedule.interval)
+
+
+def validate(config: Config) -> None:
+    """Check what the config schema alone cannot (factor names and parameters against the
+    library, the schedule, neutralisers, factor files), before anything starts.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key at fault.
+    """
+    schedule_trigger(config)
+    FactorUpdateService(MemoryBus(), WallClock(), config.strategy)
 
 
 def build_services(config: Config, bus: Bus, clock: Clock) -> Services:

@@ -87,6 +87,9 @@ def _backtest(arguments: argparse.Namespace) -> int:
         return _error(f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}")
     try:
         config = _load(arguments, "backtest")
+        from services.assembly import validate
+
+        validate(config)
         panel = load_panel(arguments.data)
         from services.backtest import run_backtest
 
@@ -133,6 +136,9 @@ def _paper(arguments: argparse.Namespace) -> int:
         if arguments.redis_url:
             os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
         config = _load(arguments, "paper")
+        from services.assembly import validate
+
+        validate(config)
         speed = _parse_speed(arguments.speed, config.paper.speed)
         panel = None if arguments.exchange else _paper_panel(arguments, config)
     except (ConfigError, DataError, argparse.ArgumentTypeError) as error:
@@ -167,6 +173,8 @@ def _paper(arguments: argparse.Namespace) -> int:
             run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except (ConfigError, DataError) as error:
+        return _error(str(error))
     except BusError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -82,6 +82,11 @@ class FactorUpdateService(Service):
         self.strategy = strategy
         self.requests = resolve_factors(strategy.factors)
         self.file_factors: list[FileFactors] = [load_factor_file(path) for path in strategy.factor_files]
+        known = [label for label, _, _ in self.requests] + [n for f in self.file_factors for n in f.names]
+        unknown = [label for label in strategy.neutralize_against if label not in known]
+        if unknown:
+            raise ConfigError(f"[strategy] neutralize_against names unknown factors {unknown}; "
+                              f"factors are {known}")
         self.engine: IncrementalFactors | None = None
         self.labels: tuple[str, ...] = ()
         self._neutralize: list[int] = []

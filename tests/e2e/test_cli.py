@@ -136,3 +136,12 @@ def test_data_fetch_names_an_unknown_exchange(tmp_path):
                         "--timeframe", "1h", "--since", "2024-01-01", "--out", str(tmp_path / "x.parquet"))
     assert result.returncode == 1 and "nosuchexchange" in result.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_bad_factor_in_the_config_stops_paper_before_anything_starts(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[[strategy.factors]]\nname = "momentum"\nparams = { lookback = 5, skip = 9 }\n')
+    result = deepfactor("paper", "--config", str(config), "--bars", "5", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "[strategy.factors[0]] params" in result.stderr and "skip" in result.stderr
+    assert not (tmp_path / "run").exists()
