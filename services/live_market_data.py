@@ -9,23 +9,15 @@ that stopped trading. Candles are published strictly in time order and never twi
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
 
 import structlog
 
 from engine.bus import Bus
 from engine.data.ccxt_source import Candle, CcxtOhlcvSource
 from engine.events import BarSet, make_event
-from engine.timeframes import timeframe_delta
+from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.live_market_data")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _utc(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
 class LiveMarketDataService:
     """Polls a ccxt source and publishes each complete timestamp's BarSet."""
 
@@ -61,7 +53,7 @@ class LiveMarketDataService:
         rows = [candles[s] for s in symbols]
         bars = BarSet(
             timeframe=self.timeframe,
-            bar_open=_utc(timestamp),
+            bar_open=utc_from_ms(timestamp),
             symbols=symbols,
             open=tuple(c.open for c in rows),
             high=tuple(c.high for c in rows),
@@ -69,13 +61,13 @@ class LiveMarketDataService:
             close=tuple(c.close for c in rows),
             volume=tuple(c.volume for c in rows),
         )
-        close_time = _utc(timestamp) + timeframe_delta(self.timeframe)
+        close_time = utc_from_ms(timestamp) + timeframe_delta(self.timeframe)
         corr = f"bar-{close_time:%Y%m%dT%H%M%SZ}"
         self.bus.publish(BarSet.TOPIC, make_event(bars, source=self.name, corr=corr, ts=close_time))
         self._last_published_ms = timestamp
         self.bars_published += 1
         if len(symbols) < len(self.source.symbols):
-            log.warning("data.partial_bar_set", timestamp=_utc(timestamp).isoformat(),
+            log.warning("data.partial_bar_set", timestamp=utc_from_ms(timestamp).isoformat(),
                         missing=[s for s in self.source.symbols if s not in candles])
 
     def run(self, stop: threading.Event, poll_interval_s: float) -> None:

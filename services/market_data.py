@@ -22,14 +22,14 @@ from engine.data import Panel
 from engine.data.quality import REASONS, bar_problems
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.scheduling import fire_times, rebalance_id
+from engine.timeframes import utc_from_ms
 
 log = structlog.get_logger("services.market_data")
 
 
 def to_datetime(value: np.datetime64) -> datetime:
     """Return a numpy UTC time as an aware datetime."""
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
-        milliseconds=int(value.astype("datetime64[ms]").astype("int64")))
+    return utc_from_ms(int(value.astype("datetime64[ms]").astype("int64")))
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,14 @@ from apscheduler.triggers.base import BaseTrigger
 from engine.bus import Bus
 from engine.events import RebalanceDue, make_event
 from engine.scheduling import LiveScheduler, rebalance_id
-from engine.timeframes import timeframe_delta
+from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.scheduler")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
 def last_close_at_or_before(when: datetime, timeframe: str) -> datetime:
     """Return the latest bar close time not after ``when`` for bars aligned to the epoch."""
     step = timeframe_delta(timeframe)
-    return _EPOCH + ((when - _EPOCH) // step) * step
+    epoch = utc_from_ms(0)
+    return epoch + ((when - epoch) // step) * step
 
 
 class SchedulerService:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from strategies.preprocessing import zscore
 
-def zscore(values: np.ndarray) -> np.ndarray:
-    """Return the cross-sectional z-score of ``values``, ignoring NaN (NaN stays NaN)."""
-    valid = ~np.isnan(values)
-    out = np.full_like(values, np.nan, dtype=float)
-    if valid.sum() < 2:
-        out[valid] = 0.0
-        return out
-    selected = values[valid]
-    std = selected.std(ddof=0)
-    out[valid] = (selected - selected.mean()) / std if std > 0 else 0.0
-    return out
+__all__ = ["equal_factor_scores", "top_fraction_weights", "zscore"]
 
 
 def equal_factor_scores(exposures: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -26,7 +17,7 @@ def equal_factor_scores(exposures: np.ndarray, weights: np.ndarray | None = None
     """
     n_factors = exposures.shape[0]
     weights = np.full(n_factors, 1.0 / n_factors) if weights is None else np.asarray(weights, float)
-    standardised = np.vstack([zscore(column) for column in exposures])
+    standardised = zscore(exposures)
     return weights @ standardised
 
 
