@@ -116,6 +116,8 @@ class ServiceRunner:
 
     def run(self, stop: threading.Event) -> ConsumeStats:
         """Consume until ``stop`` is set; the batch in hand is finished and committed first."""
+        # Services can share a process (one thread each): every log line names its own.
+        structlog.contextvars.bind_contextvars(service=self.service.name)
         self._heartbeat("starting")
         self.service.start()
         last_beat = time.monotonic()
@@ -163,7 +165,8 @@ class Pump:
                 deliveries = loop.consumer.read(loop.settings.batch_size)
                 if not deliveries:
                     continue
-                handled = loop.process(deliveries)
+                with structlog.contextvars.bound_contextvars(service=loop.consumer.group):
+                    handled = loop.process(deliveries)
                 if loop.stats.failed or loop.stats.dead_lettered:
                     reasons = [d.reason for d in self._bus.dead_letters(10_000)
                                if d.group == loop.consumer.group]

@@ -51,7 +51,9 @@ def test_backtest_on_a_real_file_writes_the_contract_files(tmp_path, data, perio
     assert len(rows) - 1 == summary["bars"]
     assert float(rows[-1][1]) == pytest.approx(summary["final_equity"], rel=1e-12)
     log_lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert any(line["event"] == "rebalance.done" for line in log_lines)
+    rebalances = [line for line in log_lines if line["event"] == "rebalance.done"]
+    assert rebalances and all(line["service"] == "rebalance" for line in rebalances)
+    assert all(line["corr"] == line["rebalance_id"] for line in rebalances)
     assert all({"service", "event", "corr"} <= set(line) for line in log_lines)
 
 
