@@ -80,7 +80,7 @@ def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
 
 
 def _backtest(arguments: argparse.Namespace) -> int:
-    from engine.data import load_panel
+    from engine.data.sources import FileSource
     from engine.errors import ConfigError, DataError
 
     if arguments.strategy not in STRATEGIES:
@@ -90,7 +90,7 @@ def _backtest(arguments: argparse.Namespace) -> int:
         from services.assembly import validate
 
         validate(config)
-        panel = load_panel(arguments.data)
+        panel = FileSource(Path(arguments.data)).panel()
         from services.backtest import run_backtest
 
         summary = run_backtest(config, panel, Path(arguments.out))
@@ -101,15 +101,19 @@ def _backtest(arguments: argparse.Namespace) -> int:
 
 
 def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
-    from engine.data import load_panel, sample_panel, synthetic_panel
+    from engine.data import SAMPLE_PATH
+    from engine.data.sources import BarSource, FileSource, SyntheticSource
 
     bars = config.paper.bars if arguments.bars is None else arguments.bars
+    source: BarSource
     if arguments.synthetic:
         market = config.market
-        return synthetic_panel(market.symbols, bars or 250, seed=market.seed, start=market.start,
-                               timeframe=market.timeframe.upper())
-    panel = load_panel(arguments.data) if arguments.data else sample_panel()
-    return panel.slice(0, bars) if bars else panel
+        source = SyntheticSource(market.symbols, bars or 250, seed=market.seed,
+                                 start=market.start, timeframe=market.timeframe.upper())
+    else:
+        source = FileSource(Path(arguments.data) if arguments.data else SAMPLE_PATH)
+    panel = source.panel()
+    return panel.slice(0, bars) if bars and bars < panel.n_bars else panel
 
 
 def _parse_speed(text: str | None, default: float) -> float:
