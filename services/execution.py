@@ -21,7 +21,6 @@ class ExecutionService(Service):
 
     def __init__(self, bus: Bus, clock: Clock, broker: SimulatedBroker) -> None:
         self.broker = broker
-        self.orders_received = 0
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
@@ -30,7 +29,6 @@ class ExecutionService(Service):
     def on_order(self, event: Envelope) -> None:
         order = event.payload
         assert isinstance(order, OrderRequest)
-        self.orders_received += 1
         if self.halted:
             self.emit([OrderUpdate(client_order_id=order.client_order_id, status="rejected",
                                    reason="trading halted")], corr=event.corr)

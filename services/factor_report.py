@@ -44,8 +44,7 @@ def usable_factors(panel: Panel, names: list[str] | None = None) -> list[str]:
 def evaluate_panel(panel: Panel, horizon: int, quantiles: int = 5,
                    names: list[str] | None = None) -> list[FactorEvaluation]:
     """Compute every usable factor on ``panel`` with its defaults and evaluate it."""
-    inputs = FactorInputs(close=panel.close, open=panel.open, high=panel.high, low=panel.low,
-                          volume=panel.volume)
+    inputs = FactorInputs.from_panel(panel)
     names = usable_factors(panel, names)
     exposures = compute_panel([(n, n, {}) for n in names], inputs)
     return [evaluate_factor(n, exposures[n], panel.close, panel.bar_open, horizon, quantiles)

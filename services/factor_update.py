@@ -101,7 +101,6 @@ class FactorUpdateService(Service):
         self._market_level = 1.0
         self._market_peak = 1.0
         self._market_returns: deque[float] = deque(maxlen=_MARKET_VOLATILITY_BARS)
-        self.bars_seen = 0
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
@@ -189,7 +188,6 @@ class FactorUpdateService(Service):
         self._computed[close_time] = _Computed(symbols, raw, close, self._market_state(previous, close))
         while len(self._computed) > _KEPT:
             self._computed.popitem(last=False)
-        self.bars_seen += 1
         return close_time
 
     def _update_closes(self, symbols: tuple[str, ...], bars: BarSet) -> tuple[np.ndarray, np.ndarray]:

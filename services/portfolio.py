@@ -11,7 +11,7 @@ from engine.events import Fill, PortfolioSnapshot
 
 @dataclass
 class PortfolioBook:
-    """Cash, positions and marks, plus the running totals a report needs.
+    """Cash, positions and marks (fees and turnover are the recorder's, from the same fills).
 
     A held symbol is marked at its close in the latest bar set that has it; until one arrives
     after the position opened, at its fill price.
@@ -21,8 +21,6 @@ class PortfolioBook:
     positions: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
     fills_applied: int = 0
-    fees_paid: float = 0.0
-    traded_notional: float = 0.0
     high_water_mark: float = 0.0
     _bar_index: dict[str, int] = field(default_factory=dict)
     _bar_close: tuple[float, ...] = ()
@@ -43,8 +41,6 @@ class PortfolioBook:
         if fill.symbol not in self.marks:
             self.marks[fill.symbol] = fill.price
         self.fills_applied += 1
-        self.fees_paid += fill.fee
-        self.traded_notional += notional
 
     def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
         """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""
@@ -68,10 +64,6 @@ class PortfolioBook:
         if column is not None:
             return self._bar_close[column]
         return self.marks[symbol]
-
-    def equity(self) -> float:
-        """Cash plus positions at their marks."""
-        return self.cash + sum(q * self.price(s) for s, q in self.positions.items())
 
     def snapshot(self, asof: datetime) -> PortfolioSnapshot:
         """Return the marked account, updating the high-water mark."""

@@ -61,7 +61,6 @@ class RebalanceService(Service):
         self.book = PortfolioBook(cash=portfolio.initial_cash)
         self.open_orders: dict[str, _OpenOrder] = {}
         self.pending: list[tuple[RebalanceDue, str]] = []
-        self.rebalances_done = 0
         self._bars: OrderedDict[datetime, _Bar] = OrderedDict()
         self._signals: OrderedDict[datetime, Signal] = OrderedDict()
         self._last_bar_time: datetime | None = None
@@ -218,7 +217,6 @@ class RebalanceService(Service):
             cash_weight=max(0.0, 1.0 - float(weights.sum())),
         )
         self.emit([target, *requests], corr=corr, ts=self.clock.now())
-        self.rebalances_done += 1
         log.info("rebalance.done", rebalance_id=tick.rebalance_id,
                  decision_time=tick.decision_time.isoformat(), equity=round(equity, 2),
                  holdings=len(targets), n_orders=len(requests),

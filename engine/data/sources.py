@@ -2,7 +2,7 @@
 
 The market-data service replays a Panel (backtests, paper replays); the live feed polls a
 :class:`~engine.data.ccxt_source.CcxtOhlcvSource` for closed candles on top of that. A new
-source needs only ``describe()`` and ``panel()``.
+source needs only ``panel()``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ if TYPE_CHECKING:  # ccxt is heavy to import; only the ccxt source needs it
 class BarSource(Protocol):
     """A source of OHLCV bars for a universe."""
 
-    def describe(self) -> str:
-        """Say in a few words what the source is (for logs and reports)."""
-        ...
-
     def panel(self) -> Panel:
         """Return the source's bars as a panel (NaN where a symbol has no bar)."""
         ...
@@ -37,8 +33,6 @@ class FileSource:
 
     path: Path
 
-    def describe(self) -> str:
-        return f"file {self.path}"
 
     def panel(self) -> Panel:
         return load_panel(self.path)
@@ -54,8 +48,6 @@ class SyntheticSource:
     start: str = "2020-01-01"
     timeframe: str = "1D"
 
-    def describe(self) -> str:
-        return f"synthetic market ({self.n_assets} assets, seed {self.seed})"
 
     def panel(self) -> Panel:
         return synthetic_panel(self.n_assets, self.n_bars, seed=self.seed, start=self.start,
@@ -70,8 +62,6 @@ class CcxtHistorySource:
     since_ms: int
     until_ms: int | None = None
 
-    def describe(self) -> str:
-        return f"{self.source.exchange_id} {self.source.timeframe} {', '.join(self.source.symbols)}"
 
     def panel(self) -> Panel:
         return self.source.to_panel(self.source.history(self.since_ms, self.until_ms))
