@@ -18,7 +18,7 @@ from typing import Literal
 
 import structlog
 
-from engine.events import BarSet, EventPayload, Fill, OrderRequest, OrderUpdate
+from engine.events import BarBlock, BarSet, EventPayload, Fill, OrderRequest, OrderUpdate
 
 FillPrice = Literal["next_open", "close"]
 log = structlog.get_logger("brokers.simulated")
@@ -95,6 +95,19 @@ class SimulatedBroker:
             else:
                 out += self._execute(order, bar)
         self._queued = still_queued
+        return out
+
+    def on_block(self, block: BarBlock) -> list[EventPayload]:
+        """Record a block of bars: bar by bar while orders wait for their fill bar, else only
+        its last bar, the only one a later order can be decided on (blocks end at ticks)."""
+        out: list[EventPayload] = []
+        if self._queued:
+            for bars in block.rows():
+                out += self.on_bar(bars, bars.close_time)
+            return out
+        last = block.last_row()
+        if last is not None:
+            out = self.on_bar(last, last.close_time)
         return out
 
     def cancel_open_orders(self, reason: str) -> list[EventPayload]:

@@ -18,15 +18,22 @@ from services.market_data import MarketDataService, to_datetime
 from services.runtime import Pump
 
 log = structlog.get_logger("services.backtest")
-_BATCH_BARS = 256
+BLOCK_BARS = 1024
 
 
 class Backtest:
-    """One replay of a panel through every service; keeps the bus for auditing."""
+    """One replay of a panel through every service; keeps the bus for auditing.
 
-    def __init__(self, config: Config, panel: Panel) -> None:
+    ``block_bars`` caps how many quiet bars go out as one BarBlock; 1 sends every bar as its
+    own BarSet (slower, same results: the tests compare the two).
+    """
+
+    def __init__(self, config: Config, panel: Panel, block_bars: int = BLOCK_BARS) -> None:
+        if block_bars < 1:
+            raise ValueError(f"block_bars must be >= 1, received {block_bars}")
         self.config = config
         self.panel = panel
+        self.block_bars = block_bars
         self.bus = MemoryBus(namespace="backtest")
         self.clock = SimulatedClock(to_datetime(panel.bar_open[0]))
         self.services: Services = build_services(config, self.bus, self.clock)
@@ -36,30 +43,31 @@ class Backtest:
 
     def _quiet(self) -> bool:
         # No order in flight and no tick waiting: nothing a service does depends on how the
-        # next bars interleave with other events, so they can be delivered as one batch.
+        # next bars interleave with other events, so they can be delivered as one block.
         return (not self.services.rebalance.open_orders and not self.services.rebalance.pending
                 and not self.services.execution.broker.open_order_count)
 
     def run(self, out_dir: Path | None = None) -> dict[str, Any]:
         """Replay every bar and tick, then end the data; return (and write) the summary.
 
-        Bars are delivered one step at a time, except runs of bars while nothing is in flight
-        (up to ``_BATCH_BARS``, never across a schedule tick), which are delivered together:
-        the same events in the same order per stream, with the per-delivery overhead shared.
+        Each schedule tick is delivered on its own, and so is each bar while something is in
+        flight. Otherwise the bars up to the next tick (at most ``block_bars``) go out as one
+        BarBlock, which the services handle with matrix operations instead of a step per bar.
         """
         started = time.perf_counter()
         market, pump = self.market, self.pump
-        steps = list(market.steps())
-        batched = 0
-        for position, step in enumerate(steps):
-            market.publish(step)
-            following = steps[position + 1] if position + 1 < len(steps) else None
-            batched += 1
-            if (following is not None and following.bar_index is not None
-                    and step.bar_index is not None and batched < _BATCH_BARS and self._quiet()):
-                continue
-            pump.pump()
-            batched = 0
+        published = 0
+        for count, tick in [*market.ticks(), (self.panel.n_bars, None)]:
+            while published < count:
+                stop = published + 1
+                if self._quiet():
+                    stop = min(count, published + self.block_bars)
+                market.publish_bars(published, stop)
+                pump.pump()
+                published = stop
+            if tick is not None:
+                market.publish(tick)
+                pump.pump()
         market.end_of_data()
         pump.pump()
         summary = self.services.recorder.summary(

@@ -8,7 +8,7 @@ import structlog
 from brokers.simulated import SimulatedBroker
 from engine.bus import Bus
 from engine.clock import Clock
-from engine.events import BarSet, Control, Envelope, EventPayload, OrderRequest, OrderUpdate
+from engine.events import BarBlock, BarSet, Control, Envelope, EventPayload, OrderRequest, OrderUpdate
 from services.runtime import Handler, Service
 
 log = structlog.get_logger("services.execution")
@@ -24,7 +24,7 @@ class ExecutionService(Service):
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
-        return {OrderRequest: self.on_order, BarSet: self.on_bars}
+        return {OrderRequest: self.on_order, BarSet: self.on_bars, BarBlock: self.on_block}
 
     def on_order(self, event: Envelope) -> None:
         order = event.payload
@@ -39,6 +39,13 @@ class ExecutionService(Service):
         bars = event.payload
         assert isinstance(bars, BarSet)
         results = self.broker.on_bar(bars, bars.close_time)
+        if results:
+            self.emit(results, corr=event.corr)
+
+    def on_block(self, event: Envelope) -> None:
+        block = event.payload
+        assert isinstance(block, BarBlock)
+        results = self.broker.on_block(block)
         if results:
             self.emit(results, corr=event.corr)
 

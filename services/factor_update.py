@@ -22,7 +22,7 @@ from engine.bus import Bus
 from engine.clock import Clock
 from engine.config import FactorConfig, StrategyConfig
 from engine.errors import ConfigError
-from engine.events import BarSet, Envelope, EventPayload, FactorSnapshot, RebalanceDue
+from engine.events import BarBlock, BarSet, Envelope, EventPayload, FactorSnapshot, RebalanceDue
 from services.runtime import Handler, Service
 from strategies.evaluation import quantile_spread, rank_ic
 from strategies.factor_files import FileFactors, load_factor_file
@@ -65,6 +65,22 @@ def resolve_factors(factors: tuple[FactorConfig, ...]) -> list[tuple[str, str, d
     return out
 
 
+def market_returns(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of (bars, assets) returns: the mean of the finite ones (0 with none), the share
+    of them above 0, and their count.
+
+    A masked sum rather than a mean of the finite entries: the same arithmetic for one row
+    and for a block of rows, so both give identical numbers.
+    """
+    finite = np.isfinite(returns)
+    count = finite.sum(axis=1)
+    total = np.where(finite, returns, 0.0).sum(axis=1)
+    positive = (finite & (returns > 0)).sum(axis=1)
+    safe = np.maximum(count, 1)
+    return (np.where(count > 0, total / safe, 0.0), np.where(count > 0, positive / safe, 0.0),
+            count)
+
+
 @dataclass
 class _Computed:
     symbols: tuple[str, ...]
@@ -105,8 +121,9 @@ class FactorUpdateService(Service):
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
         if self.strategy.compute_on == "rebalance":
-            return {BarSet: self.on_bars, RebalanceDue: self.on_rebalance_due}
-        return {BarSet: self.on_bars}
+            return {BarSet: self.on_bars, BarBlock: self.on_block,
+                    RebalanceDue: self.on_rebalance_due}
+        return {BarSet: self.on_bars, BarBlock: self.on_block}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,8 +131,10 @@ class FactorUpdateService(Service):
         window = max(FACTORS[name].window(**params) for _, name, params in self.requests)
         history = self.bus.consumed_history(self.name, BarSet.TOPIC, window + _MARKET_VOLATILITY_BARS)
         for event in history:
-            assert isinstance(event.payload, BarSet)
-            self._ingest(event.payload)
+            payload = event.payload
+            assert isinstance(payload, (BarSet, BarBlock))
+            for bars in ([payload] if isinstance(payload, BarSet) else payload.rows()):
+                self._ingest(bars)
         if history:
             log.info("factors.warmed_up", bars=len(history),
                      last=history[-1].payload.close_time.isoformat())
@@ -144,7 +163,18 @@ class FactorUpdateService(Service):
     def on_bars(self, event: Envelope) -> None:
         bars = event.payload
         assert isinstance(bars, BarSet)
-        close_time = self._ingest(bars)
+        self._after_ingest(self._ingest(bars), event)
+
+    def on_block(self, event: Envelope) -> None:
+        block = event.payload
+        assert isinstance(block, BarBlock)
+        if self.strategy.compute_on == "bar" or self._waiting or not self.requests:
+            for bars in block.rows():  # a snapshot per bar, or a tick waits on one of them
+                self._after_ingest(self._ingest(bars), event)
+            return
+        self._after_ingest(self._ingest_block(block), event)
+
+    def _after_ingest(self, close_time: datetime | None, event: Envelope) -> None:
         if close_time is None:
             return
         if self.strategy.compute_on == "bar":
@@ -190,6 +220,79 @@ class FactorUpdateService(Service):
             self._computed.popitem(last=False)
         return close_time
 
+    def _ingest_block(self, block: BarBlock) -> datetime | None:
+        # ``_ingest`` for every bar of the block, with the factor windows, the closes and the
+        # market state advanced by matrix operations; only the last bar is kept as computed.
+        close = block.matrix("close")
+        assert close is not None
+        times = block.close_times()
+        keep = ~np.isnan(close).all(axis=1)
+        if self._computed:
+            latest = next(reversed(self._computed))
+            keep &= np.array([t > latest for t in times])  # replayed bars after a restart
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            return None
+        if self.engine is None and not self.labels:
+            self._build_engine(block.volume is not None)
+        values: dict[str, np.ndarray | None] = {}
+        converted: dict[int, np.ndarray] = {}  # close-only blocks share one column for four
+        for name in ("open", "high", "low", "close", "volume"):
+            column = getattr(block, name)
+            if column is not None and id(column) not in converted:
+                matrix = block.matrix(name)
+                assert matrix is not None
+                converted[id(column)] = matrix if len(rows) == len(matrix) else matrix[rows]
+            values[name] = None if column is None else converted[id(column)]
+        if values["volume"] is None and self._volume_labels:
+            values["volume"] = np.full_like(values["close"], np.nan)
+        close = values["close"]
+        assert close is not None and self.engine is not None
+        width_before = len(self._universe)
+        raw = self.engine.update_block(block.symbols, values)
+        if len(self._universe) != len(self.engine.symbols):
+            self._universe = tuple(self.engine.symbols)
+        symbols = self._universe
+        last_row = int(rows[-1])
+        if self.file_factors:
+            extra = [f.values_at(block.bar_open[last_row], symbols) for f in self.file_factors]
+            raw = np.vstack([raw, *extra])
+        market = self._market_state_block(symbols, block.symbols, close, width_before)
+        close_time = times[last_row]
+        self._computed[close_time] = _Computed(symbols, raw, self._last_close.copy(), market)
+        while len(self._computed) > _KEPT:
+            self._computed.popitem(last=False)
+        return close_time
+
+    def _market_state_block(self, symbols: tuple[str, ...], block_symbols: tuple[str, ...],
+                            close: np.ndarray, width_before: int) -> dict[str, float]:
+        # The closes carried forward per universe member, then each bar's market return over
+        # the universe as it was at that bar (its width decides the summation order).
+        width = len(symbols)
+        column = {s: i for i, s in enumerate(symbols)}
+        universe_columns = np.array([column[s] for s in block_symbols if s in column], dtype=np.intp)
+        block_columns = np.array([j for j, s in enumerate(block_symbols) if s in column], dtype=np.intp)
+        stacked = np.full((len(close) + 1, width), np.nan)
+        stacked[0, :len(self._last_close)] = self._last_close
+        stacked[1:, universe_columns] = close[:, block_columns]
+        seen = np.where(np.isnan(stacked), 0, np.arange(len(stacked))[:, None])
+        np.maximum.accumulate(seen, axis=0, out=seen)
+        carried = np.take_along_axis(stacked, seen, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            returns = carried[1:] / carried[:-1] - 1.0
+        # Universe width at each bar: members known before, plus those that have appeared.
+        appeared = np.where(~np.isnan(stacked[1:]), np.arange(width), -1).max(axis=1)
+        widths = np.maximum.accumulate(np.maximum(appeared + 1, width_before))
+        if widths[0] == widths[-1]:  # the universe did not grow during the block
+            mean, breadth, count = market_returns(returns[:, :widths[0]])
+        else:
+            mean, breadth, count = (np.empty(len(close)) for _ in range(3))
+            for w in np.unique(widths).tolist():
+                at = widths == w
+                mean[at], breadth[at], count[at] = market_returns(returns[at][:, :w])
+        self._last_close = carried[-1]
+        return self._advance_market(mean, float(breadth[-1]), float(count[-1]))
+
     def _update_closes(self, symbols: tuple[str, ...], bars: BarSet) -> tuple[np.ndarray, np.ndarray]:
         # Last known close per universe member, before and after this bar.
         previous = self._last_close
@@ -212,22 +315,26 @@ class FactorUpdateService(Service):
         # The equal-weight universe: its last return, recent volatility, drawdown and breadth.
         with np.errstate(invalid="ignore", divide="ignore"):
             returns = close / previous - 1.0
-        valid = returns[np.isfinite(returns)]
-        market_return = float(valid.mean()) if len(valid) else 0.0
-        self._market_level *= 1.0 + market_return
-        self._market_peak = max(self._market_peak, self._market_level)
+        mean, breadth, count = market_returns(returns[None, :])
+        return self._advance_market(mean, float(breadth[0]), float(count[0]))
+
+    def _advance_market(self, returns: np.ndarray, breadth: float, assets: float) -> dict[str, float]:
+        # Moves the market level over bars' returns (oldest first): the state at the last.
+        levels = np.multiply.accumulate(np.concatenate([[self._market_level], 1.0 + returns]))
+        self._market_level = float(levels[-1])
+        self._market_peak = max(self._market_peak, float(levels[1:].max()))
         recent = self._market_returns
-        recent.append(market_return)
+        recent.extend(returns.tolist())
         volatility = 0.0
         if len(recent) > 1:  # (statistics.stdev is exact but ~100x slower: it uses Fractions)
             mean = sum(recent) / len(recent)
             volatility = math.sqrt(sum((r - mean) ** 2 for r in recent) / (len(recent) - 1))
         return {
-            "market_return": market_return,
+            "market_return": float(returns[-1]),
             "market_volatility": volatility,
             "market_drawdown": 1.0 - self._market_level / self._market_peak,
-            "breadth": float((valid > 0).mean()) if len(valid) else 0.0,
-            "assets": float(len(valid)),
+            "breadth": breadth,
+            "assets": assets,
         }
 
     def _performance(self, exposures: np.ndarray, close: np.ndarray) -> tuple[dict, dict]:

@@ -20,7 +20,7 @@ from engine.bus import Bus
 from engine.clock import SimulatedClock
 from engine.data import Panel
 from engine.data.quality import REASONS, bar_problems
-from engine.events import BarSet, Control, RebalanceDue, make_event
+from engine.events import BarBlock, BarSet, Control, RebalanceDue, make_event
 from engine.scheduling import fire_times, rebalance_id
 from engine.timeframes import utc_from_ms
 
@@ -30,6 +30,11 @@ log = structlog.get_logger("services.market_data")
 def to_datetime(value: np.datetime64) -> datetime:
     """Return a numpy UTC time as an aware datetime."""
     return utc_from_ms(int(value.astype("datetime64[ms]").astype("int64")))
+
+
+def to_datetimes(values: np.ndarray) -> list[datetime]:
+    """Return numpy UTC times as aware datetimes (one conversion for the whole array)."""
+    return [t.replace(tzinfo=timezone.utc) for t in values.astype("datetime64[us]").tolist()]
 
 
 @dataclass(frozen=True)
@@ -42,20 +47,36 @@ class Step:
     decision_time: datetime | None = None
 
 
+def schedule_ticks(panel: Panel, trigger: BaseTrigger | None) -> list[tuple[int, Step]]:
+    """Return each schedule tick within the panel's span, after how many bars it comes.
+
+    A tick comes after every bar that closes at or before it (bar first on a tie) and decides
+    on the last of them; ticks after the last bar's close are not replayed.
+    """
+    if trigger is None or panel.n_bars == 0:
+        return []
+    close_us = panel.close_time.astype("datetime64[us]").astype(np.int64)
+    first = to_datetime(panel.close_time[0])
+    ticks = list(fire_times(trigger, first - timedelta(microseconds=1), to_datetime(panel.close_time[-1])))
+    if not ticks:
+        return []
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    tick_us = np.array([(t - epoch) // timedelta(microseconds=1) for t in ticks], dtype=np.int64)
+    counts = np.searchsorted(close_us, tick_us, side="right").tolist()
+    return [(count, Step(time=tick, due=tick, decision_time=to_datetime(panel.close_time[count - 1])))
+            for count, tick in zip(counts, ticks)]
+
+
 def replay_steps(panel: Panel, trigger: BaseTrigger | None) -> Iterator[Step]:
     """Yield bar closes and schedule ticks in time order (bar first on a tie)."""
-    close_times = [to_datetime(t) for t in panel.close_time]
-    if not close_times:
-        return
-    ticks = iter(fire_times(trigger, close_times[0] - timedelta(microseconds=1), close_times[-1])
-                 if trigger is not None else ())
-    tick = next(ticks, None)
-    for index, close_time in enumerate(close_times):
-        yield Step(time=close_time, bar_index=index)
-        following = close_times[index + 1] if index + 1 < len(close_times) else None
-        while tick is not None and (following is None or tick < following):
-            yield Step(time=tick, due=tick, decision_time=close_time)
-            tick = next(ticks, None)
+    close_times = to_datetimes(panel.close_time)
+    published = 0
+    for count, tick in [*schedule_ticks(panel, trigger), (len(close_times), None)]:
+        for index in range(published, count):
+            yield Step(time=close_times[index], bar_index=index)
+        published = count
+        if tick is not None:
+            yield tick
 
 
 class MarketDataService:
@@ -80,7 +101,9 @@ class MarketDataService:
         self._all_symbols = panel.symbols
         self._valid = ~np.isnan(panel.close)
         self._universes: dict[bytes, tuple[tuple[str, ...], object]] = {}
-        self._bar_open = [to_datetime(t) for t in panel.bar_open]
+        self._block_universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]] = {}
+        self._bar_open = to_datetimes(panel.bar_open)
+        self._bar_delta = panel.timeframe.astype("timedelta64[us]").item()
 
     def _screen(self, index: int) -> np.ndarray:
         # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
@@ -103,6 +126,82 @@ class MarketDataService:
         bad = np.zeros_like(valid)
         bad[list(reasons)] = True
         return valid & ~bad
+
+    def _screen_rows(self, start: int, stop: int) -> np.ndarray:
+        # _screen for a run of rows: only rows with a problem or from the future go one by one
+        # (they are logged); the rest are the panel's own presence mask.
+        if self._problems is None:
+            self._screen(start)
+        valid = self._valid[start:stop].copy()
+        now = np.datetime64(self._now().replace(tzinfo=None), "us")
+        special = self._problem_rows[start:stop] | (self.panel.bar_open[start:stop] > now)
+        for offset in np.flatnonzero(special).tolist():
+            valid[offset] = self._screen(start + offset)
+        return valid
+
+    def bar_block(self, start: int, stop: int) -> BarBlock | None:
+        """Return bars ``start`` to ``stop - 1`` as one BarBlock, screened like ``bar_set``:
+        a rejected or missing bar is NaN; symbols with no good bar in the run are left out."""
+        panel = self.panel
+        valid = self._screen_rows(start, stop)
+        present = valid.any(axis=0)
+        key = present.tobytes()
+        cached = self._block_universes.get(key)
+        if cached is None:
+            columns = np.flatnonzero(present)
+            cached = (tuple(self._all_symbols[i] for i in columns), columns)
+            self._block_universes[key] = cached
+        symbols, columns = cached
+        if not symbols:
+            return None
+        mask = valid[:, columns]
+        rows = slice(start, stop)
+        if len(columns) == len(self._all_symbols):
+            columns = slice(None)  # every symbol: a view, not a gather
+
+        done: dict[int, tuple[float, ...]] = {}
+
+        def cells(values: np.ndarray) -> tuple[float, ...]:
+            # Close-only panels share one array for open, high, low and close: convert it once.
+            if id(values) not in done:
+                done[id(values)] = tuple(np.where(mask, values[rows, columns], np.nan).ravel().tolist())
+            return done[id(values)]
+
+        self.bars_published += int(mask.any(axis=1).sum())
+        return BarBlock(
+            timeframe=self._timeframe,
+            bar_open=tuple(self._bar_open[start:stop]),
+            symbols=symbols,
+            open=cells(panel.open),
+            high=cells(panel.high),
+            low=cells(panel.low),
+            close=cells(panel.close),
+            volume=None if panel.volume is None else cells(panel.volume),
+        )
+
+    def publish_bars(self, start: int, stop: int) -> None:
+        """Publish bars ``start`` to ``stop - 1`` at the last one's close: one BarSet for one
+        bar, else one BarBlock.
+
+        The caller guarantees nothing else happens between these bars (no schedule tick, no
+        order in flight), which is what makes delivering them together equivalent.
+        """
+        close_time = self._bar_open[stop - 1] + self._bar_delta
+        if stop - start == 1:
+            self.publish(Step(time=close_time, bar_index=start))
+            return
+        if self.clock is not None:
+            self.clock.advance_to(close_time)
+        block = self.bar_block(start, stop)
+        if block is None:
+            return
+        first = self._bar_open[start] + self._bar_delta
+        corr = f"bars-{first:%Y%m%dT%H%M%SZ}-{close_time:%Y%m%dT%H%M%SZ}"
+        self.bus.publish(BarBlock.TOPIC, make_event(block, source=self.name, corr=corr, ts=close_time))
+
+    def ticks(self) -> list[tuple[int, Step]]:
+        """Return the schedule's ticks with how many bars precede each (see schedule_ticks)."""
+        return schedule_ticks(self.panel, self.trigger)
 
     def bar_set(self, index: int) -> BarSet | None:
         """Return the BarSet of bar ``index`` holding only symbols with a good bar then."""

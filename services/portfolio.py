@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from engine.events import Fill, PortfolioSnapshot
+import numpy as np
+
+from engine.events import Fill, PortfolioMarks, PortfolioSnapshot
 
 
 @dataclass
@@ -83,3 +85,58 @@ class PortfolioBook:
             drawdown=max(0.0, drawdown),
             fills_applied=self.fills_applied,
         )
+
+    def mark_rows(self, asof: list[datetime], symbols: tuple[str, ...],
+                  close: np.ndarray) -> PortfolioMarks | None:
+        """Mark the account at each row of ``close`` (bars x ``symbols``, NaN = no bar) but the
+        last, as ``mark`` then ``snapshot`` would row by row; return those marks (None for one
+        row). The book is left marked at the last row, ready for ``snapshot``.
+
+        The arithmetic is the row-by-row one, element for element (sums over holdings in the
+        same order), so the marks are identical, not merely close.
+        """
+        held = list(self.positions)
+        column = {s: i for i, s in enumerate(symbols)}
+        marks = None
+        if len(asof) > 1:
+            n = len(asof) - 1
+            start = np.array([self.price(s) for s in held])  # the marks before these rows
+            prices = np.repeat(start[None, :], n, axis=0)
+            traded = [k for k, s in enumerate(held) if s in column]
+            if traded:
+                values = close[:n, [column[held[k]] for k in traded]]
+                seen = np.where(np.isnan(values), -1, np.arange(n)[:, None])
+                np.maximum.accumulate(seen, axis=0, out=seen)  # the last row with a bar, or -1
+                carried = np.take_along_axis(values, np.maximum(seen, 0), axis=0)
+                prices[:, traded] = np.where(seen >= 0, carried, start[traded])
+            values = prices * np.array([self.positions[s] for s in held])
+            # Accumulate along the holdings: the same sequential sum, in holding order, as
+            # the row-by-row snapshot's sum() over positions.
+            held_total = np.add.accumulate(values, axis=1)[:, -1] if held else np.zeros(n)
+            gross_total = np.add.accumulate(np.abs(values), axis=1)[:, -1] if held else np.zeros(n)
+            equity = self.cash + held_total
+            high_water = np.maximum.accumulate(np.concatenate([[self.high_water_mark], equity]))[1:]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                drawdown = np.where(high_water > 0, 1.0 - equity / high_water, 0.0)
+                gross = np.where(equity > 0, gross_total / equity, 0.0)
+            self.high_water_mark = float(high_water[-1])
+            marks = PortfolioMarks(
+                asof=tuple(asof[:n]), equity=tuple(equity.tolist()), cash=self.cash,
+                positions=dict(self.positions),
+                prices={s: tuple(prices[:, k].tolist()) for k, s in enumerate(held)},
+                gross_exposure=tuple(gross.tolist()), high_water_mark=tuple(high_water.tolist()),
+                drawdown=tuple(np.maximum(drawdown, 0.0).tolist()),
+                fills_applied=self.fills_applied)
+        last = close[-1]
+        present = np.flatnonzero(~np.isnan(last))
+        index = {symbols[j]: i for i, j in enumerate(present.tolist())}
+        closes = tuple(last[present].tolist())
+        if marks is None:
+            self.mark(index, closes)
+            return None
+        # A held symbol absent from the last row is marked at its last close in the rows
+        # before (what ``mark`` would have frozen on the way), then the last row is current.
+        for k, symbol in enumerate(held):
+            self.marks[symbol] = float(prices[-1, k])
+        self._bar_index, self._bar_close = index, closes
+        return marks

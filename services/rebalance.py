@@ -19,6 +19,7 @@ from engine.bus import Bus
 from engine.clock import Clock
 from engine.config import PortfolioConfig
 from engine.events import (
+    BarBlock,
     BarSet,
     Control,
     Envelope,
@@ -71,6 +72,7 @@ class RebalanceService(Service):
     def handlers(self) -> dict[type[EventPayload], Handler]:
         return {
             BarSet: self.on_bars,
+            BarBlock: self.on_block,
             Signal: self.on_signal,
             RebalanceDue: self.on_rebalance_due,
             Fill: self.on_fill,
@@ -81,6 +83,39 @@ class RebalanceService(Service):
     def on_bars(self, event: Envelope) -> None:
         bars = event.payload
         assert isinstance(bars, BarSet)
+        self._take_bars(bars, event)
+
+    def on_block(self, event: Envelope) -> None:
+        block = event.payload
+        assert isinstance(block, BarBlock)
+        if self.open_orders or self.pending:
+            for bars in block.rows():  # something in flight: bar by bar, as it was sent for
+                self._take_bars(bars, event)
+            return
+        close = block.matrix("close")
+        assert close is not None
+        rows = np.flatnonzero(~np.isnan(close).all(axis=1))
+        if len(rows) == 0:
+            return
+        times = block.close_times()
+        close = close[rows]
+        asof = [times[i] for i in rows.tolist()]
+        marks = self.book.mark_rows(asof, block.symbols, close)
+        # The last bar is the one a tick can decide on: the producer ends a block at a tick.
+        last = asof[-1]
+        present = np.flatnonzero(~np.isnan(close[-1]))
+        symbols = tuple(block.symbols[j] for j in present.tolist())
+        if symbols != self._last_symbols:
+            self._last_index = {s: i for i, s in enumerate(symbols)}
+            self._last_symbols = symbols
+        self._remember(self._bars, last, _Bar(symbols, self._last_index,
+                                              tuple(close[-1, present].tolist())))
+        self._last_bar_time = last
+        snapshot = self.book.snapshot(last)
+        self.emit([snapshot] if marks is None else [marks, snapshot], corr=event.corr, ts=event.ts)
+        self._try_pending()
+
+    def _take_bars(self, bars: BarSet, event: Envelope) -> None:
         if bars.symbols is not self._last_symbols and bars.symbols != self._last_symbols:
             self._last_index = {s: i for i, s in enumerate(bars.symbols)}
             self._last_symbols = bars.symbols

@@ -12,20 +12,29 @@ import numpy as np
 
 from engine.bus import Bus
 from engine.clock import Clock
-from engine.events import Envelope, EventPayload, Fill, OrderRequest, PortfolioSnapshot
+from engine.events import (
+    Envelope,
+    EventPayload,
+    Fill,
+    OrderRequest,
+    PortfolioMarks,
+    PortfolioSnapshot,
+)
 from engine.metrics import performance_summary
 from services.runtime import Handler, Service
 
 EQUITY_COLUMNS = ("timestamp", "equity", "cash", "gross_exposure", "drawdown")
+_Row = tuple[float, float, float, float]  # equity, cash, gross exposure, drawdown
 
 
 class RecorderService(Service):
-    """Keeps the last snapshot per bar, and counts orders, fills, fees and traded notional."""
+    """Keeps the account's last marks per bar (from snapshots and marks), and counts orders,
+    fills, fees and traded notional."""
 
     name = "recorder"
 
     def __init__(self, bus: Bus, clock: Clock) -> None:
-        self.snapshots: dict[datetime, PortfolioSnapshot] = {}
+        self.rows: dict[datetime, _Row] = {}
         self.orders = 0
         self.fills = 0
         self.fees = 0.0
@@ -33,12 +42,19 @@ class RecorderService(Service):
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
-        return {PortfolioSnapshot: self.on_snapshot, OrderRequest: self.on_order, Fill: self.on_fill}
+        return {PortfolioSnapshot: self.on_snapshot, PortfolioMarks: self.on_marks,
+                OrderRequest: self.on_order, Fill: self.on_fill}
 
     def on_snapshot(self, event: Envelope) -> None:
-        snapshot = event.payload
-        assert isinstance(snapshot, PortfolioSnapshot)
-        self.snapshots[snapshot.asof] = snapshot  # later snapshots of a bar (post-trade) win
+        s = event.payload
+        assert isinstance(s, PortfolioSnapshot)
+        self.rows[s.asof] = (s.equity, s.cash, s.gross_exposure, s.drawdown)  # post-trade wins
+
+    def on_marks(self, event: Envelope) -> None:
+        marks = event.payload
+        assert isinstance(marks, PortfolioMarks)
+        cash = (marks.cash,) * len(marks.asof)
+        self.rows.update(zip(marks.asof, zip(marks.equity, cash, marks.gross_exposure, marks.drawdown)))
 
     def on_order(self, event: Envelope) -> None:
         self.orders += 1
@@ -52,14 +68,14 @@ class RecorderService(Service):
 
     def summary(self, initial_equity: float, periods_per_year: float, bars: int) -> dict[str, Any]:
         """Return the run's summary with the keys of the command-line contract."""
-        rows = [self.snapshots[t] for t in sorted(self.snapshots)]
+        times = sorted(self.rows)
         # The curve starts from the cash the run began with, before its first bar.
-        equity = np.array([initial_equity] + [s.equity for s in rows])
+        equity = np.array([initial_equity] + [self.rows[t][0] for t in times])
         figures = performance_summary(equity, periods_per_year)
         average_equity = float(np.mean(equity))
         return {
-            "start": rows[0].asof.isoformat() if rows else None,
-            "end": rows[-1].asof.isoformat() if rows else None,
+            "start": times[0].isoformat() if times else None,
+            "end": times[-1].isoformat() if times else None,
             "bars": bars,
             "initial_equity": initial_equity,
             "final_equity": float(equity[-1]),
@@ -78,7 +94,5 @@ class RecorderService(Service):
         with (out_dir / "equity.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(EQUITY_COLUMNS)
-            for asof in sorted(self.snapshots):
-                s = self.snapshots[asof]
-                writer.writerow([asof.isoformat(), repr(s.equity), repr(s.cash),
-                                 repr(s.gross_exposure), repr(s.drawdown)])
+            for asof in sorted(self.rows):
+                writer.writerow([asof.isoformat(), *map(repr, self.rows[asof])])

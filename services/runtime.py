@@ -8,17 +8,19 @@ and commits the batch in hand, then returns.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import structlog
 
 from engine.bus import Bus, ConsumerLoop, ConsumeSettings, ConsumeStats
+from engine.bus.processing import SERVICE
 from engine.clock import Clock
 from engine.events import Control, Envelope, EventPayload, Heartbeat, make_event
 
@@ -150,6 +152,10 @@ class Pump:
             ConsumerLoop(s.bus.consumer(s.name, f"{s.name}-0", s.topics), s.handle, settings)
             for s in services
         ]
+        self._batch_size = batch_size
+        # What one poll uses, looked up once: pump() polls every service until all are idle.
+        self._polls = [(loop.consumer.read, loop.process, loop.stats, loop.consumer.group)
+                       for loop in self.loops]
 
     def pump(self) -> int:
         """Run every service until all are idle; return how many events were handled.
@@ -159,24 +165,39 @@ class Pump:
         """
         total = 0
         moved = True
-        while moved:
-            moved = False
-            for loop in self.loops:
-                deliveries = loop.consumer.read(loop.settings.batch_size)
-                if not deliveries:
-                    continue
-                with structlog.contextvars.bound_contextvars(service=loop.consumer.group):
-                    handled = loop.process(deliveries)
-                if loop.stats.failed or loop.stats.dead_lettered:
-                    reasons = [d.reason for d in self._bus.dead_letters(10_000)
-                               if d.group == loop.consumer.group]
-                    raise HandlerFailedError(
-                        f"service {loop.consumer.group} failed: {reasons[-1] if reasons else '?'}"
-                    )
-                if handled:
-                    total += handled
-                    moved = True
+        # ``service`` is bound only when the service in hand changes and restored once at the
+        # end: bound_contextvars() per batch copies the whole context, which cost more than
+        # delivering a small batch.
+        service_var = SERVICE.var
+        batch_size = self._batch_size
+        outer: contextvars.Token[Any] | None = None
+        bound = None
+        try:
+            while moved:
+                moved = False
+                for read, process, stats, group in self._polls:
+                    deliveries = read(batch_size)
+                    if not deliveries:
+                        continue
+                    if group != bound:
+                        token = service_var.set(group)
+                        if outer is None:
+                            outer = token
+                        bound = group
+                    handled = process(deliveries)
+                    if stats.failed or stats.dead_lettered:
+                        self._fail(group)
+                    if handled:
+                        total += handled
+                        moved = True
+        finally:
+            if outer is not None:
+                service_var.reset(outer)
         return total
+
+    def _fail(self, group: str) -> NoReturn:
+        reasons = [d.reason for d in self._bus.dead_letters(10_000) if d.group == group]
+        raise HandlerFailedError(f"service {group} failed: {reasons[-1] if reasons else '?'}")
 
     def pending(self) -> int:
         """Return events delivered but not acknowledged, over all services."""

@@ -8,7 +8,6 @@ never filled with zero or the mean.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,11 +24,33 @@ def _as_rows(x: np.ndarray, caller: str) -> np.ndarray:
     return array
 
 
-def _quiet_nan_statistic(function, *args, **kwargs) -> np.ndarray:
-    # All-NaN cross-sections give NaN, which is the answer; numpy's warning about it is noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return function(*args, **kwargs)
+def _valid_counts(array: np.ndarray) -> np.ndarray:
+    # Entries that are not NaN, per cross-section, shaped (..., 1) to broadcast against the rows.
+    return array.shape[-1] - np.add.reduce(np.isnan(array), axis=-1, keepdims=True)
+
+
+def _sorted_rows(array: np.ndarray) -> np.ndarray:
+    # Each cross-section sorted, NaN last, as (rows, N) whatever the input's rank.
+    return np.sort(array.reshape(-1, array.shape[-1]), axis=-1)
+
+
+def _take(ordered: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    # ordered[row, columns[row, j]] for every row, by flat index: cheaper than take_along_axis.
+    n_rows, n_columns = ordered.shape
+    rows = np.arange(0, n_rows * n_columns, n_columns).reshape(-1, 1)
+    return ordered.ravel()[rows + columns]
+
+
+def _nan_median(array: np.ndarray) -> np.ndarray:
+    # The median of each cross-section's valid entries, shaped (..., 1); NaN where there are none
+    # (an all-NaN row reads its NaN at 0). np.nanmedian (a masked-array median per call) computes
+    # the same mean of the two middle values, but costs about 100 microseconds even on a handful
+    # of assets.
+    ordered = _sorted_rows(array)
+    count = _valid_counts(array).reshape(-1, 1)
+    middle = np.maximum(np.concatenate(((count - 1) // 2, count // 2), axis=1), 0)
+    low, high = _take(ordered, middle).T
+    return ((low + high) / 2).reshape(array.shape[:-1] + (1,))
 
 
 def winsorize_mad(x: np.ndarray, k: float = 5.0) -> np.ndarray:
@@ -50,11 +71,39 @@ def winsorize_mad(x: np.ndarray, k: float = 5.0) -> np.ndarray:
     if not k > 0:
         raise ValueError(f"winsorize_mad: k must be positive, received {k}")
     array = _as_rows(x, "winsorize_mad")
-    median = _quiet_nan_statistic(np.nanmedian, array, axis=-1, keepdims=True)
-    mad = _quiet_nan_statistic(np.nanmedian, np.abs(array - median), axis=-1, keepdims=True)
+    if array.size == 0:
+        return array
+    with np.errstate(invalid="ignore"):  # middles -inf and inf average to NaN, as in numpy
+        median = _nan_median(array)
+        mad = _nan_median(np.abs(array - median))
     half_width = k * MAD_TO_STD * mad
     clipped = np.clip(array, median - half_width, median + half_width)
     return np.where(mad > 0, clipped, array)
+
+
+def _nan_quantiles(array: np.ndarray, q: np.ndarray) -> np.ndarray:
+    # The ``q`` quantiles of each cross-section's valid entries, shaped (..., len(q)); NaN where
+    # there are none. np.nanquantile's linear method step by step (virtual index (n - 1) * q,
+    # its floor and the next entry, and the same two-sided interpolation), for all rows at once
+    # instead of one Python call per row.
+    ordered = _sorted_rows(array)
+    count = _valid_counts(array).reshape(-1, 1)
+    virtual = (count - 1) * q
+    previous = np.floor(virtual)
+    # At or past the last valid entry numpy interpolates that entry with itself, measuring gamma
+    # from index -1 (which only decides the sign of a zero bound). An all-NaN row always lands
+    # here and reads its NaN at 0.
+    at_end = virtual >= count - 1
+    previous[at_end] = -1
+    gamma = virtual - previous
+    last = np.maximum(count - 1, 0)
+    below = _take(ordered, np.where(at_end, last, previous).astype(np.intp))
+    above = _take(ordered, np.where(at_end, last, previous + 1).astype(np.intp))
+    with np.errstate(invalid="ignore"):  # inf - inf between infinite entries: numpy's NaN too
+        difference = above - below
+        bounds = np.where(gamma >= 0.5, above - difference * (1 - gamma),
+                          below + difference * gamma)
+    return bounds.reshape(array.shape[:-1] + q.shape)
 
 
 def winsorize_quantile(x: np.ndarray, lower: float = 0.01, upper: float = 0.99) -> np.ndarray:
@@ -71,8 +120,10 @@ def winsorize_quantile(x: np.ndarray, lower: float = 0.01, upper: float = 0.99) 
         raise ValueError(f"winsorize_quantile: need 0 <= lower < upper <= 1, received "
                          f"lower={lower}, upper={upper}")
     array = _as_rows(x, "winsorize_quantile")
-    bounds = _quiet_nan_statistic(np.nanquantile, array, [lower, upper], axis=-1, keepdims=True)
-    return np.clip(array, bounds[0], bounds[1])
+    if array.size == 0:
+        return array
+    bounds = _nan_quantiles(array, np.array([lower, upper]))
+    return np.clip(array, bounds[..., :1], bounds[..., 1:])
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -82,14 +133,24 @@ def zscore(x: np.ndarray) -> np.ndarray:
     information); NaN entries stay NaN.
     """
     array = _as_rows(x, "zscore")
-    mean = _quiet_nan_statistic(np.nanmean, array, axis=-1, keepdims=True)
-    std = _quiet_nan_statistic(np.nanstd, array, axis=-1, keepdims=True)
+    missing = np.isnan(array)
+    valid = ~missing
+    count = np.add.reduce(valid, axis=-1, keepdims=True, dtype=np.float64)  # float divides faster
+    # np.nanmean and np.nanstd step by step (NaN summed as 0, deviations from that mean zeroed
+    # where NaN, squared, summed, divided by the count), so the result is theirs to the bit at
+    # a fraction of their cost. An all-NaN row divides 0 by 0, which gives its NaN answer.
+    with np.errstate(all="ignore"):
+        mean = np.add.reduce(np.where(missing, 0.0, array), axis=-1, keepdims=True) / count
+        deviation = array - mean
+        squares = np.where(missing, 0.0, deviation)
+        squares *= squares
+        std = np.sqrt(np.add.reduce(squares, axis=-1, keepdims=True) / count)
+        standardised = deviation / std
     # Equal values are tested exactly: their computed std can be rounding noise, not zero.
-    constant = (_quiet_nan_statistic(np.nanmax, array, axis=-1, keepdims=True)
-                == _quiet_nan_statistic(np.nanmin, array, axis=-1, keepdims=True))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        standardised = (array - mean) / std
-    return np.where(constant, np.where(np.isnan(array), np.nan, 0.0), standardised)
+    # fmax and fmin skip NaN; an all-NaN row compares -inf with inf, so it is not constant.
+    constant = (np.fmax.reduce(array, axis=-1, keepdims=True, initial=-np.inf)
+                == np.fmin.reduce(array, axis=-1, keepdims=True, initial=np.inf))
+    return np.where(constant & valid, 0.0, standardised)
 
 
 def neutralize(x: np.ndarray, against: np.ndarray) -> np.ndarray:

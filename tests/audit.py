@@ -10,18 +10,21 @@ from datetime import datetime
 from engine.bus import Bus
 from engine.events import (
     TERMINAL_ORDER_STATUSES,
+    BarBlock,
     BarSet,
     Envelope,
     Fill,
     OrderRequest,
     OrderUpdate,
+    PortfolioMarks,
     PortfolioSnapshot,
 )
 
 
 @dataclass
 class Ledger:
-    """Every event of the topics an auditor reads, in stream order."""
+    """Every event of the topics an auditor reads, in stream order; blocks of bars and of
+    marks are expanded into the bar sets and snapshots they stand for."""
 
     bars: list[BarSet] = field(default_factory=list)
     orders: list[OrderRequest] = field(default_factory=list)
@@ -40,7 +43,11 @@ def read_ledger(bus: Bus) -> Ledger:
         while deliveries := consumer.read(10_000):
             for delivery in deliveries:
                 assert delivery.event is not None, delivery.error
-                sink.append(delivery.event.payload)
+                payload = delivery.event.payload
+                if isinstance(payload, (BarBlock, PortfolioMarks)):
+                    sink.extend(payload.rows())
+                else:
+                    sink.append(payload)
             consumer.ack(deliveries)
     return ledger
 

@@ -3,10 +3,12 @@ dead-letter what cannot succeed, so each bus only supplies the primitives."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -15,6 +17,27 @@ from engine.events import Envelope
 
 Handler = Callable[[Envelope], None]
 log = structlog.get_logger("engine.bus")
+
+
+class LogContextField:
+    """One field of structlog's context-local log context (what ``bind_contextvars`` binds),
+    set and restored through its ContextVar directly.
+
+    ``bind_contextvars``/``reset_contextvars`` build a dict and look the variable up by name
+    on every call, which costs more than delivering a small batch; the variable is the same
+    object for the life of the process, so it is taken once from a first bind's token.
+    """
+
+    __slots__ = ("var",)
+
+    def __init__(self, key: str) -> None:
+        token = structlog.contextvars.bind_contextvars(**{key: None})[key]
+        token.var.reset(token)
+        self.var: contextvars.ContextVar[Any] = token.var
+
+
+CORR = LogContextField("corr")
+SERVICE = LogContextField("service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +81,34 @@ class ConsumerLoop:
 
     def process(self, deliveries: Sequence[Delivery]) -> int:
         """Handle one batch; return how many events were applied."""
+        candidates = self._screen(deliveries)
+        if not candidates:
+            return 0
+        event_ids = [d.event.id for d in candidates]  # type: ignore[union-attr]
+        seen = self.consumer.already_processed(event_ids)
+        # Duplicates are rare: check for them per event only when the batch has any.
+        check_duplicates = any(seen) or (len(event_ids) > 1 and
+                                         len(set(event_ids)) < len(event_ids))
+        applied, duplicates = self._apply(candidates, seen, check_duplicates)
+        if applied:
+            self.consumer.commit(applied)
+        if duplicates:
+            self.consumer.ack(duplicates)
+            self.stats.duplicates += len(duplicates)
+            log.info("bus.duplicates_skipped", group=self.consumer.group, count=len(duplicates),
+                     event_ids=[d.event.id for d in duplicates if d.event][:10])
+        self.stats.processed += len(applied)
+        return len(applied)
+
+    def _screen(self, deliveries: Sequence[Delivery]) -> Sequence[Delivery]:
+        """Dead-letter what cannot be handled; return the rest (``deliveries`` itself when
+        nothing was taken out, the common case, so no list is built)."""
         max_deliveries = self.settings.max_deliveries
+        for delivery in deliveries:
+            if delivery.error is not None or delivery.attempts > max_deliveries:
+                break
+        else:
+            return deliveries
         candidates: list[Delivery] = []
         for delivery in deliveries:
             if delivery.error is not None:
@@ -71,45 +121,46 @@ class ConsumerLoop:
                 )
             else:
                 candidates.append(delivery)
-        if not candidates:
-            return 0
-        seen = self.consumer.already_processed([d.event.id for d in candidates])  # type: ignore[union-attr]
+        return candidates
+
+    def _apply(self, candidates: Sequence[Delivery], seen: Sequence[bool],
+               check_duplicates: bool) -> tuple[list[Delivery], list[Delivery]]:
+        """Run the handler on each candidate not applied before; return (applied, duplicates).
+
+        ``corr`` is bound only when it changes (bursts share one) and the caller's context is
+        restored once per batch.
+        """
+        handler = self.handler
+        corr_var = CORR.var
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
         applied_ids: set[str] = set()
-        # Bind corr only when it changes (bursts share one); restore the caller's once per batch.
-        outer_context: dict | None = None
+        outer: contextvars.Token[Any] | None = None
         bound_corr: str | None = None
         try:
             for delivery, was_seen in zip(candidates, seen):
                 event = delivery.event
                 assert event is not None
-                if was_seen or event.id in applied_ids:
+                if check_duplicates and (was_seen or event.id in applied_ids):
                     duplicates.append(delivery)
                     continue
                 if event.corr != bound_corr:
-                    tokens = structlog.contextvars.bind_contextvars(corr=event.corr)
-                    outer_context = outer_context or tokens
+                    token = corr_var.set(event.corr)
+                    if outer is None:
+                        outer = token
                     bound_corr = event.corr
                 try:
-                    self.handler(event)
+                    handler(event)
                 except Exception as error:  # a handler bug must not stop the service
                     self._handle_failure(delivery, error)
                     continue
                 applied.append(delivery)
-                applied_ids.add(event.id)
+                if check_duplicates:
+                    applied_ids.add(event.id)
         finally:
-            if outer_context:
-                structlog.contextvars.reset_contextvars(**outer_context)
-        if applied:
-            self.consumer.commit(applied)
-        if duplicates:
-            self.consumer.ack(duplicates)
-            self.stats.duplicates += len(duplicates)
-            log.info("bus.duplicates_skipped", group=self.consumer.group, count=len(duplicates),
-                     event_ids=[d.event.id for d in duplicates if d.event][:10])
-        self.stats.processed += len(applied)
-        return len(applied)
+            if outer is not None:
+                corr_var.reset(outer)
+        return applied, duplicates
 
     def _handle_failure(self, delivery: Delivery, error: Exception) -> None:
         self.stats.failed += 1

@@ -4,13 +4,14 @@ from engine.events.base import Envelope, EventPayload, make_event
 from engine.events.codec import PAYLOAD_BY_TYPE, PAYLOAD_TYPES, decode, encode
 from engine.events.decision import RebalanceDue, Signal, TargetPortfolio
 from engine.events.ids import event_id_time_ms, new_event_id
-from engine.events.market import BarSet, FactorSnapshot
+from engine.events.market import BarBlock, BarSet, FactorSnapshot
 from engine.events.operations import Control, Heartbeat, RiskAlert
 from engine.events.trading import (
     TERMINAL_ORDER_STATUSES,
     Fill,
     OrderRequest,
     OrderUpdate,
+    PortfolioMarks,
     PortfolioSnapshot,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "PAYLOAD_BY_TYPE",
     "PAYLOAD_TYPES",
     "TERMINAL_ORDER_STATUSES",
+    "BarBlock",
     "BarSet",
     "Control",
     "Envelope",
@@ -27,6 +29,7 @@ __all__ = [
     "Heartbeat",
     "OrderRequest",
     "OrderUpdate",
+    "PortfolioMarks",
     "PortfolioSnapshot",
     "RebalanceDue",
     "RiskAlert",

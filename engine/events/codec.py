@@ -13,12 +13,19 @@ import msgspec
 from engine.errors import EventDecodeError
 from engine.events.base import Envelope, EventPayload, UtcDatetime
 from engine.events.decision import RebalanceDue, Signal, TargetPortfolio
-from engine.events.market import BarSet, FactorSnapshot
+from engine.events.market import BarBlock, BarSet, FactorSnapshot
 from engine.events.operations import Control, Heartbeat, RiskAlert
-from engine.events.trading import Fill, OrderRequest, OrderUpdate, PortfolioSnapshot
+from engine.events.trading import (
+    Fill,
+    OrderRequest,
+    OrderUpdate,
+    PortfolioMarks,
+    PortfolioSnapshot,
+)
 
 PAYLOAD_TYPES: tuple[type[EventPayload], ...] = (
     BarSet,
+    BarBlock,
     FactorSnapshot,
     Signal,
     RebalanceDue,
@@ -27,6 +34,7 @@ PAYLOAD_TYPES: tuple[type[EventPayload], ...] = (
     OrderUpdate,
     Fill,
     PortfolioSnapshot,
+    PortfolioMarks,
     RiskAlert,
     Control,
     Heartbeat,

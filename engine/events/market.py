@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, ClassVar
 
 import msgspec
+import numpy as np
 
 from engine.events.base import (
     EventPayload,
@@ -61,6 +62,121 @@ class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     def close_time(self) -> datetime:
         """When these bars closed: the event time of the set."""
         return self.bar_open + timeframe_delta(self.timeframe)
+
+
+OptionalPrice = PositiveFloat | None
+OptionalVolume = NonNegativeFloat | None
+_BLOCK_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Consecutive bars of one timeframe in one event: what a replay sends for a run of bars
+    during which nothing else can happen (no order in flight, no schedule tick between them).
+
+    Consumers handle a block exactly as they would its rows delivered one by one as BarSets
+    (``rows()`` gives them), but can do it with a few matrix operations instead of a Python
+    step per bar. Values are (bars x symbols) matrices flattened row by row; a missing value
+    (NaN in process, null on the wire) means the symbol had no bar then. The block's event
+    time is the close of its last bar.
+    """
+
+    TYPE: ClassVar[str] = "BarBlock"
+    TOPIC: ClassVar[str] = "bars"
+
+    timeframe: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]*[smhdw]$")] = "1d"
+    bar_open: tuple[UtcDatetime, ...]
+    symbols: tuple[Symbol, ...]
+    open: tuple[OptionalPrice, ...]
+    high: tuple[OptionalPrice, ...]
+    low: tuple[OptionalPrice, ...]
+    close: tuple[OptionalPrice, ...]
+    volume: tuple[OptionalVolume, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.bar_open:
+            raise ValueError("BarBlock.bar_open must hold at least one bar")
+        cells = len(self.bar_open) * len(self.symbols)
+        for name in _BLOCK_COLUMNS:
+            column = getattr(self, name)
+            if column is not None and len(column) != cells:
+                raise ValueError(f"BarBlock.{name} has {len(column)} values for "
+                                 f"{len(self.bar_open)} bars x {len(self.symbols)} symbols")
+        if any(b <= a for a, b in zip(self.bar_open, self.bar_open[1:])):
+            raise ValueError("BarBlock.bar_open must be strictly increasing")
+        if len(set(self.symbols)) != len(self.symbols):
+            _check_unique(self.symbols, "BarBlock")
+
+    @property
+    def close_time(self) -> datetime:
+        """When the last bar closed: the event time of the block."""
+        return self.bar_open[-1] + timeframe_delta(self.timeframe)
+
+    def close_times(self) -> list[datetime]:
+        """Return each bar's close time."""
+        step = timeframe_delta(self.timeframe)
+        return [t + step for t in self.bar_open]
+
+    def matrix(self, name: str) -> np.ndarray | None:
+        """Return column ``name`` ("open" ... "volume") shaped (bars, symbols), NaN where
+        missing; None for a block without volume."""
+        values = getattr(self, name)
+        if values is None:
+            return None
+        # None (a decoded null) becomes NaN in a float array.
+        return np.array(values, dtype=np.float64).reshape(len(self.bar_open), len(self.symbols))
+
+    def rows(self) -> list[BarSet]:
+        """Return the block as the BarSets it stands for, one per bar that has any symbol."""
+        matrices = self._matrices()
+        universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]] = {}
+        rows = (self._row(t, matrices, universes) for t in range(len(self.bar_open)))
+        return [bars for bars in rows if bars is not None]
+
+    def last_row(self) -> BarSet | None:
+        """Return the BarSet of the last bar that has any symbol (None if none has)."""
+        width = len(self.symbols)
+        for t in range(len(self.bar_open) - 1, -1, -1):
+            cells = slice(t * width, (t + 1) * width)
+            close = self.close[cells]
+            columns = [j for j, value in enumerate(close) if value is not None and value == value]
+            if not columns:
+                continue
+
+            def pick(values: tuple | None) -> tuple | None:
+                if values is None:
+                    return None
+                row = values[cells]
+                return tuple(row[j] for j in columns)
+
+            return BarSet(timeframe=self.timeframe, bar_open=self.bar_open[t],
+                          symbols=tuple(self.symbols[j] for j in columns), open=pick(self.open),
+                          high=pick(self.high), low=pick(self.low), close=pick(self.close),
+                          volume=pick(self.volume))
+        return None
+
+    def _matrices(self) -> dict[str, np.ndarray | None]:
+        return {name: self.matrix(name) for name in _BLOCK_COLUMNS}
+
+    def _row(self, t: int, matrices: dict[str, np.ndarray | None],
+             universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]]) -> BarSet | None:
+        close = matrices["close"]
+        assert close is not None
+        present = ~np.isnan(close[t])
+        key = present.tobytes()
+        if key not in universes:  # one tuple per universe, as a live feed would send
+            columns = np.flatnonzero(present)
+            universes[key] = (tuple(self.symbols[i] for i in columns.tolist()), columns)
+        symbols, columns = universes[key]
+        if not symbols:
+            return None
+
+        def pick(name: str) -> tuple[float, ...] | None:
+            matrix = matrices[name]
+            return None if matrix is None else tuple(matrix[t, columns].tolist())
+
+        return BarSet(timeframe=self.timeframe, bar_open=self.bar_open[t], symbols=symbols,
+                      open=pick("open"), high=pick("high"), low=pick("low"), close=pick("close"),
+                      volume=pick("volume"))
 
 
 class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -102,3 +102,47 @@ class PortfolioSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_
     high_water_mark: float
     drawdown: NonNegativeFloat
     fills_applied: NonNegativeInt = 0
+
+
+class PortfolioMarks(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The account marked at several consecutive bars during which it did not trade: the
+    equity path between two snapshots, in one event instead of one snapshot per bar.
+
+    ``cash``, ``positions`` and ``fills_applied`` hold for every bar; per bar ``i``,
+    ``equity[i] == cash + sum(positions[s] * prices[s][i])``. ``rows()`` gives the
+    PortfolioSnapshots these marks stand for.
+    """
+
+    TYPE: ClassVar[str] = "PortfolioMarks"
+    TOPIC: ClassVar[str] = "portfolio"
+
+    asof: tuple[UtcDatetime, ...]
+    equity: tuple[float, ...]
+    cash: float
+    positions: dict[str, float]
+    prices: dict[str, tuple[PositiveFloat, ...]]
+    gross_exposure: tuple[NonNegativeFloat, ...]
+    high_water_mark: tuple[float, ...]
+    drawdown: tuple[NonNegativeFloat, ...]
+    fills_applied: NonNegativeInt = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.asof)
+        series = {"equity": self.equity, "gross_exposure": self.gross_exposure,
+                  "high_water_mark": self.high_water_mark, "drawdown": self.drawdown,
+                  **{f"prices[{s!r}]": p for s, p in self.prices.items()}}
+        for name, values in series.items():
+            if len(values) != n:
+                raise ValueError(f"PortfolioMarks.{name} has {len(values)} values for {n} bars")
+        if set(self.prices) != set(self.positions):
+            raise ValueError("PortfolioMarks.prices must hold exactly the symbols of positions")
+
+    def rows(self) -> list[PortfolioSnapshot]:
+        """Return the snapshots these marks stand for, one per bar."""
+        return [PortfolioSnapshot(asof=asof, equity=self.equity[i], cash=self.cash,
+                                  positions=dict(self.positions),
+                                  prices={s: p[i] for s, p in self.prices.items()},
+                                  gross_exposure=self.gross_exposure[i],
+                                  high_water_mark=self.high_water_mark[i],
+                                  drawdown=self.drawdown[i], fills_applied=self.fills_applied)
+                for i, asof in enumerate(self.asof)]

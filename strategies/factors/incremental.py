@@ -187,6 +187,12 @@ class IncrementalFactors:
                             if spec.kernel is None]
         self._trailing = _TrailingInputs(max(function_windows)) if function_windows else None
 
+        # A run of bars can skip the per-bar Python steps when every series kept in a buffer is
+        # a raw input: then pushing the rows is one matrix copy per buffer.
+        self._raw_only = (self._trailing is None
+                          and all(name in RAW_SERIES for name in self._lag_buffers)
+                          and all(name in RAW_SERIES for name, _, _ in self._windows))
+
     @staticmethod
     def _width(series: str) -> int:
         return 1 if series in MARKET_SERIES else 0
@@ -261,3 +267,83 @@ class IncrementalFactors:
                     exposures[position] = spec.function(trailing, **params)[-1]
         self.n_bars += 1
         return exposures
+
+    def update_block(self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None]) -> np.ndarray:
+        """Append several bars and return the exposures at the last, as ``update`` bar by bar.
+
+        ``values`` maps "open" ... "volume" to (bars, len(symbols)) matrices (None for a
+        missing volume); NaN close means the symbol had no bar then, as an absent symbol does
+        for ``update``. The universe grows in the same order (first appearance, then column
+        order) and the buffers receive the same rows, so every exposure is identical to
+        feeding the rows one by one; the bars before the last skip the factor kernels.
+        """
+        close = values["close"]
+        assert close is not None
+        if close.ndim != 2 or close.shape[1] != len(symbols) or len(close) == 0:
+            raise ValueError(f"IncrementalFactors.update_block: close must be (bars, "
+                             f"{len(symbols)}) with at least one bar, received {close.shape}")
+        if values.get("volume") is None and self._volume_labels:
+            raise ValueError(f"factors {self._volume_labels} need volume, and this block has none")
+        present = ~np.isnan(close)
+        with_bars = present.any(axis=1)
+        if not with_bars.all():  # a bar time nobody traded never reached ``update`` either
+            if not with_bars.any():
+                raise ValueError("IncrementalFactors.update_block: no symbol has a bar")
+            values = {name: None if m is None else m[with_bars] for name, m in values.items()}
+            close, present = close[with_bars], present[with_bars]
+        # Segments of the bars before the last, each starting where new symbols appear.
+        n_rows = len(close) - 1
+        starts = [0]
+        if n_rows > 1:
+            known = np.array([s in self._column for s in symbols], dtype=bool)
+            earlier = present[:n_rows]
+            first_seen = np.where(earlier.any(axis=0) & ~known, earlier.argmax(axis=0), 0)
+            starts = sorted({0, *first_seen.tolist()})
+        for start, stop in zip(starts, [*starts[1:], n_rows]):
+            if start >= stop:
+                continue
+            row_symbols = tuple(symbols[j] for j in np.flatnonzero(present[start]).tolist())
+            self._columns_of(row_symbols)  # adds the symbols new at ``start``, in column order
+            self._push_rows(symbols, values, start, stop)
+        last = present[-1]
+        columns = np.flatnonzero(last)
+        pick = lambda m: None if m is None else m[-1, columns]  # noqa: E731
+        return self.update(tuple(symbols[j] for j in columns.tolist()), pick(values["open"]),
+                           pick(values["high"]), pick(values["low"]), close[-1, columns],
+                           pick(values.get("volume")))
+
+    def _push_rows(self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None],
+                   start: int, stop: int) -> None:
+        # Rows start..stop-1 in universe columns (NaN for members without a bar), into every
+        # buffer, without evaluating the kernels.
+        width = len(self.symbols)
+        block_columns = [j for j, s in enumerate(symbols) if s in self._column]
+        universe_columns = [self._column[symbols[j]] for j in block_columns]
+        rows: dict[str, np.ndarray] = {}
+        for name in RAW_SERIES:
+            matrix = values.get(name)
+            out = np.full((stop - start, width), np.nan)
+            if matrix is not None:
+                out[:, universe_columns] = matrix[start:stop, block_columns]
+            rows[name] = out
+        if self._raw_only:
+            for name, buffer in self._lag_buffers.items():
+                buffer.push_many(rows[name])
+            for (name, _, _), state in self._windows.items():
+                state.push_many(rows[name])
+            self.n_bars += stop - start
+            return
+        bar = self._bar
+        with np.errstate(all="ignore"):
+            for t in range(stop - start):  # the steps of ``update`` without the kernels
+                bar.values = {}
+                bar.raw = {name: rows[name][t] for name in RAW_SERIES}
+                bar.columns, bar.n_assets = None, width
+                bar.index = np.array([float(self.n_bars)])
+                for name, buffer in self._lag_buffers.items():
+                    buffer.push(bar.series(name))
+                for key, state in self._windows.items():
+                    state.push(bar.series(key[0]))
+                if self._trailing is not None:
+                    self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
+                self.n_bars += 1

@@ -117,6 +117,28 @@ class WindowState:
         return value
 
 
+    def push_many(self, rows: np.ndarray) -> None:
+        """Add several bars' rows (oldest first), as that many ``push`` calls would, with the
+        same operations in the same order (accumulate is the sequential fold of ``push``)."""
+        op, length = self._op, self.length
+        start = 0
+        while start < len(rows):
+            position = self._position + 1
+            if position == length:
+                position = 0
+            stop = min(len(rows), start + length - position)
+            chunk = rows[start:stop]
+            if position == 0:
+                self._prefix[:] = op.accumulate(chunk, axis=0)[-1]
+            else:
+                self._prefix[:] = op.accumulate(np.vstack([self._prefix, chunk]), axis=0)[-1]
+            self._rows[position:position + len(chunk)] = chunk
+            self._position = position + len(chunk) - 1
+            if self._position == length - 1:  # block complete: its suffixes serve the next
+                self._suffix[:length] = op.accumulate(self._rows[::-1], axis=0)[::-1]
+            start = stop
+
+
 class LagBuffer:
     """The last ``depth`` rows of one series, so ``lag(k)`` is the row ``k`` bars back."""
 
@@ -135,6 +157,16 @@ class LagBuffer:
         """Add the next bar's row."""
         self._position = (self._position + 1) % self._depth
         self._rows[self._position] = row
+
+    def push_many(self, rows: np.ndarray) -> None:
+        """Add several bars' rows (oldest first), as that many ``push`` calls would."""
+        depth = self._depth
+        if len(rows) >= depth:
+            rows = rows[-depth:]
+            self._position = (self._position + len(rows) - depth) % depth
+        slots = (self._position + 1 + np.arange(len(rows))) % depth
+        self._rows[slots] = rows
+        self._position = (self._position + len(rows)) % depth
 
     def lag(self, k: int) -> np.ndarray:
         """Return the row pushed ``k`` bars before the latest (NaN before the first)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import math
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from engine.errors import EventDecodeError
 from engine.events import (
     PAYLOAD_TYPES,
+    BarBlock,
     BarSet,
     Control,
     FactorSnapshot,
@@ -18,6 +20,7 @@ from engine.events import (
     Heartbeat,
     OrderRequest,
     OrderUpdate,
+    PortfolioMarks,
     PortfolioSnapshot,
     RebalanceDue,
     RiskAlert,
@@ -30,8 +33,26 @@ from engine.events import (
 from tests.events import T0, bar_set, order_request
 from tests.strategies import bar_sets
 
+DAY = timedelta(days=1)
+NAN = math.nan
+
+
+def bar_block(close: tuple) -> BarBlock:
+    return BarBlock(bar_open=(T0, T0 + DAY, T0 + 2 * DAY), symbols=("A", "B"), open=close,
+                    high=close, low=close, close=close, volume=tuple(0.0 if c == c else NAN for c in close))
+
+
+def portfolio_marks() -> PortfolioMarks:
+    return PortfolioMarks(asof=(T0, T0 + DAY), equity=(1000.0, 1010.0), cash=979.0,
+                          positions={"A": 2.0}, prices={"A": (10.5, 15.5)},
+                          gross_exposure=(0.021, 0.0307), high_water_mark=(1000.0, 1010.0),
+                          drawdown=(0.0, 0.0), fills_applied=1)
+
+
 ONE_OF_EACH = [
     bar_set(3),
+    bar_block((1.0, 2.0, 1.5, 2.5, 1.25, 2.25)),
+    portfolio_marks(),
     FactorSnapshot(asof=T0, symbols=("A", "B"), factor_names=("mom_12_1", "vol"),
                    exposures=((0.5, -0.5), (None, 1.2)), factor_ic={"mom_12_1": 0.03, "vol": None},
                    factor_returns={"mom_12_1": 0.01}, market_state={"drawdown": 0.1}),
@@ -165,3 +186,48 @@ def test_make_event_refuses_naive_time_and_defaults_corr_to_own_id():
 def test_terminal_statuses():
     assert OrderUpdate(client_order_id="x", status="filled").is_terminal
     assert not OrderUpdate(client_order_id="x", status="accepted").is_terminal
+
+
+def test_a_bar_block_carries_missing_bars_as_null_and_stands_for_its_bar_sets():
+    block = bar_block((1.0, NAN, 1.5, 2.5, NAN, NAN))
+    raw = encode(make_event(block, source="market-data"))
+    assert b'"close":[1.0,null,1.5,2.5,null,null]' in raw
+    decoded = decode(raw).payload
+    assert isinstance(decoded, BarBlock)
+    assert str(decoded.matrix("close").tolist()) == "[[1.0, nan], [1.5, 2.5], [nan, nan]]"
+    rows = decoded.rows()  # the third bar time has no bar: no BarSet, as a feed sends none
+    assert [(r.bar_open, r.symbols, r.close, r.volume) for r in rows] == [
+        (T0, ("A",), (1.0,), (0.0,)), (T0 + DAY, ("A", "B"), (1.5, 2.5), (0.0, 0.0))]
+    assert decoded.last_row() == rows[-1] and block.last_row() == rows[-1]
+    assert decoded.close_time == T0 + 3 * DAY
+
+
+def test_a_bar_block_with_a_bad_price_is_refused_with_its_path():
+    raw = encode(make_event(bar_block((1.0, 2.0, 1.5, -2.5, 1.25, 2.25)), source="md"))  # all four
+    with pytest.raises(EventDecodeError) as caught:
+        decode(raw)
+    assert caught.value.field == "payload.open[3]" and "> 0.0" in caught.value.problem
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(close=(1.0,) * 5), r"close has 5 values for 3 bars x 2 symbols"),
+    (dict(bar_open=(T0, T0, T0 + DAY)), "strictly increasing"),
+    (dict(bar_open=(), open=(), high=(), low=(), close=(), volume=()), "at least one bar"),
+    (dict(symbols=("A", "A")), r"duplicated: \['A'\]"),
+])
+def test_a_malformed_bar_block_is_refused(change, message):
+    fields = {name: getattr(bar_block((1.0,) * 6), name) for name in BarBlock.__struct_fields__}
+    with pytest.raises(ValueError, match=message):
+        BarBlock(**{**fields, **change})
+
+
+def test_portfolio_marks_stand_for_one_snapshot_per_bar_and_refuse_ragged_columns():
+    marks = portfolio_marks()
+    rows = marks.rows()
+    assert [(r.asof, r.equity, r.prices, r.positions, r.cash, r.fills_applied) for r in rows] == [
+        (T0, 1000.0, {"A": 10.5}, {"A": 2.0}, 979.0, 1), (T0 + DAY, 1010.0, {"A": 15.5}, {"A": 2.0}, 979.0, 1)]
+    fields = {name: getattr(marks, name) for name in PortfolioMarks.__struct_fields__}
+    with pytest.raises(ValueError, match=r"equity has 1 values for 2 bars"):
+        PortfolioMarks(**{**fields, "equity": (1.0,)})
+    with pytest.raises(ValueError, match="exactly the symbols of positions"):
+        PortfolioMarks(**{**fields, "prices": {}})

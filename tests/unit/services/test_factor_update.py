@@ -162,3 +162,29 @@ def test_unknown_factor_bad_params_and_bad_neutraliser_are_config_errors():
             factors=(FactorConfig(name="reversal", params={"colour": 3}),)))
     with pytest.raises(ConfigError, match=r"neutralize_against names unknown factors \['beta'\]"):
         FactorUpdateService(MemoryBus(), None, strategy(neutralize_against=("beta",)))
+
+
+def test_a_block_of_bars_leaves_the_same_market_state_as_its_bars_one_by_one():
+    # The universe widens from 9 to 30 inside the block: the market return of each bar must be
+    # summed over the universe as it was then, or the rounding (and the state) would differ.
+    import dataclasses
+
+    panel = synthetic_panel(30, 80, seed=4)
+    rng = np.random.default_rng(4)
+    steps = rng.normal(0.0, 0.01, (80, 30))
+    close = 100.0 * np.exp(np.cumsum(steps, axis=0))
+    close[:50, 9:] = np.nan
+    panel = dataclasses.replace(panel, close=close, open=close, high=close, low=close)
+    config = strategy("rebalance", factors=(FactorConfig(name="momentum", params={"lookback": 5, "skip": 1}),))
+    _, by_bar = run(config, panel)
+    bus = MemoryBus()
+    block_service = FactorUpdateService(bus, SimulatedClock(to_datetime(panel.bar_open[0])), config)
+    market = MarketDataService(bus, panel, None, "none")
+    block_service.handle(make_event(market.bar_block(0, 30), source="md"))
+    block_service.handle(make_event(market.bar_block(30, 80), source="md"))
+    last = next(reversed(by_bar._computed))
+    assert next(reversed(block_service._computed)) == last
+    assert block_service._computed[last].market == by_bar._computed[last].market
+    assert (block_service._market_level, block_service._market_peak) == (by_bar._market_level, by_bar._market_peak)
+    assert list(block_service._market_returns) == list(by_bar._market_returns)
+    np.testing.assert_array_equal(block_service._computed[last].raw, by_bar._computed[last].raw)

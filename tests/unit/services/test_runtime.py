@@ -3,16 +3,20 @@ events aimed at it, and stops after committing the batch in hand."""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from datetime import datetime, timezone
 
 import msgspec
 import pytest
+import structlog
 
 from engine.bus import ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
-from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, make_event
+from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, RiskAlert, make_event
+from engine.logging import configure_logging
 from brokers.simulated import SimulatedBroker
 from services.execution import ExecutionService
 from services.runtime import HandlerFailedError, Pump, Service, ServiceRunner
@@ -112,3 +116,50 @@ def test_pump_stops_the_run_when_a_handler_fails():
     bus.publish("orders", order_request(1))
     with pytest.raises(HandlerFailedError, match="broken failed: handler raised ZeroDivisionError: bad maths"):
         pump.pump()
+
+
+
+class Relay(Service):
+    """Logs each heartbeat from elsewhere and passes its corr on in a risk alert."""
+
+    name = "relay"
+
+    def handlers(self):
+        return {Heartbeat: self.on_heartbeat}
+
+    def on_heartbeat(self, event):
+        structlog.get_logger("test").info("relay.seen", n=event.payload.processed)
+        self.emit([RiskAlert(kind="var_limit", severity="info", message="m")], corr=event.corr)
+
+
+class Sink(Service):
+    name = "sink"
+
+    def handlers(self):
+        return {RiskAlert: self.on_alert}
+
+    def on_alert(self, event):
+        structlog.get_logger("test").info("sink.seen")
+
+
+def test_pump_logs_name_the_service_and_corr_inside_handlers_and_restore_the_callers():
+    stream = io.StringIO()
+    configure_logging("backtest", level="info", format="json", stream=stream)
+    try:
+        bus = MemoryBus()
+        pump = Pump([Relay(bus, SimulatedClock(T0)), Sink(bus, SimulatedClock(T0))])
+        bus.publish_many("heartbeat", [
+            msgspec.structs.replace(heartbeat(i, source="other"), corr=corr)
+            for i, corr in enumerate(["rb-1", "rb-2"])
+        ])
+        with structlog.contextvars.bound_contextvars(corr="outer"):
+            assert pump.pump() == 4
+            structlog.get_logger("test").info("caller.after")
+        structlog.get_logger("test").info("caller.unbound")
+    finally:
+        structlog.reset_defaults()
+    lines = [(line["event"], line["service"], line["corr"])
+             for line in map(json.loads, stream.getvalue().splitlines())]
+    assert lines == [("relay.seen", "relay", "rb-1"), ("relay.seen", "relay", "rb-2"),
+                     ("sink.seen", "sink", "rb-1"), ("sink.seen", "sink", "rb-2"),
+                     ("caller.after", "backtest", "outer"), ("caller.unbound", "backtest", None)]

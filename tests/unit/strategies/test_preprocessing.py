@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 
 import numpy as np
 import pytest
@@ -32,6 +33,41 @@ def valid(row: np.ndarray) -> list[float]:
     return [float(v) for v in row if not math.isnan(v)]
 
 
+def awkward_cross_sections(seed: int, n_rows: int, n_assets: int) -> np.ndarray:
+    """Fat tails, ties, NaN, and (room permitting) an all-NaN, a one-value and a constant row."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(2.0, (n_rows, n_assets)) * 10.0 ** rng.integers(-6, 6, (n_rows, 1))
+    x[:, ::4] = np.round(x[:, ::4])
+    x[rng.random(x.shape) < rng.choice([0.0, 0.1, 0.6], (n_rows, 1))] = np.nan
+    if n_rows >= 4:
+        x[1] = np.nan
+        x[2] = np.nan
+        x[2, -1] = 3.0
+        x[3] = 0.1
+        x[3, 0] = np.nan
+    return x
+
+
+def row_by_row(function, x: np.ndarray) -> np.ndarray:
+    """Apply ``function`` to each row's valid entries and put its results back in place."""
+    out = np.full(x.shape, np.nan)
+    for row_in, row_out in zip(np.atleast_2d(x), np.atleast_2d(out)):
+        present = ~np.isnan(row_in)
+        if present.any():
+            row_out[present] = function(row_in[present])
+    return out.reshape(x.shape)
+
+
+def quiet(function, *args, **kwargs):
+    """Call with every warning an error: all-NaN and constant rows must give answers quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return function(*args, **kwargs)
+
+
+AWKWARD_SHAPES = [(1, 19), (2, 19), (6, 19), (18, 500), (5, 700), (4, 1), (4, 2)]
+
+
 def test_winsorize_mad_clips_to_median_plus_minus_k_robust_deviations_row_by_row():
     x = cross_sections()
     out = winsorize_mad(x, k=3.0)
@@ -53,6 +89,36 @@ def test_winsorize_mad_leaves_a_cross_section_with_zero_mad_and_all_nan_rows_alo
     np.testing.assert_array_equal(winsorize_mad(np.full(4, np.nan)), np.full(4, np.nan))
     with pytest.raises(ValueError, match="winsorize_mad: k must be positive, received 0"):
         winsorize_mad(row, k=0)
+
+
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+@pytest.mark.parametrize("k", [0.5, 3.0])
+def test_winsorize_mad_matches_numpy_medians_row_by_row(shape, k):
+    x = awkward_cross_sections(sum(shape), *shape)
+
+    def clip(values):
+        median = np.median(values)
+        mad = np.median(np.abs(values - median))
+        if mad == 0:
+            return values
+        return np.clip(values, median - k * MAD_TO_STD * mad, median + k * MAD_TO_STD * mad)
+
+    np.testing.assert_array_equal(quiet(winsorize_mad, x, k), row_by_row(clip, x))
+    np.testing.assert_array_equal(quiet(winsorize_mad, x[0], k), row_by_row(clip, x[0]))
+
+
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+@pytest.mark.parametrize(("lower", "upper"), [(0.01, 0.99), (0.0, 1.0), (0.25, 0.5)])
+def test_winsorize_quantile_matches_numpy_quantiles_row_by_row(shape, lower, upper):
+    x = awkward_cross_sections(sum(shape) + 1, *shape)
+
+    def clip(values):
+        low, high = np.quantile(values, [lower, upper])
+        return np.clip(values, low, high)
+
+    np.testing.assert_array_equal(quiet(winsorize_quantile, x, lower, upper), row_by_row(clip, x))
+    np.testing.assert_array_equal(quiet(winsorize_quantile, x[0], lower, upper),
+                                  row_by_row(clip, x[0]))
 
 
 def test_winsorize_quantile_clips_to_the_row_quantiles():
@@ -84,6 +150,40 @@ def test_zscore_has_mean_zero_and_std_one_on_the_valid_entries():
 def test_zscore_of_a_constant_cross_section_is_zero_and_nan_stays_nan():
     np.testing.assert_array_equal(zscore(np.array([0.1, 0.1, np.nan, 0.1])), [0, 0, np.nan, 0])
     np.testing.assert_array_equal(zscore(np.array([np.nan, np.nan])), [np.nan, np.nan])
+
+
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+def test_zscore_matches_mean_and_std_of_the_valid_entries_row_by_row(shape):
+    x = awkward_cross_sections(sum(shape) + 2, *shape)
+
+    def standardise(values):
+        if (values == values[0]).all():
+            return np.zeros_like(values)
+        return (values - np.mean(values)) / np.std(values)
+
+    expected = row_by_row(standardise, x)
+    out = quiet(zscore, x)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(quiet(zscore, x[0]), out[0])  # 1-D is one row
+
+
+def test_zscore_is_numpys_nanmean_and_nanstd_to_the_bit():
+    x = awkward_cross_sections(3, 40, 19)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-NaN warnings
+        expected = (x - np.nanmean(x, axis=1, keepdims=True)) / np.nanstd(x, axis=1, keepdims=True)
+    varied = np.nanmax(np.where(np.isnan(x), -np.inf, x), axis=1) > np.nanmin(
+        np.where(np.isnan(x), np.inf, x), axis=1)
+    assert varied.sum() > 30
+    np.testing.assert_array_equal(zscore(x)[varied], expected[varied])
+
+
+def test_zscore_of_all_nan_and_constant_rows_is_quiet():
+    x = np.array([[np.nan, np.nan, np.nan], [2.0, np.nan, 2.0], [np.nan, 5.0, np.nan]])
+    np.testing.assert_array_equal(quiet(zscore, x), [[np.nan] * 3, [0.0, np.nan, 0.0],
+                                                     [np.nan, 0.0, np.nan]])
+    assert np.isnan(quiet(zscore, np.full(4, np.nan))).all()
 
 
 def test_neutralize_matches_the_normal_equations_and_is_orthogonal_to_the_regressors():
