@@ -69,6 +69,7 @@ from services.backtest import run_backtest  # noqa: E402
 CONFIG = ROOT / "deploy" / "configs" / "peer-momentum.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "backtest.json"
 EQUITIES = Path("/work/shared/data/equities/pypfopt_cookbook_stock_prices_1990-2024.csv.gz")
+CRYPTO = Path("/work/shared/data/crypto/cdd_binance_usdt_spot_1d_2017-2026.csv.gz")
 CLI = Path(sys.executable).with_name("deepfactor")
 TARGETS = {"equity_rel_diff_max": 0.001, "time_ratio_max": 2}
 DAY = np.timedelta64(1, "D")
@@ -458,6 +459,8 @@ def run(arguments: argparse.Namespace) -> None:
         "synthetic_500x2520": (synthetic_panel(500, 2520, seed=7), None),
         "equities_19x8796": (load_panel(EQUITIES), EQUITIES),
     }
+    crypto = load_panel(CRYPTO)  # late listings: assets join the universe over the years
+    datasets[f"crypto_{len(crypto.symbols)}x{crypto.n_bars}"] = (crypto, CRYPTO)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="df-bench-") as workdir:
         for name, (panel, data_file) in datasets.items():

@@ -280,12 +280,12 @@ class FactorUpdateService(Service):
         carried = np.take_along_axis(stacked, seen, axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             returns = carried[1:] / carried[:-1] - 1.0
-        # Universe width at each bar: members known before, plus those that have appeared.
-        appeared = np.where(~np.isnan(stacked[1:]), np.arange(width), -1).max(axis=1)
-        widths = np.maximum.accumulate(np.maximum(appeared + 1, width_before))
-        if widths[0] == widths[-1]:  # the universe did not grow during the block
-            mean, breadth, count = market_returns(returns[:, :widths[0]])
+        if width == width_before:  # the universe did not grow during the block
+            mean, breadth, count = market_returns(returns)
         else:
+            # Universe width at each bar: members known before, plus those that have appeared.
+            appeared = np.where(~np.isnan(stacked[1:]), np.arange(width), -1).max(axis=1)
+            widths = np.maximum.accumulate(np.maximum(appeared + 1, width_before))
             mean, breadth, count = (np.empty(len(close)) for _ in range(3))
             for w in np.unique(widths).tolist():
                 at = widths == w

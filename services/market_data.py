@@ -159,25 +159,21 @@ class MarketDataService:
         if len(columns) == len(self._all_symbols):
             columns = slice(None)  # every symbol: a view, not a gather
 
-        done: dict[int, tuple[float, ...]] = {}
+        def cells(values: np.ndarray) -> np.ndarray:
+            return np.where(mask, values[rows, columns], np.nan)
 
-        def cells(values: np.ndarray) -> tuple[float, ...]:
-            # Close-only panels share one array for open, high, low and close: convert it once.
-            if id(values) not in done:
-                done[id(values)] = tuple(np.where(mask, values[rows, columns], np.nan).ravel().tolist())
-            return done[id(values)]
-
+        shared: dict[int, np.ndarray] = {}  # close-only panels: one array for four columns
+        matrices: dict[str, np.ndarray | None] = {"volume": None}
+        for name in ("open", "high", "low", "close", "volume"):
+            values = getattr(panel, name)
+            if values is not None:
+                if id(values) not in shared:
+                    shared[id(values)] = cells(values)
+                matrices[name] = shared[id(values)]
         self.bars_published += int(mask.any(axis=1).sum())
-        return BarBlock(
-            timeframe=self._timeframe,
-            bar_open=tuple(self._bar_open[start:stop]),
-            symbols=symbols,
-            open=cells(panel.open),
-            high=cells(panel.high),
-            low=cells(panel.low),
-            close=cells(panel.close),
-            volume=None if panel.volume is None else cells(panel.volume),
-        )
+        return BarBlock.from_matrices(timeframe=self._timeframe,
+                                      bar_open=tuple(self._bar_open[start:stop]),
+                                      symbols=symbols, **matrices)
 
     def publish_bars(self, start: int, stop: int) -> None:
         """Publish bars ``start`` to ``stop - 1`` at the last one's close: one BarSet for one

@@ -189,6 +189,8 @@ class IncrementalFactors:
 
         # A run of bars can skip the per-bar Python steps when every series kept in a buffer is
         # a raw input: then pushing the rows is one matrix copy per buffer.
+        self._buffered_raw = tuple(dict.fromkeys(
+            [*self._lag_buffers, *(name for name, _, _ in self._windows)]))
         self._raw_only = (self._trailing is None
                           and all(name in RAW_SERIES for name in self._lag_buffers)
                           and all(name in RAW_SERIES for name, _, _ in self._windows))
@@ -294,8 +296,9 @@ class IncrementalFactors:
         # Segments of the bars before the last, each starting where new symbols appear.
         n_rows = len(close) - 1
         starts = [0]
-        if n_rows > 1:
-            known = np.array([s in self._column for s in symbols], dtype=bool)
+        column = self._column
+        if n_rows > 1 and not all(s in column for s in symbols):
+            known = np.array([s in column for s in symbols], dtype=bool)
             earlier = present[:n_rows]
             first_seen = np.where(earlier.any(axis=0) & ~known, earlier.argmax(axis=0), 0)
             starts = sorted({0, *first_seen.tolist()})
@@ -319,9 +322,15 @@ class IncrementalFactors:
         width = len(self.symbols)
         block_columns = [j for j, s in enumerate(symbols) if s in self._column]
         universe_columns = [self._column[symbols[j]] for j in block_columns]
+        # The raw-only path reads just the series its buffers keep (close, for momentum).
+        names = self._buffered_raw if self._raw_only else RAW_SERIES
+        in_order = universe_columns == list(range(width))
         rows: dict[str, np.ndarray] = {}
-        for name in RAW_SERIES:
+        for name in names:
             matrix = values.get(name)
+            if matrix is not None and in_order:
+                rows[name] = matrix[start:stop, block_columns]
+                continue
             out = np.full((stop - start, width), np.nan)
             if matrix is not None:
                 out[:, universe_columns] = matrix[start:stop, block_columns]
