@@ -13,6 +13,10 @@ deepfactor's strategies/services code) and ``Portfolio.from_orders(size_type="ta
 cash_sharing=True, call_seq="auto")``, which sells first, then buys from the smallest order and
 cuts a buy larger than the cash to what the cash pays for, fees included: deepfactor's rules.
 
+Data sets: a seeded synthetic 500 x 2,520 panel, the 19 US stocks of ../shared/data (daily,
+1990-2024: few assets, many bars, the hardest case for a per-event design) and the 43 Binance
+USDT pairs (daily, 2017-2026, listed over the years).
+
 Timings exclude imports and data loading and are the best of ``--repeat`` runs. vectorbt's time
 includes building its weight matrix (also reported alone as vectorbt_signal_s); its numba
 compilation is paid by a warm-up call on a small slice first (vectorbt_warmup_s). The whole-process
