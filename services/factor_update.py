@@ -1,7 +1,9 @@
 """Factor-update service: keeps every factor current bar by bar and publishes FactorSnapshots.
 
 Each BarSet goes into the incremental factor engine (O(assets) per bar, never a recomputation
-of history). Exposures are winsorised and z-scored across assets, optionally neutralised, and
+of history). A BarBlock (a backtest's quiet run of bars) goes in with matrix operations when
+snapshots are due at rebalances only, leaving exactly the state its bars one by one would;
+otherwise its bars go in one by one. Exposures are winsorised and z-scored across assets, optionally neutralised, and
 published on every bar or only at each rebalance's decision bar. A snapshot also carries how
 each factor did since the previous snapshot (rank IC and quintile long-short return of the
 previous exposures against the returns realised since) and market-state features. On start the

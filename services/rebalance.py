@@ -4,6 +4,9 @@ target weights and the orders that reach them; keeps the portfolio view from fil
 Decisions are pinned to ``RebalanceDue.decision_time``: the service waits until it holds that
 bar and its signal, whatever order the streams deliver them in, and never uses a later bar.
 One rebalance at a time: the next waits until every order of the last has ended.
+
+Every bar is marked: a BarSet gives a PortfolioSnapshot; a BarBlock, sent only while nothing is
+in flight, gives PortfolioMarks for its bars but the last and a PortfolioSnapshot for the last.
 """
 
 from __future__ import annotations
