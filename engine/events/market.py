@@ -161,15 +161,21 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def last_row(self) -> BarSet | None:
         """Return the BarSet of the last bar that has any symbol (None if none has)."""
-        close = self.matrix("close")
+        matrices = self._matrices()
+        close = matrices["close"]
         assert close is not None
-        with_bars = np.flatnonzero(~np.isnan(close).all(axis=1))
-        if len(with_bars) == 0:
-            return None
-        return self._row(int(with_bars[-1]), self._matrices(), {})
+        for t in range(len(close) - 1, -1, -1):  # almost always the very last bar
+            if not np.isnan(close[t]).all():
+                return self._row(t, matrices, {})
+        return None
 
     def _matrices(self) -> dict[str, np.ndarray | None]:
-        return {name: self.matrix(name) for name in _BLOCK_COLUMNS}
+        viewed: dict[int, np.ndarray | None] = {}
+        for name in _BLOCK_COLUMNS:
+            key = id(getattr(self, name))
+            if key not in viewed:
+                viewed[key] = self.matrix(name)
+        return {name: viewed[id(getattr(self, name))] for name in _BLOCK_COLUMNS}
 
     def _row(self, t: int, matrices: dict[str, np.ndarray | None],
              universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]]) -> BarSet | None:
@@ -184,9 +190,16 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if not symbols:
             return None
 
+        picked: dict[int, tuple[float, ...]] = {}  # close-only blocks: one row for four columns
+
         def pick(name: str) -> tuple[float, ...] | None:
             matrix = matrices[name]
-            return None if matrix is None else tuple(matrix[t, columns].tolist())
+            if matrix is None:
+                return None
+            key = id(getattr(self, name))
+            if key not in picked:
+                picked[key] = tuple(matrix[t, columns].tolist())
+            return picked[key]
 
         return BarSet(timeframe=self.timeframe, bar_open=self.bar_open[t], symbols=symbols,
                       open=pick("open"), high=pick("high"), low=pick("low"), close=pick("close"),
