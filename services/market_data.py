@@ -105,18 +105,23 @@ class MarketDataService:
         self._bar_open = to_datetimes(panel.bar_open)
         self._bar_delta = panel.timeframe.astype("timedelta64[us]").item()
 
-    def _screen(self, index: int) -> np.ndarray:
-        # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
-        if self._problems is None:  # the whole panel is checked at once, on first use
+    def _check_panel(self) -> np.ndarray:
+        # The whole panel is checked against the quality rules at once, on first use.
+        if self._problems is None:
             panel = self.panel
             self._problems = bar_problems(panel.open, panel.high, panel.low, panel.close, panel.volume)
             self._problem_rows = (self._problems >= 0).any(axis=1)
+        return self._problems
+
+    def _screen(self, index: int) -> np.ndarray:
+        # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
+        problems = self._check_panel()
         valid = self._valid[index]
         if self._bar_open[index] > self._now():
             reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "timestamp in the future")
         elif self._problem_rows[index]:
             reasons = {column: REASONS[problem]
-                       for column, problem in enumerate(self._problems[index].tolist()) if problem >= 0}
+                       for column, problem in enumerate(problems[index].tolist()) if problem >= 0}
         else:
             return valid
         for column, reason in reasons.items():
@@ -130,8 +135,7 @@ class MarketDataService:
     def _screen_rows(self, start: int, stop: int) -> np.ndarray:
         # _screen for a run of rows: only rows with a problem or from the future go one by one
         # (they are logged); the rest are the panel's own presence mask.
-        if self._problems is None:
-            self._screen(start)
+        self._check_panel()
         valid = self._valid[start:stop].copy()
         now = np.datetime64(self._now().replace(tzinfo=None), "us")
         special = self._problem_rows[start:stop] | (self.panel.bar_open[start:stop] > now)

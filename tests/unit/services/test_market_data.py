@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
+from structlog.testing import capture_logs
 
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
@@ -87,3 +88,18 @@ def test_bars_stamped_in_the_future_are_rejected():
     market._now = lambda: datetime(2024, 1, 2, 12, tzinfo=timezone.utc)
     assert market.bar_set(1) is not None
     assert market.bar_set(2) is None and market.rejected == 2
+
+
+def test_a_block_rejects_a_bad_bar_once_even_in_its_first_row():
+    import dataclasses
+
+    panel = synthetic_panel(3, 10, seed=1)
+    close = panel.close.copy()
+    close[0, 1] = -1.0
+    market = MarketDataService(MemoryBus(), dataclasses.replace(panel, close=close), None, "none")
+    with capture_logs() as logs:
+        block = market.bar_block(0, 10)
+    assert market.rejected == 1
+    assert [(e["symbol"], e["reason"]) for e in logs if e["event"] == "data.rejected"] == [
+        (panel.symbols[1], "non-positive close")]
+    assert np.isnan(block.matrix("close")[0, 1]) and block.matrix("close")[1, 1] == close[1, 1]
