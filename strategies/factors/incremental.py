@@ -187,13 +187,12 @@ class IncrementalFactors:
                             if spec.kernel is None]
         self._trailing = _TrailingInputs(max(function_windows)) if function_windows else None
 
-        # A run of bars can skip the per-bar Python steps when every series kept in a buffer is
-        # a raw input: then pushing the rows is one matrix copy per buffer.
-        self._buffered_raw = tuple(dict.fromkeys(
+        # The series kept in buffers. A run of bars can skip the per-bar Python steps when all
+        # of them are raw inputs: then pushing the rows is one matrix operation per buffer.
+        self._buffered = tuple(dict.fromkeys(
             [*self._lag_buffers, *(name for name, _, _ in self._windows)]))
         self._raw_only = (self._trailing is None
-                          and all(name in RAW_SERIES for name in self._lag_buffers)
-                          and all(name in RAW_SERIES for name, _, _ in self._windows))
+                          and all(name in RAW_SERIES for name in self._buffered))
 
     @staticmethod
     def _width(series: str) -> int:
@@ -251,24 +250,31 @@ class IncrementalFactors:
         columns = self._columns_of(symbols)
         n_assets = len(self.symbols)
         bar = self._bar
-        bar.values = {}
-        bar.raw, bar.columns, bar.n_assets = given, columns, n_assets
-        bar.index = np.array([float(self.n_bars)])
         exposures = np.empty((len(self._entries), n_assets))
         with np.errstate(all="ignore"):
-            for name, buffer in self._lag_buffers.items():
-                buffer.push(bar.series(name))
-            bar.windows = {key: state.push(bar.series(key[0]))
-                           for key, state in self._windows.items()}
-            trailing = (self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
-                        if self._trailing is not None else None)
+            trailing = self._advance(given, columns, n_assets)
             for position, (_, spec, params) in enumerate(self._entries):
                 if spec.kernel is not None:
                     exposures[position] = spec.kernel(bar, **params)
                 else:
                     exposures[position] = spec.function(trailing, **params)[-1]
-        self.n_bars += 1
         return exposures
+
+    def _advance(self, raw: dict[str, object], columns: np.ndarray | None,
+                 n_assets: int) -> FactorInputs | None:
+        # Makes ``raw`` the newest bar and pushes it into every buffer; the kernels then read
+        # the bar. Returns the trailing inputs of full-history factors (None without any).
+        bar = self._bar
+        bar.values = {}
+        bar.raw, bar.columns, bar.n_assets = raw, columns, n_assets
+        bar.index = np.array([float(self.n_bars)])
+        for name, buffer in self._lag_buffers.items():
+            buffer.push(bar.series(name))
+        bar.windows = {key: state.push(bar.series(key[0])) for key, state in self._windows.items()}
+        trailing = (self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
+                    if self._trailing is not None else None)
+        self.n_bars += 1
+        return trailing
 
     def update_block(self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None]) -> np.ndarray:
         """Append several bars and return the exposures at the last, as ``update`` bar by bar.
@@ -323,7 +329,7 @@ class IncrementalFactors:
         block_columns = [j for j, s in enumerate(symbols) if s in self._column]
         universe_columns = [self._column[symbols[j]] for j in block_columns]
         # The raw-only path reads just the series its buffers keep (close, for momentum).
-        names = self._buffered_raw if self._raw_only else RAW_SERIES
+        names = self._buffered if self._raw_only else RAW_SERIES
         in_order = universe_columns == list(range(width))
         rows: dict[str, np.ndarray] = {}
         for name in names:
@@ -342,17 +348,6 @@ class IncrementalFactors:
                 state.push_many(rows[name])
             self.n_bars += stop - start
             return
-        bar = self._bar
         with np.errstate(all="ignore"):
             for t in range(stop - start):  # the steps of ``update`` without the kernels
-                bar.values = {}
-                bar.raw = {name: rows[name][t] for name in RAW_SERIES}
-                bar.columns, bar.n_assets = None, width
-                bar.index = np.array([float(self.n_bars)])
-                for name, buffer in self._lag_buffers.items():
-                    buffer.push(bar.series(name))
-                for key, state in self._windows.items():
-                    state.push(bar.series(key[0]))
-                if self._trailing is not None:
-                    self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
-                self.n_bars += 1
+                self._advance({name: rows[name][t] for name in RAW_SERIES}, None, width)
