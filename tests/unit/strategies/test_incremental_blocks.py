@@ -99,6 +99,18 @@ def test_a_block_whose_width_differs_from_its_symbols_is_refused():
         engine.update_block(("A", "B", "C"), {"close": np.ones((4, 2))})
 
 
+def feed_in_chunks(one, many, rows: np.ndarray, chunks: list[int]):
+    """Push ``rows`` into ``one`` row by row and into ``many`` a chunk at a time, yielding
+    after each chunk."""
+    start = 0
+    for size in chunks:
+        for row in rows[start:start + size]:
+            one.push(row)
+        many.push_many(rows[start:start + size])
+        start += size
+        yield
+
+
 @settings(max_examples=60, deadline=None)
 @given(length=st.integers(1, 20), reducer=st.sampled_from(["sum", "max"]),
        chunks=st.lists(st.integers(1, 45), min_size=1, max_size=8), seed=st.integers(0, 9))
@@ -107,12 +119,8 @@ def test_window_state_push_many_equals_pushing_rows_one_by_one(length, reducer, 
     rows = rng.normal(size=(sum(chunks) + 1, 3)) * 10.0 ** rng.integers(-3, 4, 3)
     rows[rng.random(rows.shape) < 0.05] = np.nan
     one, many = WindowState(length, reducer, 3), WindowState(length, reducer, 3)
-    start = 0
-    for size in chunks:
-        for row in rows[start:start + size]:
-            one.push(row)
-        many.push_many(rows[start:start + size])
-        start += size
+    for _ in feed_in_chunks(one, many, rows[:-1], chunks):
+        pass
     np.testing.assert_array_equal(many.push(rows[-1]), one.push(rows[-1]))
 
 
@@ -121,11 +129,6 @@ def test_window_state_push_many_equals_pushing_rows_one_by_one(length, reducer, 
 def test_lag_buffer_push_many_equals_pushing_rows_one_by_one(depth, chunks):
     rows = np.arange(sum(chunks) * 2, dtype=float).reshape(-1, 2)
     one, many = LagBuffer(depth, 2), LagBuffer(depth, 2)
-    start = 0
-    for size in chunks:
-        for row in rows[start:start + size]:
-            one.push(row)
-        many.push_many(rows[start:start + size])
-        start += size
+    for _ in feed_in_chunks(one, many, rows, chunks):
         for k in range(depth):
             np.testing.assert_array_equal(many.lag(k), one.lag(k))
