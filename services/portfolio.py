@@ -86,11 +86,12 @@ class PortfolioBook:
             fills_applied=self.fills_applied,
         )
 
-    def mark_rows(self, asof: list[datetime], symbols: tuple[str, ...],
-                  close: np.ndarray) -> PortfolioMarks | None:
+    def mark_rows(self, asof: list[datetime], symbols: tuple[str, ...], close: np.ndarray,
+                  index: dict[str, int], closes: tuple[float, ...]) -> PortfolioMarks | None:
         """Mark the account at each row of ``close`` (bars x ``symbols``, NaN = no bar) but the
         last, as ``mark`` then ``snapshot`` would row by row; return those marks (None for one
-        row). The book is left marked at the last row, ready for ``snapshot``.
+        row). The book is left marked at the last row, given as for ``mark`` (``index`` and
+        ``closes`` of the symbols with a bar then), ready for ``snapshot``.
 
         The arithmetic is the row-by-row one, element for element (sums over holdings in the
         same order), so the marks are identical, not merely close.
@@ -127,10 +128,6 @@ class PortfolioBook:
                 gross_exposure=tuple(gross.tolist()), high_water_mark=tuple(high_water.tolist()),
                 drawdown=tuple(np.maximum(drawdown, 0.0).tolist()),
                 fills_applied=self.fills_applied)
-        last = close[-1]
-        present = np.flatnonzero(~np.isnan(last))
-        index = {symbols[j]: i for i, j in enumerate(present.tolist())}
-        closes = tuple(last[present].tolist())
         if marks is None:
             self.mark(index, closes)
             return None

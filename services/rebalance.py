@@ -103,7 +103,6 @@ class RebalanceService(Service):
         times = block.close_times()
         close = close[rows]
         asof = [times[i] for i in rows.tolist()]
-        marks = self.book.mark_rows(asof, block.symbols, close)
         # The last bar is the one a tick can decide on: the producer ends a block at a tick.
         last = asof[-1]
         present = np.flatnonzero(~np.isnan(close[-1]))
@@ -111,8 +110,9 @@ class RebalanceService(Service):
         if symbols != self._last_symbols:
             self._last_index = {s: i for i, s in enumerate(symbols)}
             self._last_symbols = symbols
-        self._remember(self._bars, last, _Bar(symbols, self._last_index,
-                                              tuple(close[-1, present].tolist())))
+        closes = tuple(close[-1, present].tolist())
+        marks = self.book.mark_rows(asof, block.symbols, close, self._last_index, closes)
+        self._remember(self._bars, last, _Bar(symbols, self._last_index, closes))
         self._last_bar_time = last
         snapshot = self.book.snapshot(last)
         self.emit([snapshot] if marks is None else [marks, snapshot], corr=event.corr, ts=event.ts)
