@@ -23,6 +23,7 @@ import structlog
 from engine.bus import Bus
 from engine.clock import Clock
 from engine.config import FactorConfig, StrategyConfig
+from engine.data.fill import carry_forward
 from engine.errors import ConfigError
 from engine.events import BarBlock, BarSet, Envelope, EventPayload, FactorSnapshot, RebalanceDue
 from services.runtime import Handler, Service
@@ -274,19 +275,18 @@ class FactorUpdateService(Service):
         column = {s: i for i, s in enumerate(symbols)}
         universe_columns = np.array([column[s] for s in block_symbols if s in column], dtype=np.intp)
         block_columns = np.array([j for j, s in enumerate(block_symbols) if s in column], dtype=np.intp)
-        stacked = np.full((len(close) + 1, width), np.nan)
-        stacked[0, :len(self._last_close)] = self._last_close
-        stacked[1:, universe_columns] = close[:, block_columns]
-        seen = np.where(np.isnan(stacked), 0, np.arange(len(stacked))[:, None])
-        np.maximum.accumulate(seen, axis=0, out=seen)
-        carried = np.take_along_axis(stacked, seen, axis=0)
+        before = np.full(width, np.nan)
+        before[:len(self._last_close)] = self._last_close
+        bars = np.full((len(close), width), np.nan)
+        bars[:, universe_columns] = close[:, block_columns]
+        carried = np.vstack([before, carry_forward(bars, before)])
         with np.errstate(invalid="ignore", divide="ignore"):
             returns = carried[1:] / carried[:-1] - 1.0
         if width == width_before:  # the universe did not grow during the block
             mean, breadth, count = market_returns(returns)
         else:
             # Universe width at each bar: members known before, plus those that have appeared.
-            appeared = np.where(~np.isnan(stacked[1:]), np.arange(width), -1).max(axis=1)
+            appeared = np.where(~np.isnan(bars), np.arange(width), -1).max(axis=1)
             widths = np.maximum.accumulate(np.maximum(appeared + 1, width_before))
             mean, breadth, count = (np.empty(len(close)) for _ in range(3))
             for w in np.unique(widths).tolist():

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import numpy as np
 
+from engine.data.fill import carry_forward
 from engine.events import Fill, PortfolioMarks, PortfolioSnapshot
 
 
@@ -105,11 +106,8 @@ class PortfolioBook:
             prices = np.repeat(start[None, :], n, axis=0)
             traded = [k for k, s in enumerate(held) if s in column]
             if traded:
-                values = close[:n, [column[held[k]] for k in traded]]
-                seen = np.where(np.isnan(values), -1, np.arange(n)[:, None])
-                np.maximum.accumulate(seen, axis=0, out=seen)  # the last row with a bar, or -1
-                carried = np.take_along_axis(values, np.maximum(seen, 0), axis=0)
-                prices[:, traded] = np.where(seen >= 0, carried, start[traded])
+                prices[:, traded] = carry_forward(close[:n, [column[held[k]] for k in traded]],
+                                                  start[traded])
             values = prices * np.array([self.positions[s] for s in held])
             # Accumulate along the holdings: the same sequential sum, in holding order, as
             # the row-by-row snapshot's sum() over positions.
