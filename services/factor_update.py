@@ -238,15 +238,9 @@ class FactorUpdateService(Service):
             return None
         if self.engine is None and not self.labels:
             self._build_engine(block.volume is not None)
-        values: dict[str, np.ndarray | None] = {}
-        converted: dict[int, np.ndarray] = {}  # close-only blocks share one column for four
-        for name in ("open", "high", "low", "close", "volume"):
-            column = getattr(block, name)
-            if column is not None and id(column) not in converted:
-                matrix = block.matrix(name)
-                assert matrix is not None
-                converted[id(column)] = matrix if len(rows) == len(matrix) else matrix[rows]
-            values[name] = None if column is None else converted[id(column)]
+        values = block.matrices()
+        if len(rows) < len(close):
+            values = {name: None if m is None else m[rows] for name, m in values.items()}
         if values["volume"] is None and self._volume_labels:
             values["volume"] = np.full_like(values["close"], np.nan)
         close = values["close"]

@@ -154,14 +154,14 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def rows(self) -> list[BarSet]:
         """Return the block as the BarSets it stands for, one per bar that has any symbol."""
-        matrices = self._matrices()
+        matrices = self.matrices()
         universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]] = {}
         rows = (self._row(t, matrices, universes) for t in range(len(self.bar_open)))
         return [bars for bars in rows if bars is not None]
 
     def last_row(self) -> BarSet | None:
         """Return the BarSet of the last bar that has any symbol (None if none has)."""
-        matrices = self._matrices()
+        matrices = self.matrices()
         close = matrices["close"]
         assert close is not None
         for t in range(len(close) - 1, -1, -1):  # almost always the very last bar
@@ -169,7 +169,9 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 return self._row(t, matrices, {})
         return None
 
-    def _matrices(self) -> dict[str, np.ndarray | None]:
+    def matrices(self) -> dict[str, np.ndarray | None]:
+        """Return every column as ``matrix`` does, one view per distinct column (close-only
+        blocks share one for open, high, low and close)."""
         viewed: dict[int, np.ndarray | None] = {}
         for name in _BLOCK_COLUMNS:
             key = id(getattr(self, name))
