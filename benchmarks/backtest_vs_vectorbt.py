@@ -90,8 +90,14 @@ def decision_rows(bar_open: np.ndarray) -> np.ndarray:
     return rows[fire <= last_close]
 
 
-def momentum_weights(close: np.ndarray, rows: np.ndarray, lookback: int = 252, skip: int = 21,
-                     fraction: float = 0.25, gross: float = 1.0) -> np.ndarray:
+def momentum_weights(
+    close: np.ndarray,
+    rows: np.ndarray,
+    lookback: int = 252,
+    skip: int = 21,
+    fraction: float = 0.25,
+    gross: float = 1.0,
+) -> np.ndarray:
     """Target weights at ``rows``, shaped (len(rows), N): equal weights on the top ``fraction``
     (rounded down) of the assets with a finite 12-1 momentum and a close at the decision bar."""
     weights = np.zeros((len(rows), close.shape[1]))
@@ -110,7 +116,8 @@ def momentum_weights(close: np.ndarray, rows: np.ndarray, lookback: int = 252, s
 
 
 def size_frame(close: pd.DataFrame, bar_open: np.ndarray) -> pd.DataFrame:
-    """vectorbt's ``size``: target percents on decision rows, NaN elsewhere and where close is NaN."""
+    """vectorbt's ``size``: target percents on decision rows, NaN elsewhere and where close
+    is NaN."""
     values = close.to_numpy()
     rows = decision_rows(bar_open)
     size = np.full(values.shape, np.nan)
@@ -120,13 +127,23 @@ def size_frame(close: pd.DataFrame, bar_open: np.ndarray) -> pd.DataFrame:
 
 
 def close_frame(panel: Panel) -> pd.DataFrame:
-    return pd.DataFrame(panel.close, index=pd.DatetimeIndex(panel.bar_open), columns=list(panel.symbols))
+    return pd.DataFrame(
+        panel.close, index=pd.DatetimeIndex(panel.bar_open), columns=list(panel.symbols)
+    )
 
 
 def vectorbt_portfolio(close: pd.DataFrame, size: pd.DataFrame) -> Any:
-    return vbt.Portfolio.from_orders(close, size=size, size_type="targetpercent", fees=0.001,
-                                     init_cash=1e6, cash_sharing=True, group_by=True,
-                                     call_seq="auto", freq="1D")
+    return vbt.Portfolio.from_orders(
+        close,
+        size=size,
+        size_type="targetpercent",
+        fees=0.001,
+        init_cash=1e6,
+        cash_sharing=True,
+        group_by=True,
+        call_seq="auto",
+        freq="1D",
+    )
 
 
 def run_vectorbt(close: pd.DataFrame, bar_open: np.ndarray) -> tuple[float, float, Any]:
@@ -211,14 +228,19 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
     out: dict[str, Any] = {}
 
     # Decision bars: deepfactor's TargetPortfolio.asof is the decision bar's close time.
-    df_targets = {pd.Timestamp(t.asof).tz_convert(None) - pd.Timedelta(days=1): t for t in trace["targets"]}
+    df_targets = {
+        pd.Timestamp(t.asof).tz_convert(None) - pd.Timedelta(days=1): t for t in trace["targets"]
+    }
     rows = decision_rows(panel.bar_open)
     vbt_dates = [pd.Timestamp(panel.bar_open[d]) for d in rows]
     vbt_weights = momentum_weights(panel.close, rows)
     df_dates = sorted(df_targets)
-    out["decision_bars"] = {"deepfactor": len(df_dates), "vectorbt": len(vbt_dates),
-                            "first": _iso(vbt_dates[0]) if vbt_dates else None,
-                            "last": _iso(vbt_dates[-1]) if vbt_dates else None}
+    out["decision_bars"] = {
+        "deepfactor": len(df_dates),
+        "vectorbt": len(vbt_dates),
+        "first": _iso(vbt_dates[0]) if vbt_dates else None,
+        "last": _iso(vbt_dates[-1]) if vbt_dates else None,
+    }
     only_df = sorted(set(df_dates) - set(vbt_dates))
     only_vbt = sorted(set(vbt_dates) - set(df_dates))
     out["decision_bars"]["equal"] = not only_df and not only_vbt
@@ -233,18 +255,32 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
         chosen_vbt = {symbols[j] for j in np.flatnonzero(weights > 0)}
         holding_rebalances += bool(chosen_vbt)
         target = df_targets.get(date)
-        chosen_df = {s for s, w in zip(target.symbols, target.weights) if w > 0} if target else set()
+        chosen_df = (
+            {s for s, w in zip(target.symbols, target.weights) if w > 0} if target else set()
+        )
         if chosen_df != chosen_vbt:
-            mismatches.append({"date": _iso(date), "only_deepfactor": sorted(chosen_df - chosen_vbt),
-                               "only_vectorbt": sorted(chosen_vbt - chosen_df)})
-    out["holdings"] = {"rebalances_holding_assets": holding_rebalances,
-                       "decisions_differing": len(mismatches),
-                       "first_differences": mismatches[:5]}
+            mismatches.append(
+                {
+                    "date": _iso(date),
+                    "only_deepfactor": sorted(chosen_df - chosen_vbt),
+                    "only_vectorbt": sorted(chosen_vbt - chosen_df),
+                }
+            )
+    out["holdings"] = {
+        "rebalances_holding_assets": holding_rebalances,
+        "decisions_differing": len(mismatches),
+        "first_differences": mismatches[:5],
+    }
 
     # Orders: deepfactor fills vs vectorbt order records, matched by (decision bar, symbol).
     records = portfolio.orders.values
-    vbt_fills = {(pd.Timestamp(panel.bar_open[r["idx"]]), symbols[r["col"]]):
-                 (float(r["size"]) * (1 if r["side"] == 0 else -1), float(r["fees"])) for r in records}
+    vbt_fills = {
+        (pd.Timestamp(panel.bar_open[r["idx"]]), symbols[r["col"]]): (
+            float(r["size"]) * (1 if r["side"] == 0 else -1),
+            float(r["fees"]),
+        )
+        for r in records
+    }
     df_fills: dict[tuple[pd.Timestamp, str], tuple[float, float]] = {}
     for fill in trace["fills"]:
         key = (pd.Timestamp(fill.executed_at).tz_convert(None) - pd.Timedelta(days=1), fill.symbol)
@@ -253,23 +289,45 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
         df_fills[key] = (quantity + signed, fee + fill.fee)
     keys = sorted(set(df_fills) | set(vbt_fills))
     first_missing = next((k for k in keys if (k in df_fills) != (k in vbt_fills)), None)
-    worst = max(((rel(df_fills[k][0], vbt_fills[k][0]), k) for k in keys
-                 if k in df_fills and k in vbt_fills), default=(0.0, None))
-    first_quantity = next((k for k in keys if k in df_fills and k in vbt_fills
-                           and rel(df_fills[k][0], vbt_fills[k][0]) > 1e-6), None)
+    worst = max(
+        (
+            (rel(df_fills[k][0], vbt_fills[k][0]), k)
+            for k in keys
+            if k in df_fills and k in vbt_fills
+        ),
+        default=(0.0, None),
+    )
+    first_quantity = next(
+        (
+            k
+            for k in keys
+            if k in df_fills and k in vbt_fills and rel(df_fills[k][0], vbt_fills[k][0]) > 1e-6
+        ),
+        None,
+    )
     out["orders"] = {
         "deepfactor_orders": trace["summary"]["orders"],
         "deepfactor_fills": len(trace["fills"]),
         "vectorbt_orders": len(records),
         "only_deepfactor": sum(1 for k in keys if k in df_fills and k not in vbt_fills),
         "only_vectorbt": sum(1 for k in keys if k in vbt_fills and k not in df_fills),
-        "first_unmatched": None if first_missing is None else {
-            "date": _iso(first_missing[0]), "symbol": first_missing[1],
-            "deepfactor": df_fills.get(first_missing), "vectorbt": vbt_fills.get(first_missing)},
+        "first_unmatched": None
+        if first_missing is None
+        else {
+            "date": _iso(first_missing[0]),
+            "symbol": first_missing[1],
+            "deepfactor": df_fills.get(first_missing),
+            "vectorbt": vbt_fills.get(first_missing),
+        },
         "quantity_max_rel_diff": worst[0],
-        "first_quantity_diff_over_1e-6": None if first_quantity is None else {
-            "date": _iso(first_quantity[0]), "symbol": first_quantity[1],
-            "deepfactor_qty": df_fills[first_quantity][0], "vectorbt_qty": vbt_fills[first_quantity][0]},
+        "first_quantity_diff_over_1e-6": None
+        if first_quantity is None
+        else {
+            "date": _iso(first_quantity[0]),
+            "symbol": first_quantity[1],
+            "deepfactor_qty": df_fills[first_quantity][0],
+            "vectorbt_qty": vbt_fills[first_quantity][0],
+        },
         "deepfactor_fees": trace["summary"]["fees"],
         "vectorbt_fees": float(records["fees"].sum()),
     }
@@ -290,16 +348,20 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
         df_buys = [f for f in df_sequence[date] if f.side == "buy"]
         vbt_buys = [r for r in vbt_sequence[date] if r["side"] == 0]
         if df_buys and vbt_buys and df_buys[-1].symbol != symbols[vbt_buys[-1]["col"]]:
-            differing.append({
-                "date": _iso(date),
-                "deepfactor_last_buy": df_buys[-1].symbol,
-                "deepfactor_last_buy_value": df_buys[-1].quantity * df_buys[-1].price,
-                "vectorbt_last_buy": symbols[vbt_buys[-1]["col"]],
-                "vectorbt_last_buy_value": float(vbt_buys[-1]["size"] * vbt_buys[-1]["price"]),
-            })
-    out["execution_order"] = {"rebalances_with_trades": len(set(df_sequence) | set(vbt_sequence)),
-                              "rebalances_where_last_buy_differs": len(differing),
-                              "first_differences": differing[:3]}
+            differing.append(
+                {
+                    "date": _iso(date),
+                    "deepfactor_last_buy": df_buys[-1].symbol,
+                    "deepfactor_last_buy_value": df_buys[-1].quantity * df_buys[-1].price,
+                    "vectorbt_last_buy": symbols[vbt_buys[-1]["col"]],
+                    "vectorbt_last_buy_value": float(vbt_buys[-1]["size"] * vbt_buys[-1]["price"]),
+                }
+            )
+    out["execution_order"] = {
+        "rebalances_with_trades": len(set(df_sequence) | set(vbt_sequence)),
+        "rebalances_where_last_buy_differs": len(differing),
+        "first_differences": differing[:3],
+    }
 
     # Replay vectorbt in deepfactor's execution order (call_seq from deepfactor's fills): if
     # the only difference is the tie-break, the two runs then agree to float noise.
@@ -312,14 +374,25 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
         chosen = set(first)
         call_seq[index.get_loc(date)] = first + [j for j in range(n_cols) if j not in chosen]
     close = close_frame(panel)
-    replay = vbt.Portfolio.from_orders(close, size=size_frame(close, panel.bar_open),
-                                      size_type="targetpercent", fees=0.001, init_cash=1e6,
-                                      cash_sharing=True, group_by=True, call_seq=call_seq, freq="1D")
+    replay = vbt.Portfolio.from_orders(
+        close,
+        size=size_frame(close, panel.bar_open),
+        size_type="targetpercent",
+        fees=0.001,
+        init_cash=1e6,
+        cash_sharing=True,
+        group_by=True,
+        call_seq=call_seq,
+        freq="1D",
+    )
     replay_value = replay.value()
     final = float(replay_value.iloc[-1])
     df_path = trace["equity"]["equity"].to_numpy()
-    path = (np.abs(replay_value.to_numpy() - df_path) / replay_value.to_numpy()
-            if len(df_path) == len(replay_value) else None)
+    path = (
+        np.abs(replay_value.to_numpy() - df_path) / replay_value.to_numpy()
+        if len(df_path) == len(replay_value)
+        else None
+    )
     out["vectorbt_in_deepfactor_order"] = {
         "final_equity": final,
         "rel_diff_to_deepfactor": rel(trace["summary"]["final_equity"], final),
@@ -328,36 +401,48 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
 
     # Equity path: deepfactor's curve is stamped with bar close times, vectorbt's with bar opens.
     df_equity = trace["equity"]
-    df_curve = pd.Series(df_equity["equity"].to_numpy(),
-                         index=pd.to_datetime(df_equity["timestamp"], utc=True).dt.tz_convert(None)
-                         - pd.Timedelta(days=1))
+    df_curve = pd.Series(
+        df_equity["equity"].to_numpy(),
+        index=pd.to_datetime(df_equity["timestamp"], utc=True).dt.tz_convert(None)
+        - pd.Timedelta(days=1),
+    )
     vbt_curve = portfolio.value()
     both = pd.concat({"deepfactor": df_curve, "vectorbt": vbt_curve}, axis=1, join="inner")
     diff = (both["deepfactor"] - both["vectorbt"]).abs() / both["vectorbt"].abs()
     first = diff.index[diff.to_numpy() > 1e-6]
     out["equity_path"] = {
         "points_compared": len(both),
-        "points_deepfactor": len(df_curve), "points_vectorbt": len(vbt_curve),
+        "points_deepfactor": len(df_curve),
+        "points_vectorbt": len(vbt_curve),
         "max_rel_diff": float(diff.max()) if len(diff) else None,
         "max_rel_diff_at": _iso(diff.idxmax()) if len(diff) else None,
-        "first_rel_diff_over_1e-6": None if not len(first) else {
-            "date": _iso(first[0]), "deepfactor": float(both.loc[first[0], "deepfactor"]),
-            "vectorbt": float(both.loc[first[0], "vectorbt"])},
+        "first_rel_diff_over_1e-6": None
+        if not len(first)
+        else {
+            "date": _iso(first[0]),
+            "deepfactor": float(both.loc[first[0], "deepfactor"]),
+            "vectorbt": float(both.loc[first[0], "vectorbt"]),
+        },
     }
     return out
 
 
 # -- CLI -------------------------------------------------------------------------------------
 def write_long_file(panel: Panel, path: Path) -> Path:
-    """Write ``panel`` as a long OHLCV Parquet file that ``deepfactor backtest --data`` reads back."""
+    """Write ``panel`` as a long OHLCV Parquet file that ``deepfactor backtest --data`` reads
+    back."""
     t, n = panel.close.shape
-    frame = pd.DataFrame({
-        "timestamp": pd.DatetimeIndex(np.repeat(panel.bar_open, n)).tz_localize("UTC"),
-        "symbol": np.tile(np.array(panel.symbols, dtype=object), t),
-        "open": panel.open.ravel(), "high": panel.high.ravel(), "low": panel.low.ravel(),
-        "close": panel.close.ravel(),
-        "volume": panel.volume.ravel() if panel.volume is not None else np.nan,
-    })
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.DatetimeIndex(np.repeat(panel.bar_open, n)).tz_localize("UTC"),
+            "symbol": np.tile(np.array(panel.symbols, dtype=object), t),
+            "open": panel.open.ravel(),
+            "high": panel.high.ravel(),
+            "low": panel.low.ravel(),
+            "close": panel.close.ravel(),
+            "volume": panel.volume.ravel() if panel.volume is not None else np.nan,
+        }
+    )
     frame.to_parquet(path, index=False)
     return path
 
@@ -371,12 +456,26 @@ def time_cli(data: Path, repeat: int) -> dict[str, Any]:
         out_dir = Path(tempfile.mkdtemp(prefix="df-bench-cli-"))
         try:
             started = time.perf_counter()
-            process = subprocess.run([str(CLI), "backtest", "--data", str(data), "--out", str(out_dir),
-                                      "--config", str(CONFIG)], cwd=ROOT, capture_output=True,
-                                     text=True, timeout=600)
+            process = subprocess.run(
+                [
+                    str(CLI),
+                    "backtest",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(out_dir),
+                    "--config",
+                    str(CONFIG),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             elapsed = time.perf_counter() - started
             if process.returncode != 0:
-                error = f"exit {process.returncode}: {(process.stderr or process.stdout).strip()[-300:]}"
+                output = (process.stderr or process.stdout).strip()
+                error = f"exit {process.returncode}: {output[-300:]}"
                 break
             best = min(best, elapsed)
             summary = out_dir / "summary.json"
@@ -393,8 +492,15 @@ def time_cli(data: Path, repeat: int) -> dict[str, Any]:
 
 
 # -- main ------------------------------------------------------------------------------------
-def bench_dataset(name: str, panel: Panel, data_file: Path | None, config: Any, repeat: int,
-                  workdir: Path, cli: bool = True) -> dict[str, Any]:
+def bench_dataset(
+    name: str,
+    panel: Panel,
+    data_file: Path | None,
+    config: Any,
+    repeat: int,
+    workdir: Path,
+    cli: bool = True,
+) -> dict[str, Any]:
     close = close_frame(panel)
     df_times, vbt_times, signal_times = [], [], []
     summary: dict[str, Any] = {}
@@ -444,8 +550,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the best is kept")
     parser.add_argument("--no-cli", action="store_true", help="skip the whole-process CLI timing")
-    parser.add_argument("--numba-cache", action="store_true",
-                        help="reuse numba's on-disk cache (vectorbt_warmup_s then times a cache load)")
+    parser.add_argument(
+        "--numba-cache",
+        action="store_true",
+        help="reuse numba's on-disk cache (vectorbt_warmup_s then times a cache load)",
+    )
     arguments = parser.parse_args()
     try:
         run(arguments)
@@ -468,30 +577,57 @@ def run(arguments: argparse.Namespace) -> None:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="df-bench-") as workdir:
         for name, (panel, data_file) in datasets.items():
-            results[name] = bench_dataset(name, panel, data_file, config, arguments.repeat,
-                                          Path(workdir), cli=not arguments.no_cli)
+            results[name] = bench_dataset(
+                name,
+                panel,
+                data_file,
+                config,
+                arguments.repeat,
+                Path(workdir),
+                cli=not arguments.no_cli,
+            )
             results[name]["vectorbt_warmup_s"] = round(warmup_s, 3)
-            results[name]["deepfactor_us_per_bar"] = round(results[name]["deepfactor_s"] / panel.n_bars * 1e6, 1)
+            results[name]["deepfactor_us_per_bar"] = round(
+                results[name]["deepfactor_s"] / panel.n_bars * 1e6, 1
+            )
 
     document = {
         "datasets": results,
         "job": "deploy/configs/peer-momentum.toml",
-        "timing": f"best of {arguments.repeat}; imports and data loading excluded (cli_s includes them)",
+        "timing": (
+            f"best of {arguments.repeat}; imports and data loading excluded (cli_s includes them)"
+        ),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "vectorbt_version": vbt.__version__,
-        "vectorbt_warmup": ("numba compile, fresh cache" if _PRIVATE_NUMBA_CACHE
-                            else "numba on-disk cache reused (a compile only if it was empty)"),
-        "versions": {"numpy": np.__version__, "pandas": pd.__version__,
-                     "numba": __import__("numba").__version__},
+        "vectorbt_warmup": (
+            "numba compile, fresh cache"
+            if _PRIVATE_NUMBA_CACHE
+            else "numba on-disk cache reused (a compile only if it was empty)"
+        ),
+        "versions": {
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "numba": __import__("numba").__version__,
+        },
         "targets": TARGETS,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
-    columns = ("deepfactor_s", "vectorbt_s", "time_ratio", "vectorbt_signal_s", "cli_s",
-               "deepfactor_us_per_bar",
-               "deepfactor_final_equity", "vectorbt_final_equity", "equity_rel_diff",
-               "rebalances", "deepfactor_orders", "vectorbt_orders")
+    columns = (
+        "deepfactor_s",
+        "vectorbt_s",
+        "time_ratio",
+        "vectorbt_signal_s",
+        "cli_s",
+        "deepfactor_us_per_bar",
+        "deepfactor_final_equity",
+        "vectorbt_final_equity",
+        "equity_rel_diff",
+        "rebalances",
+        "deepfactor_orders",
+        "vectorbt_orders",
+    )
     width = max(len(n) for n in results) + 2
     print(f"{'':26s}" + "".join(f"{n:>{width}s}" for n in results))
     for column in columns:
@@ -512,10 +648,12 @@ def run(arguments: argparse.Namespace) -> None:
         ok_equity = figures["equity_rel_diff"] <= TARGETS["equity_rel_diff_max"]
         ok_time = figures["time_ratio"] <= TARGETS["time_ratio_max"]
         path = figures["comparison"]["equity_path"]
-        print(f"{name}: equity_rel_diff <= {TARGETS['equity_rel_diff_max']} -> "
-              f"{'met' if ok_equity else 'MISSED'}; time_ratio <= {TARGETS['time_ratio_max']} -> "
-              f"{'met' if ok_time else 'MISSED'}; equity path max rel diff "
-              f"{path['max_rel_diff']:.2e} (first > 1e-6: {path['first_rel_diff_over_1e-6']})")
+        print(
+            f"{name}: equity_rel_diff <= {TARGETS['equity_rel_diff_max']} -> "
+            f"{'met' if ok_equity else 'MISSED'}; time_ratio <= {TARGETS['time_ratio_max']} -> "
+            f"{'met' if ok_time else 'MISSED'}; equity path max rel diff "
+            f"{path['max_rel_diff']:.2e} (first > 1e-6: {path['first_rel_diff_over_1e-6']})"
+        )
     print(f"wrote {RESULTS}")
 
 

@@ -57,7 +57,7 @@ def run_raw(client: redis.Redis, namespace: str, traffic: dict[str, list], batch
     for topic, payloads in encoded.items():
         for start in range(0, len(payloads), batch):
             pipe = client.pipeline(transaction=False)
-            for data in payloads[start:start + batch]:
+            for data in payloads[start : start + batch]:
                 pipe.xadd(keys[topic], {b"event": data}, maxlen=10 * total, approximate=True)
             pipe.execute()
     consumed = 0
@@ -88,7 +88,7 @@ def run_bus(bus, traffic: dict[str, list], batch: int) -> float:
     started = time.perf_counter()
     for topic, events in traffic.items():
         for start in range(0, len(events), batch):
-            bus.publish_many(topic, events[start:start + batch])
+            bus.publish_many(topic, events[start : start + batch])
     loop.reclaim()
     while received < total:
         loop.run_once(block_ms=0)
@@ -188,9 +188,11 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         print(f"{key:32s} {value}")
-    print(f"target: ratio >= 0.5 -> {'met' if result['ratio'] >= 0.5 else 'MISSED'}; "
-          f"bar set encode+decode < 20 us -> "
-          f"{'met' if result['bar_set_20_encode_decode_us'] < 20 else 'MISSED'}")
+    print(
+        f"target: ratio >= 0.5 -> {'met' if result['ratio'] >= 0.5 else 'MISSED'}; "
+        f"bar set encode+decode < 20 us -> "
+        f"{'met' if result['bar_set_20_encode_decode_us'] < 20 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def time_incremental(requests, panel, warmup: int, steps: int) -> tuple[list[flo
     incremental = IncrementalFactors(requests)
     symbols = panel.symbols
     for t in range(warmup):
-        incremental.update(symbols, panel.open[t], panel.high[t], panel.low[t], panel.close[t],
-                           panel.volume[t])
+        incremental.update(
+            symbols, panel.open[t], panel.high[t], panel.low[t], panel.close[t], panel.volume[t]
+        )
     gc.collect()
     durations = []
     exposures = np.empty(0)
@@ -80,8 +81,10 @@ def main() -> int:
     longest = max(spec.window() for spec in FACTORS.values())
     warmup = 2 * longest  # every window full, and the longest has completed a block
     if warmup + args.steps > args.bars:
-        parser.error(f"--bars must be at least {warmup + args.steps} for {args.steps} steps "
-                     f"after a warm-up of {warmup} bars")
+        parser.error(
+            f"--bars must be at least {warmup + args.steps} for {args.steps} steps "
+            f"after a warm-up of {warmup} bars"
+        )
 
     full_runs = time_full(requests, inputs, args.repeat)
     durations, exposures = time_incremental(requests, panel, warmup, args.steps)
@@ -119,16 +122,18 @@ def main() -> int:
         "warmup_bars": warmup,
         "data": "engine.data.synthetic_panel(assets, bars, seed=7), with volume",
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python "
-                   f"{platform.python_version()}, numpy {np.__version__}",
+        f"{platform.python_version()}, numpy {np.__version__}",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
 
     print(f"{len(requests)} factors, {args.assets} assets x {args.bars} bars")
     print(f"full history   best of {args.repeat}: {full_s:8.3f} s    (target < {FULL_TARGET_S} s)")
-    print(f"one bar, all factors, median of {args.steps}: {step_ms:8.3f} ms   "
-          f"(p95 {document['incremental_step_p95_ms']} ms, max "
-          f"{document['incremental_step_max_ms']} ms; target < {STEP_TARGET_MS} ms)")
+    print(
+        f"one bar, all factors, median of {args.steps}: {step_ms:8.3f} ms   "
+        f"(p95 {document['incremental_step_p95_ms']} ms, max "
+        f"{document['incremental_step_max_ms']} ms; target < {STEP_TARGET_MS} ms)"
+    )
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -55,7 +55,9 @@ class SimulatedBroker:
 
     def __post_init__(self) -> None:
         if self.fill_price not in ("next_open", "close"):
-            raise ValueError(f"fill_price must be 'next_open' or 'close', received {self.fill_price!r}")
+            raise ValueError(
+                f"fill_price must be 'next_open' or 'close', received {self.fill_price!r}"
+            )
         self.cash = float(self.initial_cash)
 
     # -- inputs ----------------------------------------------------------------------------
@@ -66,10 +68,16 @@ class SimulatedBroker:
             return []
         self._seen_orders.add(order.client_order_id)
         if order.order_type != "market":
-            return [OrderUpdate(client_order_id=order.client_order_id, status="rejected",
-                                reason="simulated broker fills market orders only")]
-        out: list[EventPayload] = [OrderUpdate(client_order_id=order.client_order_id,
-                                               status="accepted")]
+            return [
+                OrderUpdate(
+                    client_order_id=order.client_order_id,
+                    status="rejected",
+                    reason="simulated broker fills market orders only",
+                )
+            ]
+        out: list[EventPayload] = [
+            OrderUpdate(client_order_id=order.client_order_id, status="accepted")
+        ]
         bar = self._bar_for(order)
         if bar is None:
             self._queued.append(order)
@@ -82,8 +90,13 @@ class SimulatedBroker:
         if bars.symbols is not self._last_symbols and bars.symbols != self._last_symbols:
             self._last_index = {symbol: i for i, symbol in enumerate(bars.symbols)}
             self._last_symbols = bars.symbols
-        self._bars[close_time] = _Bar(close_time=close_time, bar_open=bars.bar_open,
-                                      index=self._last_index, open=bars.open, close=bars.close)
+        self._bars[close_time] = _Bar(
+            close_time=close_time,
+            bar_open=bars.bar_open,
+            index=self._last_index,
+            open=bars.open,
+            close=bars.close,
+        )
         while len(self._bars) > _BARS_KEPT:
             self._bars.popitem(last=False)
         out: list[EventPayload] = []
@@ -133,8 +146,13 @@ class SimulatedBroker:
         column = bar.index.get(order.symbol)
         prices = bar.close if self.fill_price == "close" else bar.open
         if column is None:
-            return [OrderUpdate(client_order_id=order.client_order_id, status="rejected",
-                                reason=f"no bar for {order.symbol} at {bar.close_time.isoformat()}")]
+            return [
+                OrderUpdate(
+                    client_order_id=order.client_order_id,
+                    status="rejected",
+                    reason=f"no bar for {order.symbol} at {bar.close_time.isoformat()}",
+                )
+            ]
         price = prices[column]
         requested = order.quantity
         if order.side == "buy":
@@ -153,8 +171,13 @@ class SimulatedBroker:
         if not self.fractional:
             quantity = math.floor(quantity + _QUANTITY_EPSILON)
         if quantity <= _QUANTITY_EPSILON:
-            return [OrderUpdate(client_order_id=order.client_order_id, status="rejected",
-                                reason=reason or "quantity rounds to zero")]
+            return [
+                OrderUpdate(
+                    client_order_id=order.client_order_id,
+                    status="rejected",
+                    reason=reason or "quantity rounds to zero",
+                )
+            ]
         notional = quantity * price
         fee = notional * self.fee_rate
         if order.side == "buy":
@@ -169,10 +192,17 @@ class SimulatedBroker:
                 self.positions[order.symbol] = remaining
         self._fill_sequence += 1
         executed_at = bar.close_time if self.fill_price == "close" else bar.bar_open
-        fill = Fill(fill_id=f"{order.client_order_id}-f{self._fill_sequence}",
-                    client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
-                    quantity=quantity, price=price, fee=fee, fee_currency=self.fee_currency,
-                    executed_at=executed_at)
+        fill = Fill(
+            fill_id=f"{order.client_order_id}-f{self._fill_sequence}",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            price=price,
+            fee=fee,
+            fee_currency=self.fee_currency,
+            executed_at=executed_at,
+        )
         complete = quantity >= requested * (1 - 1e-9)
         update = OrderUpdate(
             client_order_id=order.client_order_id,

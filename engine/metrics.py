@@ -28,9 +28,17 @@ def performance_summary(equity: np.ndarray, periods_per_year: float) -> dict[str
     returns = equity[1:] / equity[:-1] - 1.0
     total_return = float(equity[-1] / equity[0] - 1.0)
     years = len(returns) / periods_per_year
-    cagr = float((equity[-1] / equity[0]) ** (1.0 / years) - 1.0) if years > 0 and equity[-1] > 0 else 0.0
+    cagr = (
+        float((equity[-1] / equity[0]) ** (1.0 / years) - 1.0)
+        if years > 0 and equity[-1] > 0
+        else 0.0
+    )
     volatility = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
-    sharpe = float(np.mean(returns) / volatility * math.sqrt(periods_per_year)) if volatility > 0 else 0.0
+    sharpe = (
+        float(np.mean(returns) / volatility * math.sqrt(periods_per_year))
+        if volatility > 0
+        else 0.0
+    )
     return {
         "total_return": total_return,
         "cagr": cagr,

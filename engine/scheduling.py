@@ -8,7 +8,7 @@ schedule means the same thing in a backtest as in a daemon.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -27,26 +27,39 @@ def build_trigger(cron: str = "", interval: str = "", *, owner: str = "[schedule
     Exactly one of ``cron`` and ``interval`` must be given.
     """
     if bool(cron) == bool(interval):
-        raise ConfigError(f"{owner}: set exactly one of cron and interval, "
-                          f"received cron={cron!r} interval={interval!r}")
+        raise ConfigError(
+            f"{owner}: set exactly one of cron and interval, "
+            f"received cron={cron!r} interval={interval!r}"
+        )
     if cron:
         fields = cron.split()
         try:
             if len(fields) != 5:
                 raise ValueError(f"expected 5 fields, found {len(fields)}")
             minute, hour, day, month, day_of_week = fields
-            return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                               day_of_week=_crontab_days(day_of_week), timezone=timezone.utc)
+            return CronTrigger(
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=_crontab_days(day_of_week),
+                timezone=UTC,
+            )
         except ValueError as error:
-            raise ConfigError(f"{owner} cron must be a 5-field crontab expression, "
-                              f"received {cron!r}: {error}") from None
+            raise ConfigError(
+                f"{owner} cron must be a 5-field crontab expression, received {cron!r}: {error}"
+            ) from None
     unit = interval[-1:].lower()
     count = interval[:-1]
     if unit not in _INTERVAL_UNITS or not count.isdigit() or int(count) <= 0:
-        raise ConfigError(f"{owner} interval must look like 30s, 15m, 4h, 7d or 2w, "
-                          f"received {interval!r}")
-    return IntervalTrigger(**{_INTERVAL_UNITS[unit]: int(count)}, timezone=timezone.utc,
-                           start_date=datetime(1970, 1, 5, tzinfo=timezone.utc))
+        raise ConfigError(
+            f"{owner} interval must look like 30s, 15m, 4h, 7d or 2w, received {interval!r}"
+        )
+    return IntervalTrigger(
+        **{_INTERVAL_UNITS[unit]: int(count)},
+        timezone=UTC,
+        start_date=datetime(1970, 1, 5, tzinfo=UTC),
+    )
 
 
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -91,7 +104,7 @@ def fire_times(trigger: BaseTrigger, after: datetime, until: datetime) -> Iterat
         fire = trigger.get_next_fire_time(previous, now)
         if fire is None or fire > until:
             return
-        fire = fire.astimezone(timezone.utc)
+        fire = fire.astimezone(UTC)
         if fire > after:
             yield fire
         previous = fire
@@ -101,26 +114,37 @@ def fire_times(trigger: BaseTrigger, after: datetime, until: datetime) -> Iterat
 def rebalance_id(schedule_name: str, due: datetime) -> str:
     """Deterministic id of the rebalance a schedule fires at ``due``: a retry or a replay of
     the same tick yields the same id, and so the same client order ids."""
-    return f"rb-{schedule_name}-{due.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+    return f"rb-{schedule_name}-{due.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
 class LiveScheduler:
     """Wall-clock firing of a trigger through APScheduler's background scheduler."""
 
-    def __init__(self, trigger: BaseTrigger, on_fire: Callable[[datetime], None],
-                 *, misfire_grace_s: int = 60) -> None:
-        self._scheduler = BackgroundScheduler(timezone=timezone.utc)
+    def __init__(
+        self,
+        trigger: BaseTrigger,
+        on_fire: Callable[[datetime], None],
+        *,
+        misfire_grace_s: int = 60,
+    ) -> None:
+        self._scheduler = BackgroundScheduler(timezone=UTC)
         self._trigger = trigger
         self._on_fire = on_fire
         self._misfire_grace_s = misfire_grace_s
 
     def _fire(self) -> None:
-        self._on_fire(datetime.now(timezone.utc))
+        self._on_fire(datetime.now(UTC))
 
     def start(self) -> None:
         """Start firing; one job, coalesced, never run twice at once."""
-        self._scheduler.add_job(self._fire, self._trigger, id="rebalance", coalesce=True,
-                                max_instances=1, misfire_grace_time=self._misfire_grace_s)
+        self._scheduler.add_job(
+            self._fire,
+            self._trigger,
+            id="rebalance",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=self._misfire_grace_s,
+        )
         self._scheduler.start()
 
     def next_fire_time(self) -> datetime | None:

@@ -37,15 +37,19 @@ class Backtest:
         self.bus = MemoryBus(namespace="backtest")
         self.clock = SimulatedClock(to_datetime(panel.bar_open[0]))
         self.services: Services = build_services(config, self.bus, self.clock)
-        self.market = MarketDataService(self.bus, panel, schedule_trigger(config),
-                                        config.schedule.name, self.clock)
+        self.market = MarketDataService(
+            self.bus, panel, schedule_trigger(config), config.schedule.name, self.clock
+        )
         self.pump = Pump(self.services.all())
 
     def _quiet(self) -> bool:
         # No order in flight and no tick waiting: nothing a service does depends on how the
         # next bars interleave with other events, so they can be delivered as one block.
-        return (not self.services.rebalance.open_orders and not self.services.rebalance.pending
-                and not self.services.execution.broker.open_order_count)
+        return (
+            not self.services.rebalance.open_orders
+            and not self.services.rebalance.pending
+            and not self.services.execution.broker.open_order_count
+        )
 
     def run(self, out_dir: Path | None = None) -> dict[str, Any]:
         """Replay every bar and tick, then end the data; return (and write) the summary.
@@ -71,12 +75,19 @@ class Backtest:
         market.end_of_data()
         pump.pump()
         summary = self.services.recorder.summary(
-            self.config.portfolio.initial_cash, self.panel.periods_per_year(), market.bars_published)
+            self.config.portfolio.initial_cash, self.panel.periods_per_year(), market.bars_published
+        )
         if out_dir is not None:
             self.services.recorder.write(out_dir, summary)
-        log.info("backtest.done", bars=market.bars_published, rebalances=market.ticks_published,
-                 orders=summary["orders"], final_equity=round(summary["final_equity"], 2),
-                 seconds=round(time.perf_counter() - started, 3), pending=pump.pending())
+        log.info(
+            "backtest.done",
+            bars=market.bars_published,
+            rebalances=market.ticks_published,
+            orders=summary["orders"],
+            final_equity=round(summary["final_equity"], 2),
+            seconds=round(time.perf_counter() - started, 3),
+            pending=pump.pending(),
+        )
         return summary
 
 

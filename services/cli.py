@@ -84,7 +84,9 @@ def _backtest(arguments: argparse.Namespace) -> int:
     from engine.errors import ConfigError, DataError
 
     if arguments.strategy not in STRATEGIES:
-        return _error(f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}")
+        return _error(
+            f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}"
+        )
     try:
         config = _load(arguments, "backtest")
         from services.assembly import validate
@@ -108,8 +110,13 @@ def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
     source: BarSource
     if arguments.synthetic:
         market = config.market
-        source = SyntheticSource(market.symbols, bars or 250, seed=market.seed,
-                                 start=market.start, timeframe=market.timeframe.upper())
+        source = SyntheticSource(
+            market.symbols,
+            bars or 250,
+            seed=market.seed,
+            start=market.start,
+            timeframe=market.timeframe.upper(),
+        )
     else:
         source = FileSource(Path(arguments.data) if arguments.data else SAMPLE_PATH)
     panel = source.panel()
@@ -124,8 +131,9 @@ def _parse_speed(text: str | None, default: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--speed must be a number of bars per second or 'max', "
-                                         f"received {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--speed must be a number of bars per second or 'max', received {text!r}"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"--speed must be positive or 'max', received {text!r}")
     return value
@@ -172,7 +180,9 @@ def _paper(arguments: argparse.Namespace) -> int:
         from services.paper import run_live_paper, run_paper
 
         if source is not None:
-            run = run_live_paper(config, source, out_dir, warmup_bars=arguments.warmup_bars, stop=stop)
+            run = run_live_paper(
+                config, source, out_dir, warmup_bars=arguments.warmup_bars, stop=stop
+            )
         else:
             run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
     except KeyboardInterrupt:
@@ -218,8 +228,14 @@ def _data_fetch(arguments: argparse.Namespace) -> int:
     try:
         from services.data_fetch import fetch_to_file
 
-        summary = fetch_to_file(arguments.exchange, symbols, arguments.timeframe, arguments.since,
-                                Path(arguments.out), until=arguments.until)
+        summary = fetch_to_file(
+            arguments.exchange,
+            symbols,
+            arguments.timeframe,
+            arguments.since,
+            Path(arguments.out),
+            until=arguments.until,
+        )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -236,56 +252,94 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deepfactor {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    paper = commands.add_parser("paper", help="paper-trade every service over Redis against the "
-                                              "simulated broker")
+    paper = commands.add_parser(
+        "paper", help="paper-trade every service over Redis against the simulated broker"
+    )
     paper.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
     source = paper.add_mutually_exclusive_group()
-    source.add_argument("--data", metavar="F",
-                        help="replay this market-data file (default: the bundled real sample, "
-                             "16 Binance USDT pairs, daily 2021-2024)")
-    source.add_argument("--synthetic", action="store_true",
-                        help="replay the seeded synthetic market of [market] instead")
-    source.add_argument("--exchange", metavar="ID",
-                        help="live: poll closed candles of --symbols from this ccxt exchange")
+    source.add_argument(
+        "--data",
+        metavar="F",
+        help="replay this market-data file (default: the bundled real sample, "
+        "16 Binance USDT pairs, daily 2021-2024)",
+    )
+    source.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="replay the seeded synthetic market of [market] instead",
+    )
+    source.add_argument(
+        "--exchange",
+        metavar="ID",
+        help="live: poll closed candles of --symbols from this ccxt exchange",
+    )
     paper.add_argument("--symbols", metavar="A/B,C/D", help="live: the universe")
     paper.add_argument("--timeframe", default="1m", metavar="TF", help="live: bar length (1m)")
-    paper.add_argument("--warmup-bars", type=int, default=300, metavar="N",
-                       help="live: closed bars fetched first so factor windows start full")
+    paper.add_argument(
+        "--warmup-bars",
+        type=int,
+        default=300,
+        metavar="N",
+        help="live: closed bars fetched first so factor windows start full",
+    )
     paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
     paper.add_argument("--speed", metavar="X|max", help="bars per second, or max")
     paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")
-    paper.add_argument("--redis-url", metavar="URL",
-                       help="Redis to use instead of a private server in the run directory")
+    paper.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis to use instead of a private server in the run directory",
+    )
     paper.set_defaults(run=_paper)
 
-    backtest = commands.add_parser("backtest", help="run the services in one process on a data "
-                                                    "file and write summary.json and equity.csv")
-    backtest.add_argument("--data", metavar="F", required=True,
-                          help="long OHLCV or wide close-only file (CSV, CSV.gz, Parquet)")
+    backtest = commands.add_parser(
+        "backtest",
+        help="run the services in one process on a data file and write summary.json and equity.csv",
+    )
+    backtest.add_argument(
+        "--data",
+        metavar="F",
+        required=True,
+        help="long OHLCV or wide close-only file (CSV, CSV.gz, Parquet)",
+    )
     backtest.add_argument("--out", metavar="DIR", required=True)
     backtest.add_argument("--config", metavar="F")
-    backtest.add_argument("--strategy", metavar="NAME", default="equal-weight",
-                          help=f"signal model: {', '.join(STRATEGIES)}")
+    backtest.add_argument(
+        "--strategy",
+        metavar="NAME",
+        default="equal-weight",
+        help=f"signal model: {', '.join(STRATEGIES)}",
+    )
     backtest.set_defaults(run=_backtest)
 
     factors = commands.add_parser("factors", help="factor research")
     factor_commands = factors.add_subparsers(dest="factors_command", required=True)
     report = factor_commands.add_parser(
-        "report", help="rank IC and long-short return of every factor on a data file")
+        "report", help="rank IC and long-short return of every factor on a data file"
+    )
     report.add_argument("--data", metavar="F", required=True)
     report.add_argument("--out", metavar="DIR", required=True)
-    report.add_argument("--horizon", type=int, default=7, metavar="BARS",
-                        help="period length in bars: returns over the next period (default 7)")
+    report.add_argument(
+        "--horizon",
+        type=int,
+        default=7,
+        metavar="BARS",
+        help="period length in bars: returns over the next period (default 7)",
+    )
     report.add_argument("--quantiles", type=int, default=5, help="long-short quantiles (default 5)")
     report.set_defaults(run=_factors_report)
 
     data = commands.add_parser("data", help="market data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("fetch", help="download OHLCV history through ccxt")
-    fetch.add_argument("--exchange", required=True, metavar="ID", help="ccxt exchange id, e.g. binance")
+    fetch.add_argument(
+        "--exchange", required=True, metavar="ID", help="ccxt exchange id, e.g. binance"
+    )
     fetch.add_argument("--symbols", required=True, metavar="A/B,C/D")
     fetch.add_argument("--timeframe", required=True, metavar="TF", help="e.g. 1h, 1d")
-    fetch.add_argument("--since", required=True, metavar="DATE", help="UTC date or time, e.g. 2024-01-01")
+    fetch.add_argument(
+        "--since", required=True, metavar="DATE", help="UTC date or time, e.g. 2024-01-01"
+    )
     fetch.add_argument("--until", metavar="DATE", help="UTC end (default: now)")
     fetch.add_argument("--out", required=True, metavar="F", help=".parquet, .csv or .csv.gz")
     fetch.set_defaults(run=_data_fetch)

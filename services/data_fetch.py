@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +49,12 @@ def parse_utc_ms(value: str | date | datetime, name: str) -> int:
         except ValueError:
             moment = None
     if moment is None:
-        raise DataError(f"{name} must be an ISO date or datetime such as 2024-01-01 or "
-                        f"2024-01-01T12:00:00Z, received {value!r}")
+        raise DataError(
+            f"{name} must be an ISO date or datetime such as 2024-01-01 or "
+            f"2024-01-01T12:00:00Z, received {value!r}"
+        )
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -61,8 +63,9 @@ def _file_format(out: Path) -> str:
     for suffix in sorted(_FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
             return _FORMATS[suffix]
-    raise DataError(f"{out}: unknown output type; expected a name ending in "
-                    f"{', '.join(sorted(_FORMATS))}")
+    raise DataError(
+        f"{out}: unknown output type; expected a name ending in {', '.join(sorted(_FORMATS))}"
+    )
 
 
 def _write(frame: pd.DataFrame, out: Path, file_format: str) -> None:
@@ -72,7 +75,9 @@ def _write(frame: pd.DataFrame, out: Path, file_format: str) -> None:
         if file_format == "parquet":
             frame.to_parquet(partial, index=False)
         else:
-            frame.to_csv(partial, index=False, compression="gzip" if file_format == "csv.gz" else None)
+            frame.to_csv(
+                partial, index=False, compression="gzip" if file_format == "csv.gz" else None
+            )
         os.replace(partial, out)
     except OSError as error:
         raise DataError(f"{out}: cannot be written: {error}") from None
@@ -126,14 +131,23 @@ def fetch_to_file(
     out = Path(out)
     file_format = _file_format(out)  # fail on a bad name before paging through history
 
-    source = CcxtOhlcvSource(exchange_id, symbols, timeframe, exchange=exchange, page_limit=page_limit,
-                             clock=clock, sleep=sleep)
+    source = CcxtOhlcvSource(
+        exchange_id,
+        symbols,
+        timeframe,
+        exchange=exchange,
+        page_limit=page_limit,
+        clock=clock,
+        sleep=sleep,
+    )
     rows = source.history(since_ms, until_ms)
     frame = source.to_frame(rows)
     if frame.empty:
         window = f"{iso_utc(since_ms)} .. {iso_utc(until_ms) if until_ms is not None else 'now'}"
-        raise DataError(f"{exchange_id}: no closed {timeframe} candles for {', '.join(source.symbols)} "
-                        f"in {window}; nothing written to {out}")
+        raise DataError(
+            f"{exchange_id}: no closed {timeframe} candles for {', '.join(source.symbols)} "
+            f"in {window}; nothing written to {out}"
+        )
     for symbol, candles in rows.items():
         if not candles:
             log.warning("data.no_candles", exchange=exchange_id, symbol=symbol, timeframe=timeframe)

@@ -8,7 +8,15 @@ import structlog
 from brokers.simulated import SimulatedBroker
 from engine.bus import Bus
 from engine.clock import Clock
-from engine.events import BarBlock, BarSet, Control, Envelope, EventPayload, OrderRequest, OrderUpdate
+from engine.events import (
+    BarBlock,
+    BarSet,
+    Control,
+    Envelope,
+    EventPayload,
+    OrderRequest,
+    OrderUpdate,
+)
 from services.runtime import Handler, Service
 
 log = structlog.get_logger("services.execution")
@@ -30,8 +38,16 @@ class ExecutionService(Service):
         order = event.payload
         assert isinstance(order, OrderRequest)
         if self.halted:
-            self.emit([OrderUpdate(client_order_id=order.client_order_id, status="rejected",
-                                   reason="trading halted")], corr=event.corr)
+            self.emit(
+                [
+                    OrderUpdate(
+                        client_order_id=order.client_order_id,
+                        status="rejected",
+                        reason="trading halted",
+                    )
+                ],
+                corr=event.corr,
+            )
             return
         self.emit(self.broker.submit(order), corr=event.corr)
 
@@ -53,5 +69,7 @@ class ExecutionService(Service):
         if control.command == "halt":
             cancelled = self.broker.cancel_open_orders(f"halted: {control.reason or 'operator'}")
             if cancelled:
-                log.warning("execution.orders_cancelled", count=len(cancelled), reason=control.reason)
+                log.warning(
+                    "execution.orders_cancelled", count=len(cancelled), reason=control.reason
+                )
                 self.emit(cancelled, corr=event.corr)

@@ -21,8 +21,18 @@ from strategies.evaluation import FactorEvaluation, evaluate_factor
 from strategies.factors import FACTORS, FactorInputs, compute_panel
 
 log = structlog.get_logger("services.factor_report")
-COLUMNS = ("factor", "periods", "ic_mean", "ic_std", "icir", "ic_tstat", "ic_hit_rate",
-           "long_short_mean", "long_short_annualised", "long_short_tstat")
+COLUMNS = (
+    "factor",
+    "periods",
+    "ic_mean",
+    "ic_std",
+    "icir",
+    "ic_tstat",
+    "ic_hit_rate",
+    "long_short_mean",
+    "long_short_annualised",
+    "long_short_tstat",
+)
 
 
 def usable_factors(panel: Panel, names: list[str] | None = None) -> list[str]:
@@ -35,27 +45,35 @@ def usable_factors(panel: Panel, names: list[str] | None = None) -> list[str]:
     if panel.volume is None:
         dropped = [n for n in names if FACTORS[n].needs_volume]
         if dropped:
-            log.warning("factors.volume_factors_off", factors=dropped,
-                        reason="close-only data has no volume")
+            log.warning(
+                "factors.volume_factors_off",
+                factors=dropped,
+                reason="close-only data has no volume",
+            )
         names = [n for n in names if not FACTORS[n].needs_volume]
     return names
 
 
-def evaluate_panel(panel: Panel, horizon: int, quantiles: int = 5,
-                   names: list[str] | None = None) -> list[FactorEvaluation]:
+def evaluate_panel(
+    panel: Panel, horizon: int, quantiles: int = 5, names: list[str] | None = None
+) -> list[FactorEvaluation]:
     """Compute every usable factor on ``panel`` with its defaults and evaluate it."""
     inputs = FactorInputs.from_panel(panel)
     names = usable_factors(panel, names)
     exposures = compute_panel([(n, n, {}) for n in names], inputs)
-    return [evaluate_factor(n, exposures[n], panel.close, panel.bar_open, horizon, quantiles)
-            for n in names]
+    return [
+        evaluate_factor(n, exposures[n], panel.close, panel.bar_open, horizon, quantiles)
+        for n in names
+    ]
 
 
 def report_table(evaluations: list[FactorEvaluation], periods_per_year: float) -> pd.DataFrame:
     """Return one row of summary statistics per factor, sorted by |ICIR|."""
     rows = [{"factor": e.name, **e.summary(periods_per_year)} for e in evaluations]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    return table.sort_values("icir", key=lambda c: -c.abs(), na_position="last").reset_index(drop=True)
+    return table.sort_values("icir", key=lambda c: -c.abs(), na_position="last").reset_index(
+        drop=True
+    )
 
 
 def plot_cumulative(evaluations: list[FactorEvaluation], path: Path, title: str) -> None:
@@ -72,9 +90,14 @@ def plot_cumulative(evaluations: list[FactorEvaluation], path: Path, title: str)
         times = evaluation.period_times.astype("datetime64[ms]").astype("O")
         # Growth of 1 on a log axis: factors far apart in size stay readable side by side.
         growth = np.maximum(np.cumprod(1.0 + spread), 1e-6)
-        axis.plot(times, growth, label=evaluation.name, linewidth=1.1,
-                  color=colours[position % len(colours)],
-                  linestyle="-" if position < len(colours) else "--")
+        axis.plot(
+            times,
+            growth,
+            label=evaluation.name,
+            linewidth=1.1,
+            color=colours[position % len(colours)],
+            linestyle="-" if position < len(colours) else "--",
+        )
     axis.set_yscale("log")
     axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.set_title(title)
@@ -89,28 +112,47 @@ def plot_cumulative(evaluations: list[FactorEvaluation], path: Path, title: str)
 def _format(table: pd.DataFrame) -> str:
     shown = table.copy()
     for column in ("ic_mean", "ic_std", "icir", "ic_tstat", "ic_hit_rate", "long_short_tstat"):
-        shown[column] = shown[column].map(lambda v: "" if v is None or math.isnan(v) else f"{v:+.3f}")
+        shown[column] = shown[column].map(
+            lambda v: "" if v is None or math.isnan(v) else f"{v:+.3f}"
+        )
     for column in ("long_short_mean", "long_short_annualised"):
-        shown[column] = shown[column].map(lambda v: "" if v is None or math.isnan(v) else f"{v:+.2%}")
+        shown[column] = shown[column].map(
+            lambda v: "" if v is None or math.isnan(v) else f"{v:+.2%}"
+        )
     return shown.to_string(index=False)
 
 
-def run_factor_report(panel: Panel, out_dir: Path, horizon: int, quantiles: int = 5) -> pd.DataFrame:
+def run_factor_report(
+    panel: Panel, out_dir: Path, horizon: int, quantiles: int = 5
+) -> pd.DataFrame:
     """Evaluate the library on ``panel``, print the table and write the report files."""
     evaluations = evaluate_panel(panel, horizon, quantiles)
     periods_per_year = panel.periods_per_year() / horizon
     table = report_table(evaluations, periods_per_year)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "factor_report.csv", index=False)
-    (out_dir / "factor_report.json").write_text(json.dumps({
-        "source": panel.source, "horizon_bars": horizon, "quantiles": quantiles,
-        "periods_per_year": periods_per_year,
-        "factors": json.loads(table.to_json(orient="records")),
-    }, indent=2) + "\n")
-    plot_cumulative(evaluations, out_dir / "factor_returns.png",
-                    f"{Path(panel.source).name}: factor long-short returns, {horizon}-bar periods")
-    print(f"factor report: {panel.source}, {panel.n_bars} bars x {len(panel.symbols)} assets, "
-          f"non-overlapping {horizon}-bar periods, quintile long-short")
+    (out_dir / "factor_report.json").write_text(
+        json.dumps(
+            {
+                "source": panel.source,
+                "horizon_bars": horizon,
+                "quantiles": quantiles,
+                "periods_per_year": periods_per_year,
+                "factors": json.loads(table.to_json(orient="records")),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    plot_cumulative(
+        evaluations,
+        out_dir / "factor_returns.png",
+        f"{Path(panel.source).name}: factor long-short returns, {horizon}-bar periods",
+    )
+    print(
+        f"factor report: {panel.source}, {panel.n_bars} bars x {len(panel.symbols)} assets, "
+        f"non-overlapping {horizon}-bar periods, quintile long-short"
+    )
     print(_format(table))
     print(f"written to {out_dir}")
     return table

@@ -3,11 +3,12 @@
 Each BarSet goes into the incremental factor engine (O(assets) per bar, never a recomputation
 of history). A BarBlock (a backtest's quiet run of bars) goes in with matrix operations when
 snapshots are due at rebalances only, leaving exactly the state its bars one by one would;
-otherwise its bars go in one by one. Exposures are winsorised and z-scored across assets, optionally neutralised, and
-published on every bar or only at each rebalance's decision bar. A snapshot also carries how
-each factor did since the previous snapshot (rank IC and quintile long-short return of the
-previous exposures against the returns realised since) and market-state features. On start the
-service replays the bars its group already consumed, so a restart does not begin cold.
+otherwise its bars go in one by one. Exposures are winsorised and z-scored across assets,
+optionally neutralised, and published on every bar or only at each rebalance's decision bar.
+A snapshot also carries how each factor did since the previous snapshot (rank IC and quintile
+long-short return of the previous exposures against the returns realised since) and
+market-state features. On start the service replays the bars its group already consumed, so
+a restart does not begin cold.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def resolve_factors(factors: tuple[FactorConfig, ...]) -> list[tuple[str, str, d
     for position, factor in enumerate(factors):
         spec = FACTORS.get(factor.name)
         if spec is None:
-            raise ConfigError(f"[strategy.factors[{position}]] name must be one of "
-                              f"{sorted(FACTORS)}, received {factor.name!r}")
+            raise ConfigError(
+                f"[strategy.factors[{position}]] name must be one of "
+                f"{sorted(FACTORS)}, received {factor.name!r}"
+            )
         try:
             params = spec.resolve(**factor.params)
         except ValueError as error:
@@ -80,15 +83,18 @@ def market_returns(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     total = np.where(finite, returns, 0.0).sum(axis=1)
     positive = (finite & (returns > 0)).sum(axis=1)
     safe = np.maximum(count, 1)
-    return (np.where(count > 0, total / safe, 0.0), np.where(count > 0, positive / safe, 0.0),
-            count)
+    return (
+        np.where(count > 0, total / safe, 0.0),
+        np.where(count > 0, positive / safe, 0.0),
+        count,
+    )
 
 
 @dataclass
 class _Computed:
     symbols: tuple[str, ...]
-    raw: np.ndarray          # (F, N) engine output
-    close: np.ndarray        # (N,) last close per universe member
+    raw: np.ndarray  # (F, N) engine output
+    close: np.ndarray  # (N,) last close per universe member
     market: dict[str, float]
 
 
@@ -100,12 +106,18 @@ class FactorUpdateService(Service):
     def __init__(self, bus: Bus, clock: Clock, strategy: StrategyConfig) -> None:
         self.strategy = strategy
         self.requests = resolve_factors(strategy.factors)
-        self.file_factors: list[FileFactors] = [load_factor_file(path) for path in strategy.factor_files]
-        known = [label for label, _, _ in self.requests] + [n for f in self.file_factors for n in f.names]
+        self.file_factors: list[FileFactors] = [
+            load_factor_file(path) for path in strategy.factor_files
+        ]
+        known = [label for label, _, _ in self.requests] + [
+            n for f in self.file_factors for n in f.names
+        ]
         unknown = [label for label in strategy.neutralize_against if label not in known]
         if unknown:
-            raise ConfigError(f"[strategy] neutralize_against names unknown factors {unknown}; "
-                              f"factors are {known}")
+            raise ConfigError(
+                f"[strategy] neutralize_against names unknown factors {unknown}; "
+                f"factors are {known}"
+            )
         self.engine: IncrementalFactors | None = None
         self.labels: tuple[str, ...] = ()
         self._neutralize: list[int] = []
@@ -124,43 +136,57 @@ class FactorUpdateService(Service):
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
         if self.strategy.compute_on == "rebalance":
-            return {BarSet: self.on_bars, BarBlock: self.on_block,
-                    RebalanceDue: self.on_rebalance_due}
+            return {
+                BarSet: self.on_bars,
+                BarBlock: self.on_block,
+                RebalanceDue: self.on_rebalance_due,
+            }
         return {BarSet: self.on_bars, BarBlock: self.on_block}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Rebuild the factor windows from bars this service consumed before a restart."""
         window = max(FACTORS[name].window(**params) for _, name, params in self.requests)
-        history = self.bus.consumed_history(self.name, BarSet.TOPIC, window + _MARKET_VOLATILITY_BARS)
+        history = self.bus.consumed_history(
+            self.name, BarSet.TOPIC, window + _MARKET_VOLATILITY_BARS
+        )
         for event in history:
             payload = event.payload
             assert isinstance(payload, (BarSet, BarBlock))
-            for bars in ([payload] if isinstance(payload, BarSet) else payload.rows()):
+            for bars in [payload] if isinstance(payload, BarSet) else payload.rows():
                 self._ingest(bars)
         if history:
-            log.info("factors.warmed_up", bars=len(history),
-                     last=history[-1].payload.close_time.isoformat())
+            log.info(
+                "factors.warmed_up",
+                bars=len(history),
+                last=history[-1].payload.close_time.isoformat(),
+            )
 
     def _build_engine(self, has_volume: bool) -> None:
         requests = self.requests
         if not has_volume:
             dropped = [label for label, name, _ in requests if FACTORS[name].needs_volume]
             if dropped:
-                log.warning("factors.volume_factors_off", factors=dropped,
-                            reason="the bars carry no volume (close-only data)")
+                log.warning(
+                    "factors.volume_factors_off",
+                    factors=dropped,
+                    reason="the bars carry no volume (close-only data)",
+                )
                 requests = [r for r in requests if r[0] not in dropped]
         if not requests and not self.file_factors:
             raise ConfigError("[strategy] factors: none can run on close-only data")
         self.engine = IncrementalFactors(requests) if requests else None
         self._volume_labels = [label for label, name, _ in requests if FACTORS[name].needs_volume]
         self.labels = tuple(label for label, _, _ in requests) + tuple(
-            name for f in self.file_factors for name in f.names)
-        missing = [l for l in self.strategy.neutralize_against if l not in self.labels]
+            name for f in self.file_factors for name in f.names
+        )
+        missing = [label for label in self.strategy.neutralize_against if label not in self.labels]
         if missing:
-            raise ConfigError(f"[strategy] neutralize_against names unknown factors {missing}; "
-                              f"factors are {list(self.labels)}")
-        self._neutralize = [self.labels.index(l) for l in self.strategy.neutralize_against]
+            raise ConfigError(
+                f"[strategy] neutralize_against names unknown factors {missing}; "
+                f"factors are {list(self.labels)}"
+            )
+        self._neutralize = [self.labels.index(label) for label in self.strategy.neutralize_against]
 
     # -- inputs ----------------------------------------------------------------------------
     def on_bars(self, event: Envelope) -> None:
@@ -208,7 +234,9 @@ class FactorUpdateService(Service):
         if volume is None and self._volume_labels:
             volume = (math.nan,) * len(bars.symbols)  # a bar without volume: volume factors NaN
         if self.engine is not None:
-            raw = self.engine.update(bars.symbols, bars.open, bars.high, bars.low, bars.close, volume)
+            raw = self.engine.update(
+                bars.symbols, bars.open, bars.high, bars.low, bars.close, volume
+            )
             if len(self._universe) != len(self.engine.symbols):  # the universe only grows
                 self._universe = tuple(self.engine.symbols)
             symbols = self._universe
@@ -218,7 +246,9 @@ class FactorUpdateService(Service):
             extra = [f.values_at(bars.bar_open, symbols) for f in self.file_factors]
             raw = np.vstack([raw, *extra])
         previous, close = self._update_closes(symbols, bars)
-        self._computed[close_time] = _Computed(symbols, raw, close, self._market_state(previous, close))
+        self._computed[close_time] = _Computed(
+            symbols, raw, close, self._market_state(previous, close)
+        )
         while len(self._computed) > _KEPT:
             self._computed.popitem(last=False)
         return close_time
@@ -261,16 +291,25 @@ class FactorUpdateService(Service):
             self._computed.popitem(last=False)
         return close_time
 
-    def _market_state_block(self, symbols: tuple[str, ...], block_symbols: tuple[str, ...],
-                            close: np.ndarray, width_before: int) -> dict[str, float]:
+    def _market_state_block(
+        self,
+        symbols: tuple[str, ...],
+        block_symbols: tuple[str, ...],
+        close: np.ndarray,
+        width_before: int,
+    ) -> dict[str, float]:
         # The closes carried forward per universe member, then each bar's market return over
         # the universe as it was at that bar (its width decides the summation order).
         width = len(symbols)
         column = {s: i for i, s in enumerate(symbols)}
-        universe_columns = np.array([column[s] for s in block_symbols if s in column], dtype=np.intp)
-        block_columns = np.array([j for j, s in enumerate(block_symbols) if s in column], dtype=np.intp)
+        universe_columns = np.array(
+            [column[s] for s in block_symbols if s in column], dtype=np.intp
+        )
+        block_columns = np.array(
+            [j for j, s in enumerate(block_symbols) if s in column], dtype=np.intp
+        )
         before = np.full(width, np.nan)
-        before[:len(self._last_close)] = self._last_close
+        before[: len(self._last_close)] = self._last_close
         bars = np.full((len(close), width), np.nan)
         bars[:, universe_columns] = close[:, block_columns]
         carried = np.vstack([before, carry_forward(bars, before)])
@@ -289,12 +328,14 @@ class FactorUpdateService(Service):
         self._last_close = carried[-1]
         return self._advance_market(mean, float(breadth[-1]), float(count[-1]))
 
-    def _update_closes(self, symbols: tuple[str, ...], bars: BarSet) -> tuple[np.ndarray, np.ndarray]:
+    def _update_closes(
+        self, symbols: tuple[str, ...], bars: BarSet
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Last known close per universe member, before and after this bar.
         previous = self._last_close
         if len(previous) != len(symbols):
             previous = np.full(len(symbols), np.nan)
-            previous[:len(self._last_close)] = self._last_close
+            previous[: len(self._last_close)] = self._last_close
         if bars.symbols is symbols or bars.symbols == symbols:
             current = np.array(bars.close, dtype=float)
         else:
@@ -314,7 +355,9 @@ class FactorUpdateService(Service):
         mean, breadth, count = market_returns(returns[None, :])
         return self._advance_market(mean, float(breadth[0]), float(count[0]))
 
-    def _advance_market(self, returns: np.ndarray, breadth: float, assets: float) -> dict[str, float]:
+    def _advance_market(
+        self, returns: np.ndarray, breadth: float, assets: float
+    ) -> dict[str, float]:
         # Moves the market level over bars' returns (oldest first): the state at the last.
         levels = np.multiply.accumulate(np.concatenate([[self._market_level], 1.0 + returns]))
         self._market_level = float(levels[-1])
@@ -342,9 +385,16 @@ class FactorUpdateService(Service):
         with np.errstate(invalid="ignore", divide="ignore"):
             realised = close[:width] / previous_close[:width] - 1.0
         ic = rank_ic(previous_exposures, np.broadcast_to(realised, previous_exposures.shape))
-        spread = quantile_spread(previous_exposures, np.broadcast_to(realised, previous_exposures.shape))
-        as_dict = lambda values: {l: (None if math.isnan(v) else float(v))  # noqa: E731
-                                  for l, v in zip(self.labels, values)}
+        spread = quantile_spread(
+            previous_exposures, np.broadcast_to(realised, previous_exposures.shape)
+        )
+
+        def as_dict(values: np.ndarray) -> dict[str, float | None]:
+            return {
+                label: (None if math.isnan(value) else float(value))
+                for label, value in zip(self.labels, values)
+            }
+
         return as_dict(ic), as_dict(spread)
 
     def _publish(self, asof: datetime, corr: str, ts: datetime) -> None:
@@ -353,8 +403,11 @@ class FactorUpdateService(Service):
             log.warning("factors.decision_bar_missing", asof=asof.isoformat(), corr=corr)
             return
         winsorize = None if self.strategy.winsorize == "none" else self.strategy.winsorize
-        exposures = preprocess(computed.raw, winsorize=winsorize,
-                               neutralize_against=self._neutralize) if len(computed.raw) else computed.raw
+        exposures = (
+            preprocess(computed.raw, winsorize=winsorize, neutralize_against=self._neutralize)
+            if len(computed.raw)
+            else computed.raw
+        )
         factor_ic, factor_returns = self._performance(exposures, computed.close)
         self._previous = (exposures, computed.close.copy(), computed.symbols)
         snapshot = FactorSnapshot(

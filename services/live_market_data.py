@@ -18,6 +18,8 @@ from engine.events import BarSet, make_event
 from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.live_market_data")
+
+
 class LiveMarketDataService:
     """Polls a ccxt source and publishes each complete timestamp's BarSet."""
 
@@ -67,8 +69,11 @@ class LiveMarketDataService:
         self._last_published_ms = timestamp
         self.bars_published += 1
         if len(symbols) < len(self.source.symbols):
-            log.warning("data.partial_bar_set", timestamp=utc_from_ms(timestamp).isoformat(),
-                        missing=[s for s in self.source.symbols if s not in candles])
+            log.warning(
+                "data.partial_bar_set",
+                timestamp=utc_from_ms(timestamp).isoformat(),
+                missing=[s for s in self.source.symbols if s not in candles],
+            )
 
     def run(self, stop: threading.Event, poll_interval_s: float) -> None:
         """Poll until ``stop`` is set."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import structlog
@@ -34,7 +34,7 @@ def to_datetime(value: np.datetime64) -> datetime:
 
 def to_datetimes(values: np.ndarray) -> list[datetime]:
     """Return numpy UTC times as aware datetimes (one conversion for the whole array)."""
-    return [t.replace(tzinfo=timezone.utc) for t in values.astype("datetime64[us]").tolist()]
+    return [t.replace(tzinfo=UTC) for t in values.astype("datetime64[us]").tolist()]
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,18 @@ def schedule_ticks(panel: Panel, trigger: BaseTrigger | None) -> list[tuple[int,
         return []
     close_us = panel.close_time.astype("datetime64[us]").astype(np.int64)
     first = to_datetime(panel.close_time[0])
-    ticks = list(fire_times(trigger, first - timedelta(microseconds=1), to_datetime(panel.close_time[-1])))
+    ticks = list(
+        fire_times(trigger, first - timedelta(microseconds=1), to_datetime(panel.close_time[-1]))
+    )
     if not ticks:
         return []
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     tick_us = np.array([(t - epoch) // timedelta(microseconds=1) for t in ticks], dtype=np.int64)
     counts = np.searchsorted(close_us, tick_us, side="right").tolist()
-    return [(count, Step(time=tick, due=tick, decision_time=to_datetime(panel.close_time[count - 1])))
-            for count, tick in zip(counts, ticks)]
+    return [
+        (count, Step(time=tick, due=tick, decision_time=to_datetime(panel.close_time[count - 1])))
+        for count, tick in zip(counts, ticks)
+    ]
 
 
 def replay_steps(panel: Panel, trigger: BaseTrigger | None) -> Iterator[Step]:
@@ -84,8 +88,14 @@ class MarketDataService:
 
     name = "market-data"
 
-    def __init__(self, bus: Bus, panel: Panel, trigger: BaseTrigger | None,
-                 schedule_name: str, clock: SimulatedClock | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        panel: Panel,
+        trigger: BaseTrigger | None,
+        schedule_name: str,
+        clock: SimulatedClock | None = None,
+    ) -> None:
         self.bus = bus
         self.panel = panel
         self.trigger = trigger
@@ -96,7 +106,7 @@ class MarketDataService:
         self.rejected = 0
         self._problems: np.ndarray | None = None
         self._problem_rows = np.zeros(0, dtype=bool)
-        self._now = lambda: datetime.now(timezone.utc)
+        self._now = lambda: datetime.now(UTC)
         self._timeframe = panel.timeframe_label
         self._all_symbols = panel.symbols
         self._valid = ~np.isnan(panel.close)
@@ -109,7 +119,9 @@ class MarketDataService:
         # The whole panel is checked against the quality rules at once, on first use.
         if self._problems is None:
             panel = self.panel
-            self._problems = bar_problems(panel.open, panel.high, panel.low, panel.close, panel.volume)
+            self._problems = bar_problems(
+                panel.open, panel.high, panel.low, panel.close, panel.volume
+            )
             self._problem_rows = (self._problems >= 0).any(axis=1)
         return self._problems
 
@@ -120,13 +132,20 @@ class MarketDataService:
         if self._bar_open[index] > self._now():
             reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "timestamp in the future")
         elif self._problem_rows[index]:
-            reasons = {column: REASONS[problem]
-                       for column, problem in enumerate(problems[index].tolist()) if problem >= 0}
+            reasons = {
+                column: REASONS[problem]
+                for column, problem in enumerate(problems[index].tolist())
+                if problem >= 0
+            }
         else:
             return valid
         for column, reason in reasons.items():
-            log.warning("data.rejected", symbol=self._all_symbols[column],
-                        timestamp=self._bar_open[index].isoformat(), reason=reason)
+            log.warning(
+                "data.rejected",
+                symbol=self._all_symbols[column],
+                timestamp=self._bar_open[index].isoformat(),
+                reason=reason,
+            )
         self.rejected += len(reasons)
         bad = np.zeros_like(valid)
         bad[list(reasons)] = True
@@ -175,9 +194,12 @@ class MarketDataService:
                     shared[id(values)] = cells(values)
                 matrices[name] = shared[id(values)]
         self.bars_published += int(mask.any(axis=1).sum())
-        return BarBlock.from_matrices(timeframe=self._timeframe,
-                                      bar_open=tuple(self._bar_open[start:stop]),
-                                      symbols=symbols, **matrices)
+        return BarBlock.from_matrices(
+            timeframe=self._timeframe,
+            bar_open=tuple(self._bar_open[start:stop]),
+            symbols=symbols,
+            **matrices,
+        )
 
     def publish_bars(self, start: int, stop: int) -> None:
         """Publish bars ``start`` to ``stop - 1`` at the last one's close: one BarSet for one
@@ -197,7 +219,9 @@ class MarketDataService:
             return
         first = self._bar_open[start] + self._bar_delta
         corr = f"bars-{first:%Y%m%dT%H%M%SZ}-{close_time:%Y%m%dT%H%M%SZ}"
-        self.bus.publish(BarBlock.TOPIC, make_event(block, source=self.name, corr=corr, ts=close_time))
+        self.bus.publish(
+            BarBlock.TOPIC, make_event(block, source=self.name, corr=corr, ts=close_time)
+        )
 
     def ticks(self) -> list[tuple[int, Step]]:
         """Return the schedule's ticks with how many bars precede each (see schedule_ticks)."""
@@ -247,21 +271,36 @@ class MarketDataService:
             if bars is None:
                 return
             corr = f"bar-{step.time:%Y%m%dT%H%M%SZ}"
-            self.bus.publish(BarSet.TOPIC, make_event(bars, source=self.name, corr=corr, ts=step.time))
+            self.bus.publish(
+                BarSet.TOPIC, make_event(bars, source=self.name, corr=corr, ts=step.time)
+            )
             self.bars_published += 1
             return
         assert step.due is not None and step.decision_time is not None
         identifier = rebalance_id(self.schedule_name, step.due)
-        tick = RebalanceDue(rebalance_id=identifier, schedule=self.schedule_name, due=step.due,
-                            decision_time=step.decision_time)
-        self.bus.publish(RebalanceDue.TOPIC, make_event(tick, source=self.name, corr=identifier,
-                                                        ts=step.time))
+        tick = RebalanceDue(
+            rebalance_id=identifier,
+            schedule=self.schedule_name,
+            due=step.due,
+            decision_time=step.decision_time,
+        )
+        self.bus.publish(
+            RebalanceDue.TOPIC, make_event(tick, source=self.name, corr=identifier, ts=step.time)
+        )
         self.ticks_published += 1
-        log.info("schedule.fired", rebalance_id=identifier, due=step.due.isoformat(),
-                 decision_time=step.decision_time.isoformat())
+        log.info(
+            "schedule.fired",
+            rebalance_id=identifier,
+            due=step.due.isoformat(),
+            decision_time=step.decision_time.isoformat(),
+        )
 
     def end_of_data(self, reason: str = "end of data") -> None:
         """Tell every service the replay is over: open orders are cancelled, trading halts."""
-        now = self.clock.now() if self.clock else datetime.now(timezone.utc)
-        self.bus.publish(Control.TOPIC, make_event(Control(command="halt", reason=reason),
-                                                   source=self.name, corr="end-of-data", ts=now))
+        now = self.clock.now() if self.clock else datetime.now(UTC)
+        self.bus.publish(
+            Control.TOPIC,
+            make_event(
+                Control(command="halt", reason=reason), source=self.name, corr="end-of-data", ts=now
+            ),
+        )

@@ -87,8 +87,14 @@ class PortfolioBook:
             fills_applied=self.fills_applied,
         )
 
-    def mark_rows(self, asof: list[datetime], symbols: tuple[str, ...], close: np.ndarray,
-                  index: dict[str, int], closes: tuple[float, ...]) -> PortfolioMarks | None:
+    def mark_rows(
+        self,
+        asof: list[datetime],
+        symbols: tuple[str, ...],
+        close: np.ndarray,
+        index: dict[str, int],
+        closes: tuple[float, ...],
+    ) -> PortfolioMarks | None:
         """Mark the account at each row of ``close`` (bars x ``symbols``, NaN = no bar) but the
         last, as ``mark`` then ``snapshot`` would row by row; return those marks (None for one
         row). The book is left marked at the last row, given as for ``mark`` (``index`` and
@@ -106,8 +112,9 @@ class PortfolioBook:
             prices = np.repeat(start[None, :], n, axis=0)
             traded = [k for k, s in enumerate(held) if s in column]
             if traded:
-                prices[:, traded] = carry_forward(close[:n, [column[held[k]] for k in traded]],
-                                                  start[traded])
+                prices[:, traded] = carry_forward(
+                    close[:n, [column[held[k]] for k in traded]], start[traded]
+                )
             values = prices * np.array([self.positions[s] for s in held])
             # Accumulate along the holdings: the same sequential sum, in holding order, as
             # the row-by-row snapshot's sum() over positions.
@@ -120,12 +127,16 @@ class PortfolioBook:
                 gross = np.where(equity > 0, gross_total / equity, 0.0)
             self.high_water_mark = float(high_water[-1])
             marks = PortfolioMarks(
-                asof=tuple(asof[:n]), equity=tuple(equity.tolist()), cash=self.cash,
+                asof=tuple(asof[:n]),
+                equity=tuple(equity.tolist()),
+                cash=self.cash,
                 positions=dict(self.positions),
                 prices={s: tuple(prices[:, k].tolist()) for k, s in enumerate(held)},
-                gross_exposure=tuple(gross.tolist()), high_water_mark=tuple(high_water.tolist()),
+                gross_exposure=tuple(gross.tolist()),
+                high_water_mark=tuple(high_water.tolist()),
                 drawdown=tuple(np.maximum(drawdown, 0.0).tolist()),
-                fills_applied=self.fills_applied)
+                fills_applied=self.fills_applied,
+            )
         if marks is None:
             self.mark(index, closes)
             return None

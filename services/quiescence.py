@@ -28,6 +28,7 @@ class RedisQuiescence:
 
     def caught_up(self) -> bool:
         """Return True when every group has consumed and acknowledged everything."""
+
         def check() -> bool:
             pipe = self._bus.redis.pipeline(transaction=True)
             for key in self._groups_by_key:
@@ -39,8 +40,10 @@ class RedisQuiescence:
                 return False  # a stream or group not created yet: someone is still starting
             for position, key in enumerate(self._groups_by_key):
                 last_id = replies[2 * position]["last-generated-id"]
-                groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                          for g in replies[2 * position + 1]}
+                groups = {
+                    g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                    for g in replies[2 * position + 1]
+                }
                 for group in self._groups_by_key[key]:
                     state = groups.get(group)
                     if state is None or state["pending"] or state["last-delivered-id"] != last_id:

@@ -157,15 +157,19 @@ class RebalanceService(Service):
         if order is None or not update.is_terminal:
             return
         if update.status == "rejected":
-            log.warning("order.rejected", client_order_id=update.client_order_id,
-                        reason=update.reason)
+            log.warning(
+                "order.rejected", client_order_id=update.client_order_id, reason=update.reason
+            )
         order.terminal_quantity = update.filled_quantity
         self._close_if_done(update.client_order_id, event)
 
     def on_control(self, control: Control, event: Envelope) -> None:
         if control.command == "halt" and self.pending:
-            log.warning("rebalance.dropped_on_halt", count=len(self.pending),
-                        rebalance_ids=[tick.rebalance_id for tick, _ in self.pending])
+            log.warning(
+                "rebalance.dropped_on_halt",
+                count=len(self.pending),
+                rebalance_ids=[tick.rebalance_id for tick, _ in self.pending],
+            )
             self.pending.clear()
 
     # -- decisions -------------------------------------------------------------------------
@@ -181,7 +185,10 @@ class RebalanceService(Service):
         order = self.open_orders[client_order_id]
         if order.terminal_quantity is None:
             return
-        if order.quantity_filled + 1e-9 * max(1.0, order.terminal_quantity) < order.terminal_quantity:
+        if (
+            order.quantity_filled + 1e-9 * max(1.0, order.terminal_quantity)
+            < order.terminal_quantity
+        ):
             return
         del self.open_orders[client_order_id]
         if not self.open_orders:
@@ -196,14 +203,22 @@ class RebalanceService(Service):
             signal = self._signals.get(tick.decision_time)
             if bar is None or signal is None:
                 # Each stream arrives in order: once a later item came, the missing one never will.
-                bar_lost = bar is None and (self._last_bar_time or tick.decision_time) > tick.decision_time
-                signal_lost = signal is None and max(self._signals, default=tick.decision_time) > tick.decision_time
+                bar_lost = (
+                    bar is None and (self._last_bar_time or tick.decision_time) > tick.decision_time
+                )
+                signal_lost = (
+                    signal is None
+                    and max(self._signals, default=tick.decision_time) > tick.decision_time
+                )
                 if not (bar_lost or signal_lost):
                     return  # the decision bar or its signal is still on its way
                 self.pending.pop(0)
-                log.warning("rebalance.skipped", rebalance_id=tick.rebalance_id,
-                            decision_time=tick.decision_time.isoformat(),
-                            reason="no bar or signal for the decision time")
+                log.warning(
+                    "rebalance.skipped",
+                    rebalance_id=tick.rebalance_id,
+                    decision_time=tick.decision_time.isoformat(),
+                    reason="no bar or signal for the decision time",
+                )
                 continue
             self.pending.pop(0)
             self._rebalance(tick, corr, bar, signal)
@@ -218,9 +233,12 @@ class RebalanceService(Service):
             if symbol not in prices and symbol in bar.index:
                 prices[symbol] = bar.close[bar.index[symbol]]
         # Value the account at the decision bar, the prices the orders are sized with.
-        equity = self.book.cash + sum(q * prices.get(s, self.book.price(s))
-                                      for s, q in self.book.positions.items())
-        targets = {s: w * equity / prices[s] for s, w in zip(signal.symbols, weights.tolist()) if w > 0}
+        equity = self.book.cash + sum(
+            q * prices.get(s, self.book.price(s)) for s, q in self.book.positions.items()
+        )
+        targets = {
+            s: w * equity / prices[s] for s, w in zip(signal.symbols, weights.tolist()) if w > 0
+        }
         orders: list[tuple[float, OrderRequest]] = []
         for symbol in sorted(set(targets) | set(self.book.positions)):
             price = prices.get(symbol)
@@ -231,15 +249,20 @@ class RebalanceService(Service):
                 continue
             # Order value relative to equity, rounded so that float noise cannot reorder equal
             # buys (a new holding's value is weight x equity whatever its price).
-            orders.append((round(delta * price / equity, 9), OrderRequest(
-                client_order_id=f"{tick.rebalance_id}-{symbol}",
-                rebalance_id=tick.rebalance_id,
-                asof=tick.decision_time,
-                symbol=symbol,
-                side="buy" if delta > 0 else "sell",
-                quantity=abs(delta),
-                reference_price=price,
-            )))
+            orders.append(
+                (
+                    round(delta * price / equity, 9),
+                    OrderRequest(
+                        client_order_id=f"{tick.rebalance_id}-{symbol}",
+                        rebalance_id=tick.rebalance_id,
+                        asof=tick.decision_time,
+                        symbol=symbol,
+                        side="buy" if delta > 0 else "sell",
+                        quantity=abs(delta),
+                        reference_price=price,
+                    ),
+                )
+            )
         # Sells first, then buys from the smallest: cash is freed before it is spent. The sort
         # is stable, so equal values go by symbol: the same orders whatever order the symbols
         # first arrived in (vectorbt's call_seq="auto" keeps column order, alphabetical here).
@@ -255,7 +278,12 @@ class RebalanceService(Service):
             cash_weight=max(0.0, 1.0 - float(weights.sum())),
         )
         self.emit([target, *requests], corr=corr, ts=self.clock.now())
-        log.info("rebalance.done", rebalance_id=tick.rebalance_id,
-                 decision_time=tick.decision_time.isoformat(), equity=round(equity, 2),
-                 holdings=len(targets), n_orders=len(requests),
-                 turnover=round(sum(abs(v) for v, _ in orders), 4))
+        log.info(
+            "rebalance.done",
+            rebalance_id=tick.rebalance_id,
+            decision_time=tick.decision_time.isoformat(),
+            equity=round(equity, 2),
+            holdings=len(targets),
+            n_orders=len(requests),
+            turnover=round(sum(abs(v) for v, _ in orders), 4),
+        )

@@ -42,8 +42,12 @@ class RecorderService(Service):
         super().__init__(bus, clock)
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
-        return {PortfolioSnapshot: self.on_snapshot, PortfolioMarks: self.on_marks,
-                OrderRequest: self.on_order, Fill: self.on_fill}
+        return {
+            PortfolioSnapshot: self.on_snapshot,
+            PortfolioMarks: self.on_marks,
+            OrderRequest: self.on_order,
+            Fill: self.on_fill,
+        }
 
     def on_snapshot(self, event: Envelope) -> None:
         s = event.payload
@@ -54,7 +58,9 @@ class RecorderService(Service):
         marks = event.payload
         assert isinstance(marks, PortfolioMarks)
         cash = (marks.cash,) * len(marks.asof)
-        self.rows.update(zip(marks.asof, zip(marks.equity, cash, marks.gross_exposure, marks.drawdown)))
+        self.rows.update(
+            zip(marks.asof, zip(marks.equity, cash, marks.gross_exposure, marks.drawdown))
+        )
 
     def on_order(self, event: Envelope) -> None:
         self.orders += 1

@@ -29,6 +29,8 @@ log = structlog.get_logger("services.runtime")
 
 class HandlerFailedError(RuntimeError):
     """A service's handler raised during an in-process run (backtest)."""
+
+
 Handler = Callable[[Envelope], None]
 
 
@@ -87,8 +89,9 @@ class Service:
         elif control.command == "resume":
             self.halted = False
         self.on_control(control, event)
-        log.info("service.control", command=control.command, halted=self.halted,
-                 reason=control.reason)
+        log.info(
+            "service.control", command=control.command, halted=self.halted, reason=control.reason
+        )
 
     def on_control(self, control: Control, event: Envelope) -> None:
         """React to halt/resume/reload beyond the ``halted`` flag (override as needed)."""
@@ -100,8 +103,13 @@ class Service:
 class ServiceRunner:
     """Run one service as a daemon loop on a bus, with heartbeats, until told to stop."""
 
-    def __init__(self, service: Service, settings: ConsumeSettings,
-                 heartbeat_s: float = 5.0, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        settings: ConsumeSettings,
+        heartbeat_s: float = 5.0,
+        instance: str | None = None,
+    ) -> None:
         self.service = service
         self.instance = instance or f"{service.name}-{socket.gethostname()}-{os.getpid()}"
         consumer = service.bus.consumer(service.name, self.instance, service.topics)
@@ -111,9 +119,15 @@ class ServiceRunner:
 
     def _heartbeat(self, status: str) -> None:
         stats = self.loop.stats
-        heartbeat = Heartbeat(service=self.service.name, instance=self.instance, pid=os.getpid(),
-                              status=status, processed=stats.processed, failed=stats.failed,
-                              uptime_s=time.monotonic() - self._started)
+        heartbeat = Heartbeat(
+            service=self.service.name,
+            instance=self.instance,
+            pid=os.getpid(),
+            status=status,
+            processed=stats.processed,
+            failed=stats.failed,
+            uptime_s=time.monotonic() - self._started,
+        )
         self.service.bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self.service.name))
 
     def run(self, stop: threading.Event) -> ConsumeStats:
@@ -130,9 +144,16 @@ class ServiceRunner:
                 last_beat = time.monotonic()
         self._heartbeat("stopping")
         stats = self.loop.stats
-        log.info("service.stopped", service=self.service.name, instance=self.instance,
-                 processed=stats.processed, failed=stats.failed, duplicates=stats.duplicates,
-                 dead_lettered=stats.dead_lettered, pending=self.loop.consumer.pending_count())
+        log.info(
+            "service.stopped",
+            service=self.service.name,
+            instance=self.instance,
+            processed=stats.processed,
+            failed=stats.failed,
+            duplicates=stats.duplicates,
+            dead_lettered=stats.dead_lettered,
+            pending=self.loop.consumer.pending_count(),
+        )
         return stats
 
 
@@ -143,8 +164,13 @@ class Pump:
     """
 
     def __init__(self, services: Sequence[Service], batch_size: int = 4096) -> None:
-        settings = ConsumeSettings(batch_size=batch_size, block_ms=0, claim_idle_ms=0,
-                                   reclaim_interval_ms=10**12, max_deliveries=1)
+        settings = ConsumeSettings(
+            batch_size=batch_size,
+            block_ms=0,
+            claim_idle_ms=0,
+            reclaim_interval_ms=10**12,
+            max_deliveries=1,
+        )
         self._bus = services[0].bus
         for service in services:
             service.start()
@@ -154,8 +180,10 @@ class Pump:
         ]
         self._batch_size = batch_size
         # What one poll uses, looked up once: pump() polls every service until all are idle.
-        self._polls = [(loop.consumer.read, loop.process, loop.stats, loop.consumer.group)
-                       for loop in self.loops]
+        self._polls = [
+            (loop.consumer.read, loop.process, loop.stats, loop.consumer.group)
+            for loop in self.loops
+        ]
 
     def pump(self) -> int:
         """Run every service until all are idle; return how many events were handled.

@@ -9,7 +9,7 @@ its fire times in simulated time.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from apscheduler.triggers.base import BaseTrigger
@@ -20,6 +20,8 @@ from engine.scheduling import LiveScheduler, rebalance_id
 from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.scheduler")
+
+
 def last_close_at_or_before(when: datetime, timeframe: str) -> datetime:
     """Return the latest bar close time not after ``when`` for bars aligned to the epoch."""
     step = timeframe_delta(timeframe)
@@ -41,14 +43,24 @@ class SchedulerService:
 
     def fire(self, now: datetime) -> RebalanceDue:
         """Publish the tick of a fire at ``now`` (seconds precision) and return it."""
-        due = now.astimezone(timezone.utc).replace(microsecond=0)
+        due = now.astimezone(UTC).replace(microsecond=0)
         identifier = rebalance_id(self.schedule_name, due)
-        tick = RebalanceDue(rebalance_id=identifier, schedule=self.schedule_name, due=due,
-                            decision_time=last_close_at_or_before(due, self.timeframe))
-        self.bus.publish(RebalanceDue.TOPIC, make_event(tick, source=self.name, corr=identifier, ts=due))
+        tick = RebalanceDue(
+            rebalance_id=identifier,
+            schedule=self.schedule_name,
+            due=due,
+            decision_time=last_close_at_or_before(due, self.timeframe),
+        )
+        self.bus.publish(
+            RebalanceDue.TOPIC, make_event(tick, source=self.name, corr=identifier, ts=due)
+        )
         self.fired += 1
-        log.info("schedule.fired", rebalance_id=identifier, due=due.isoformat(),
-                 decision_time=tick.decision_time.isoformat())
+        log.info(
+            "schedule.fired",
+            rebalance_id=identifier,
+            due=due.isoformat(),
+            decision_time=tick.decision_time.isoformat(),
+        )
         return tick
 
     def start(self) -> None:

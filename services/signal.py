@@ -22,8 +22,9 @@ class SignalService(Service):
 
     name = "signal"
 
-    def __init__(self, bus: Bus, clock: Clock, factors: tuple[FactorConfig, ...],
-                 model: str = "equal-weight") -> None:
+    def __init__(
+        self, bus: Bus, clock: Clock, factors: tuple[FactorConfig, ...], model: str = "equal-weight"
+    ) -> None:
         self.configured = {factor_label(f): f.weight for f in factors}
         self.model = model
         self._weights_for: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = {}

@@ -89,8 +89,9 @@ def rank_ic(exposures: np.ndarray, forward: np.ndarray, min_assets: int = 5) -> 
     unknown = np.isnan(exposures) | np.isnan(forward)
     n_rows, n_assets = unknown.shape
     # Both inputs ranked in one call, each over the assets where the other is known too.
-    pair = np.where(unknown, np.nan,
-                    np.concatenate((exposures, forward)).reshape(2, n_rows, n_assets))
+    pair = np.where(
+        unknown, np.nan, np.concatenate((exposures, forward)).reshape(2, n_rows, n_assets)
+    )
     # Pearson's r of the ranks, on doubled deviations: the same sums, exactly, times 4.
     doubled = _doubled_rank_deviations(pair.reshape(2 * n_rows, n_assets))
     x, y = doubled.reshape(2, n_rows, n_assets)
@@ -104,8 +105,9 @@ def rank_ic(exposures: np.ndarray, forward: np.ndarray, min_assets: int = 5) -> 
     return ic
 
 
-def quantile_spread(exposures: np.ndarray, forward: np.ndarray, quantiles: int = 5,
-                    min_assets: int = 5) -> np.ndarray:
+def quantile_spread(
+    exposures: np.ndarray, forward: np.ndarray, quantiles: int = 5, min_assets: int = 5
+) -> np.ndarray:
     """Return, per row, the equal-weight forward return of the top exposure quantile minus
     that of the bottom quantile (each holds floor(n / quantiles) assets, at least one)."""
     out = np.full(len(exposures), np.nan)
@@ -116,8 +118,10 @@ def quantile_spread(exposures: np.ndarray, forward: np.ndarray, quantiles: int =
         order = valid[np.argsort(exposures[t, valid], kind="stable")]
         returns = forward[t]
         # add.reduce / size is ndarray.mean without its Python wrapper: the same sum, divided.
-        out[t] = (np.add.reduce(returns[order[-size:]]) / size
-                  - np.add.reduce(returns[order[:size]]) / size)
+        out[t] = (
+            np.add.reduce(returns[order[-size:]]) / size
+            - np.add.reduce(returns[order[:size]]) / size
+        )
     return out
 
 
@@ -141,17 +145,31 @@ class FactorEvaluation:
             "ic_mean": float(ic.mean()) if len(ic) else math.nan,
             "ic_std": ic_std,
             "icir": float(ic.mean() / ic_std) if ic_std and ic_std > 0 else math.nan,
-            "ic_tstat": float(ic.mean() / ic_std * math.sqrt(len(ic))) if ic_std and ic_std > 0 else math.nan,
+            "ic_tstat": float(ic.mean() / ic_std * math.sqrt(len(ic)))
+            if ic_std and ic_std > 0
+            else math.nan,
             "ic_hit_rate": float((ic > 0).mean()) if len(ic) else math.nan,
             "long_short_mean": float(spread.mean()) if len(spread) else math.nan,
-            "long_short_annualised": float(spread.mean() * periods_per_year) if len(spread) else math.nan,
-            "long_short_tstat": (float(spread.mean() / spread_std * math.sqrt(len(spread)))
-                                 if spread_std and spread_std > 0 else math.nan),
+            "long_short_annualised": float(spread.mean() * periods_per_year)
+            if len(spread)
+            else math.nan,
+            "long_short_tstat": (
+                float(spread.mean() / spread_std * math.sqrt(len(spread)))
+                if spread_std and spread_std > 0
+                else math.nan
+            ),
         }
 
 
-def evaluate_factor(name: str, exposures: np.ndarray, close: np.ndarray, times: np.ndarray,
-                    horizon: int, quantiles: int = 5, min_assets: int = 5) -> FactorEvaluation:
+def evaluate_factor(
+    name: str,
+    exposures: np.ndarray,
+    close: np.ndarray,
+    times: np.ndarray,
+    horizon: int,
+    quantiles: int = 5,
+    min_assets: int = 5,
+) -> FactorEvaluation:
     """Evaluate one factor on non-overlapping periods of ``horizon`` bars."""
     forward = forward_returns(close, horizon)
     rows = np.arange(0, len(close) - horizon, horizon)

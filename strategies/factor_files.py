@@ -53,8 +53,10 @@ def load_factor_file(path: str | Path) -> FileFactors:
     frame = frame.rename(columns=str.lower)
     missing = [c for c in ("timestamp", "symbol") if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: factor file needs columns timestamp, symbol and one per factor; "
-                        f"missing {missing}")
+        raise DataError(
+            f"{path}: factor file needs columns timestamp, symbol and one per factor; "
+            f"missing {missing}"
+        )
     names = tuple(c for c in frame.columns if c not in ("timestamp", "symbol"))
     if not names:
         raise DataError(f"{path}: factor file has no factor columns")
@@ -64,12 +66,19 @@ def load_factor_file(path: str | Path) -> FileFactors:
     try:
         stamps = pd.to_datetime(frame["timestamp"], utc=True)
     except (ValueError, TypeError) as error:
-        raise DataError(f"{path}: column 'timestamp' holds values that are not times: {error}") from None
+        raise DataError(
+            f"{path}: column 'timestamp' holds values that are not times: {error}"
+        ) from None
     frame = frame.assign(timestamp=stamps.dt.tz_localize(None)).drop_duplicates(
-        ["timestamp", "symbol"], keep="last")
+        ["timestamp", "symbol"], keep="last"
+    )
     wide = frame.pivot(index="timestamp", columns="symbol", values=list(names)).sort_index()
     symbols = tuple(str(s) for s in wide[names[0]].columns)
     values = np.stack([wide[n].reindex(columns=list(symbols)).to_numpy(dtype=float) for n in names])
-    return FileFactors(source=str(path), names=names,
-                       times=wide.index.to_numpy().astype("datetime64[ms]"),
-                       symbols=symbols, values=values)
+    return FileFactors(
+        source=str(path),
+        names=names,
+        times=wide.index.to_numpy().astype("datetime64[ms]"),
+        symbols=symbols,
+        values=values,
+    )

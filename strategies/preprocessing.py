@@ -19,8 +19,10 @@ MAD_TO_STD = 1.482602218505602
 def _as_rows(x: np.ndarray, caller: str) -> np.ndarray:
     array = np.array(x, dtype=np.float64)  # a copy: callers' arrays are never modified
     if array.ndim not in (1, 2):
-        raise ValueError(f"{caller}: x must be 1-D (assets,) or 2-D (times, assets), "
-                         f"received shape {array.shape}")
+        raise ValueError(
+            f"{caller}: x must be 1-D (assets,) or 2-D (times, assets), "
+            f"received shape {array.shape}"
+        )
     return array
 
 
@@ -101,8 +103,9 @@ def _nan_quantiles(array: np.ndarray, q: np.ndarray) -> np.ndarray:
     above = _take(ordered, np.where(at_end, last, previous + 1).astype(np.intp))
     with np.errstate(invalid="ignore"):  # inf - inf between infinite entries: numpy's NaN too
         difference = above - below
-        bounds = np.where(gamma >= 0.5, above - difference * (1 - gamma),
-                          below + difference * gamma)
+        bounds = np.where(
+            gamma >= 0.5, above - difference * (1 - gamma), below + difference * gamma
+        )
     return bounds.reshape(array.shape[:-1] + q.shape)
 
 
@@ -117,8 +120,10 @@ def winsorize_quantile(x: np.ndarray, lower: float = 0.01, upper: float = 0.99) 
         Quantiles with 0 <= lower < upper <= 1.
     """
     if not 0.0 <= lower < upper <= 1.0:
-        raise ValueError(f"winsorize_quantile: need 0 <= lower < upper <= 1, received "
-                         f"lower={lower}, upper={upper}")
+        raise ValueError(
+            f"winsorize_quantile: need 0 <= lower < upper <= 1, received "
+            f"lower={lower}, upper={upper}"
+        )
     array = _as_rows(x, "winsorize_quantile")
     if array.size == 0:
         return array
@@ -148,8 +153,9 @@ def zscore(x: np.ndarray) -> np.ndarray:
         standardised = deviation / std
     # Equal values are tested exactly: their computed std can be rounding noise, not zero.
     # fmax and fmin skip NaN; an all-NaN row compares -inf with inf, so it is not constant.
-    constant = (np.fmax.reduce(array, axis=-1, keepdims=True, initial=-np.inf)
-                == np.fmin.reduce(array, axis=-1, keepdims=True, initial=np.inf))
+    constant = np.fmax.reduce(array, axis=-1, keepdims=True, initial=-np.inf) == np.fmin.reduce(
+        array, axis=-1, keepdims=True, initial=np.inf
+    )
     return np.where(constant & valid, 0.0, standardised)
 
 
@@ -174,8 +180,10 @@ def neutralize(x: np.ndarray, against: np.ndarray) -> np.ndarray:
     values = np.asarray(x, dtype=np.float64)
     regressors = np.atleast_2d(np.asarray(against, dtype=np.float64))
     if values.ndim != 1 or regressors.ndim != 2 or regressors.shape[1] != values.shape[0]:
-        raise ValueError(f"neutralize: x must be (N,) and against (K, N); received "
-                         f"{values.shape} and {np.shape(against)}")
+        raise ValueError(
+            f"neutralize: x must be (N,) and against (K, N); received "
+            f"{values.shape} and {np.shape(against)}"
+        )
     residual = np.full_like(values, np.nan)
     used = ~np.isnan(values) & ~np.isnan(regressors).any(axis=0)
     n_regressors = regressors.shape[0]
@@ -187,9 +195,14 @@ def neutralize(x: np.ndarray, against: np.ndarray) -> np.ndarray:
     return residual
 
 
-def preprocess(exposures: np.ndarray, *, winsorize: str | None = "mad",
-               neutralize_against: Sequence[int] = (), mad_k: float = 5.0,
-               quantiles: tuple[float, float] = (0.01, 0.99)) -> np.ndarray:
+def preprocess(
+    exposures: np.ndarray,
+    *,
+    winsorize: str | None = "mad",
+    neutralize_against: Sequence[int] = (),
+    mad_k: float = 5.0,
+    quantiles: tuple[float, float] = (0.01, 0.99),
+) -> np.ndarray:
     """Winsorise and z-score each factor across assets, then neutralise the others if asked.
 
     Parameters
@@ -211,22 +224,26 @@ def preprocess(exposures: np.ndarray, *, winsorize: str | None = "mad",
     """
     rows = np.asarray(exposures, dtype=np.float64)
     if rows.ndim != 2:
-        raise ValueError(f"preprocess: exposures must be (factors, assets), received shape "
-                         f"{rows.shape}")
+        raise ValueError(
+            f"preprocess: exposures must be (factors, assets), received shape {rows.shape}"
+        )
     n_factors = rows.shape[0]
     against = []
     for index in neutralize_against:
         if isinstance(index, bool) or not -n_factors <= int(index) < n_factors:
-            raise ValueError(f"preprocess: neutralize_against index {index!r} is out of range "
-                             f"for {n_factors} factors")
+            raise ValueError(
+                f"preprocess: neutralize_against index {index!r} is out of range "
+                f"for {n_factors} factors"
+            )
         against.append(int(index) % n_factors)
     if winsorize == "mad":
         rows = winsorize_mad(rows, mad_k)
     elif winsorize == "quantile":
         rows = winsorize_quantile(rows, *quantiles)
     elif winsorize is not None:
-        raise ValueError(f"preprocess: winsorize must be 'mad', 'quantile' or None, "
-                         f"received {winsorize!r}")
+        raise ValueError(
+            f"preprocess: winsorize must be 'mad', 'quantile' or None, received {winsorize!r}"
+        )
     result = zscore(rows)
     if against:
         regressors = result[sorted(set(against))]

@@ -12,7 +12,6 @@ from engine.events import (
     TERMINAL_ORDER_STATUSES,
     BarBlock,
     BarSet,
-    Envelope,
     Fill,
     OrderRequest,
     OrderUpdate,
@@ -36,8 +35,13 @@ class Ledger:
 def read_ledger(bus: Bus) -> Ledger:
     """Read everything published so far through a fresh consumer group."""
     ledger = Ledger()
-    sinks = {"bars": ledger.bars, "orders": ledger.orders, "order_updates": ledger.updates,
-             "fills": ledger.fills, "portfolio": ledger.snapshots}
+    sinks = {
+        "bars": ledger.bars,
+        "orders": ledger.orders,
+        "order_updates": ledger.updates,
+        "fills": ledger.fills,
+        "portfolio": ledger.snapshots,
+    }
     for topic, sink in sinks.items():
         consumer = bus.consumer("auditor", "auditor-1", [topic])
         while deliveries := consumer.read(10_000):
@@ -70,7 +74,7 @@ def rebuild_and_compare(ledger: Ledger, initial_cash: float, tolerance: float = 
         cash = initial_cash
         positions: dict[str, float] = {}
         fill_price: dict[str, float] = {}
-        for fill in ledger.fills[:snapshot.fills_applied]:
+        for fill in ledger.fills[: snapshot.fills_applied]:
             signed = fill.quantity if fill.side == "buy" else -fill.quantity
             cash -= signed * fill.price + fill.fee
             positions[fill.symbol] = positions.get(fill.symbol, 0.0) + signed
@@ -86,7 +90,11 @@ def rebuild_and_compare(ledger: Ledger, initial_cash: float, tolerance: float = 
         equity = cash + sum(q * marks.get(s, fill_price[s]) for s, q in positions.items())
         scale = max(1.0, abs(snapshot.equity))
         assert abs(snapshot.cash - cash) <= tolerance * scale, (snapshot.asof, snapshot.cash, cash)
-        assert abs(snapshot.equity - equity) <= tolerance * scale, (snapshot.asof, snapshot.equity, equity)
+        assert abs(snapshot.equity - equity) <= tolerance * scale, (
+            snapshot.asof,
+            snapshot.equity,
+            equity,
+        )
         assert set(snapshot.positions) == set(positions), snapshot.asof
         for symbol, quantity in positions.items():
             assert abs(snapshot.positions[symbol] - quantity) <= 1e-9 * max(1.0, abs(quantity))

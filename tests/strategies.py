@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import strategies as st
 
 from engine.events import BarSet
 
 utc_datetimes = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
 prices = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
 volumes = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)

@@ -104,7 +104,7 @@ class Consumer(ABC):
     def pending_count(self) -> int:
         """Return how many of the group's messages are delivered but not acknowledged."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op where nothing is held
         """Release resources; unacknowledged deliveries stay pending for reclaim."""
 
 
@@ -147,5 +147,5 @@ class Bus(ABC):
     def topic_length(self, topic: str) -> int:
         """Return how many messages ``topic`` holds."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op where nothing is held
         """Release connections."""

@@ -76,24 +76,38 @@ class EmbeddedRedis:
             self.socket_path.unlink()
         command = [
             self.binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5)
         try:
             while True:
                 if self.process.poll() is not None:
-                    error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                    error = (
+                        self.process.stderr.read().decode(errors="replace")
+                        if self.process.stderr
+                        else ""
+                    )
                     raise BusError(
                         f"embedded redis-server ({self.binary}) exited with code "
                         f"{self.process.returncode}: {error.strip() or self._log_tail()}"
@@ -105,13 +119,21 @@ class EmbeddedRedis:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise BusError(f"embedded redis-server did not answer within {timeout_s}s: "
-                                   f"{self._log_tail()}")
+                    raise BusError(
+                        f"embedded redis-server did not answer within {timeout_s}s: "
+                        f"{self._log_tail()}"
+                    )
                 time.sleep(0.02)
         finally:
             client.close()
-        log.info("bus.embedded_redis_started", url=self.url, pid=self.process.pid,
-                 binary=self.binary, data_dir=str(self.data_dir), appendonly=self.appendonly)
+        log.info(
+            "bus.embedded_redis_started",
+            url=self.url,
+            pid=self.process.pid,
+            binary=self.binary,
+            data_dir=str(self.data_dir),
+            appendonly=self.appendonly,
+        )
         return self.url
 
     def _log_tail(self) -> str:

@@ -50,8 +50,9 @@ def open_redis_bus(
     )
     try:
         bus.ping()
-        log.info("bus.connected", url=url, namespace=config.run.namespace,
-                 embedded=embedded is not None)
+        log.info(
+            "bus.connected", url=url, namespace=config.run.namespace, embedded=embedded is not None
+        )
         yield bus
     finally:
         bus.close()

@@ -33,7 +33,9 @@ class _Delivered(msgspec.Struct, frozen=True, gc=False):
 @dataclass(slots=True)
 class _Group:
     next_index: int = 0
-    pending: dict[str, tuple[_Delivered, int]] = field(default_factory=dict)  # id -> (record, index)
+    pending: dict[str, tuple[_Delivered, int]] = field(
+        default_factory=dict
+    )  # id -> (record, index)
 
 
 class MemoryBus(Bus):
@@ -261,8 +263,15 @@ class MemoryConsumer(Consumer):
         data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]
         with self._lock:
             self._bus._dead_letters.append(
-                DeadLetter(delivery.topic, self.group, self.name, delivery.message_id,
-                           delivery.attempts, reason, data)
+                DeadLetter(
+                    delivery.topic,
+                    self.group,
+                    self.name,
+                    delivery.message_id,
+                    delivery.attempts,
+                    reason,
+                    data,
+                )
             )
             self._ack([delivery])
 

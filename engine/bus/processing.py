@@ -87,16 +87,21 @@ class ConsumerLoop:
         event_ids = [d.event.id for d in candidates]  # type: ignore[union-attr]
         seen = self.consumer.already_processed(event_ids)
         # Duplicates are rare: check for them per event only when the batch has any.
-        check_duplicates = any(seen) or (len(event_ids) > 1 and
-                                         len(set(event_ids)) < len(event_ids))
+        check_duplicates = any(seen) or (
+            len(event_ids) > 1 and len(set(event_ids)) < len(event_ids)
+        )
         applied, duplicates = self._apply(candidates, seen, check_duplicates)
         if applied:
             self.consumer.commit(applied)
         if duplicates:
             self.consumer.ack(duplicates)
             self.stats.duplicates += len(duplicates)
-            log.info("bus.duplicates_skipped", group=self.consumer.group, count=len(duplicates),
-                     event_ids=[d.event.id for d in duplicates if d.event][:10])
+            log.info(
+                "bus.duplicates_skipped",
+                group=self.consumer.group,
+                count=len(duplicates),
+                event_ids=[d.event.id for d in duplicates if d.event][:10],
+            )
         self.stats.processed += len(applied)
         return len(applied)
 
@@ -123,8 +128,9 @@ class ConsumerLoop:
                 candidates.append(delivery)
         return candidates
 
-    def _apply(self, candidates: Sequence[Delivery], seen: Sequence[bool],
-               check_duplicates: bool) -> tuple[list[Delivery], list[Delivery]]:
+    def _apply(
+        self, candidates: Sequence[Delivery], seen: Sequence[bool], check_duplicates: bool
+    ) -> tuple[list[Delivery], list[Delivery]]:
         """Run the handler on each candidate not applied before; return (applied, duplicates).
 
         ``corr`` is bound only when it changes (bursts share one) and the caller's context is
@@ -166,8 +172,10 @@ class ConsumerLoop:
         self.stats.failed += 1
         reason = f"handler raised {type(error).__name__}: {error}"
         if delivery.attempts >= self.settings.max_deliveries:
-            self._dead_letter(delivery, f"{reason} (attempt {delivery.attempts} of "
-                                        f"{self.settings.max_deliveries})")
+            self._dead_letter(
+                delivery,
+                f"{reason} (attempt {delivery.attempts} of {self.settings.max_deliveries})",
+            )
             return
         log.warning(
             "bus.handler_failed",
@@ -199,8 +207,12 @@ class ConsumerLoop:
         deliveries = self.consumer.reclaim(self.settings.claim_idle_ms, self.settings.batch_size)
         if deliveries:
             self.stats.reclaimed += len(deliveries)
-            log.info("bus.reclaimed", group=self.consumer.group, consumer=self.consumer.name,
-                     count=len(deliveries))
+            log.info(
+                "bus.reclaimed",
+                group=self.consumer.group,
+                consumer=self.consumer.name,
+                count=len(deliveries),
+            )
         return self.process(deliveries)
 
     def run_once(self, block_ms: int | None = None) -> int:
@@ -218,8 +230,14 @@ class ConsumerLoop:
         """Loop until ``stop`` is set; the batch in hand is finished and committed first."""
         while not stop.is_set():
             self.run_once()
-        log.info("bus.consumer_stopped", group=self.consumer.group, consumer=self.consumer.name,
-                 processed=self.stats.processed, failed=self.stats.failed,
-                 duplicates=self.stats.duplicates, dead_lettered=self.stats.dead_lettered,
-                 reclaimed=self.stats.reclaimed)
+        log.info(
+            "bus.consumer_stopped",
+            group=self.consumer.group,
+            consumer=self.consumer.name,
+            processed=self.stats.processed,
+            failed=self.stats.failed,
+            duplicates=self.stats.duplicates,
+            dead_lettered=self.stats.dead_lettered,
+            reclaimed=self.stats.reclaimed,
+        )
         return self.stats

@@ -103,13 +103,22 @@ class RedisBus(Bus):
                         f"({attempt} attempts): {error}"
                     ) from error
                 delay = self._backoff.compute(attempt)
-                log.warning("bus.redis_unavailable", operation=operation, attempt=attempt,
-                            retry_in_s=round(delay, 3), error=str(error))
+                log.warning(
+                    "bus.redis_unavailable",
+                    operation=operation,
+                    attempt=attempt,
+                    retry_in_s=round(delay, 3),
+                    error=str(error),
+                )
                 self._stop.wait(delay)
                 continue
             if attempt:
-                log.info("bus.redis_reconnected", operation=operation, attempts=attempt,
-                         downtime_s=round(time.monotonic() - started, 3))
+                log.info(
+                    "bus.redis_reconnected",
+                    operation=operation,
+                    attempts=attempt,
+                    downtime_s=round(time.monotonic() - started, 3),
+                )
             return result
 
     def ping(self) -> bool:
@@ -164,7 +173,9 @@ class RedisBus(Bus):
         if not events:
             return []
         key = keys.stream(self.namespace, check_topic(topic))
-        commands: list[tuple[Any, ...]] = [("XADD", key, "*", _EVENT_FIELD, encode(e)) for e in events]
+        commands: list[tuple[Any, ...]] = [
+            ("XADD", key, "*", _EVENT_FIELD, encode(e)) for e in events
+        ]
         if topic not in LEDGER_TOPICS:
             # One approximate trim per batch rather than one per entry.
             commands.append(("XTRIM", key, "MAXLEN", "~", self._stream_maxlen))
@@ -190,11 +201,13 @@ class RedisBus(Bus):
                 return []
             pending: set[str] = set()
             if state["pending"]:
-                rows = self.redis.xpending_range(key, group, min="-", max="+",
-                                                 count=int(state["pending"]))
+                rows = self.redis.xpending_range(
+                    key, group, min="-", max="+", count=int(state["pending"])
+                )
                 pending = {_text(row["message_id"]) for row in rows}
-            entries = self.redis.xrevrange(key, max=_text(state["last-delivered-id"]), min="-",
-                                           count=count + len(pending))
+            entries = self.redis.xrevrange(
+                key, max=_text(state["last-delivered-id"]), min="-", count=count + len(pending)
+            )
             return [e for e in entries if _text(e[0]) not in pending][:count]
 
         entries = self.call("consumed_history", read)
@@ -287,9 +300,16 @@ class RedisConsumer(Consumer):
 
     def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
         command: tuple[Any, ...] = (
-            "XREADGROUP", "GROUP", self.group, self.name, "COUNT", count,
+            "XREADGROUP",
+            "GROUP",
+            self.group,
+            self.name,
+            "COUNT",
+            count,
             *(("BLOCK", block_ms) if block_ms else ()),
-            "STREAMS", *self._stream_keys, *([">"] * len(self._stream_keys)),
+            "STREAMS",
+            *self._stream_keys,
+            *([">"] * len(self._stream_keys)),
         )
         (response,) = self._call_grouped("xreadgroup", lambda: self._bus.roundtrip([command]))
         # Raw reply: {key: [[id, [field, value, ...]], ...]} under RESP3, a list of
@@ -309,9 +329,14 @@ class RedisConsumer(Consumer):
             while len(claimed) < count:
                 result = self._call_grouped(
                     "xautoclaim",
+                    # Called at once, inside this iteration: the loop variables are current.
                     lambda: self._redis.xautoclaim(
-                        key, self.group, self.name, min_idle_time=min_idle_ms,
-                        start_id=start, count=count - len(claimed),
+                        key,  # noqa: B023
+                        self.group,
+                        self.name,
+                        min_idle_time=min_idle_ms,
+                        start_id=start,  # noqa: B023
+                        count=count - len(claimed),  # noqa: B023
                     ),
                 )
                 # Redis 7 adds a third element: ids trimmed away while pending (6.2 has none).
@@ -319,9 +344,13 @@ class RedisConsumer(Consumer):
                 deleted = result[2] if len(result) > 2 else []
                 claimed.extend(entries)
                 if deleted:
-                    log.error("bus.pending_trimmed", topic=self._stream_keys[key],
-                              group=self.group, message_ids=[_text(i) for i in deleted],
-                              hint="raise [bus] stream_maxlen: messages were trimmed before ack")
+                    log.error(
+                        "bus.pending_trimmed",
+                        topic=self._stream_keys[key],
+                        group=self.group,
+                        message_ids=[_text(i) for i in deleted],
+                        hint="raise [bus] stream_maxlen: messages were trimmed before ack",
+                    )
                 start = _text(next_start)
                 if start == "0-0":
                     break
@@ -339,7 +368,11 @@ class RedisConsumer(Consumer):
         rows = self._bus.call(
             "xpending",
             lambda: self._redis.xpending_range(
-                key, self.group, min=first, max=last, count=len(claimed) * 2 + 10,
+                key,
+                self.group,
+                min=first,
+                max=last,
+                count=len(claimed) * 2 + 10,
                 consumername=self.name,
             ),
         )
@@ -362,15 +395,19 @@ class RedisConsumer(Consumer):
         if not members:
             return []
         expired = now_ms - self._bus._processed_retention_ms
-        return [("ZADD", self._processed_key, *members),
-                ("ZREMRANGEBYSCORE", self._processed_key, "-inf", expired)]
+        return [
+            ("ZADD", self._processed_key, *members),
+            ("ZREMRANGEBYSCORE", self._processed_key, "-inf", expired),
+        ]
 
     def _ack_commands(self, deliveries: Sequence[Delivery]) -> list[tuple[Any, ...]]:
         by_topic: dict[str, list[str]] = {}
         for delivery in deliveries:
             by_topic.setdefault(delivery.topic, []).append(delivery.message_id)
-        return [("XACK", keys.stream(self._bus.namespace, topic), self.group, *ids)
-                for topic, ids in by_topic.items()]
+        return [
+            ("XACK", keys.stream(self._bus.namespace, topic), self.group, *ids)
+            for topic, ids in by_topic.items()
+        ]
 
     def _transaction(self, operation: str, commands: list[tuple[Any, ...]]) -> None:
         if not commands:
@@ -387,7 +424,9 @@ class RedisConsumer(Consumer):
         self._transaction("xack", self._ack_commands(deliveries))
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:
-        self._transaction("commit", self._mark_commands(deliveries) + self._ack_commands(deliveries))
+        self._transaction(
+            "commit", self._mark_commands(deliveries) + self._ack_commands(deliveries)
+        )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]
@@ -404,8 +443,10 @@ class RedisConsumer(Consumer):
         fields = [item for pair in entry.items() for item in pair]
         self._transaction(
             "dead_letter",
-            [("XADD", keys.dead_letter(self._bus.namespace), "*", *fields),
-             *self._ack_commands([delivery])],
+            [
+                ("XADD", keys.dead_letter(self._bus.namespace), "*", *fields),
+                *self._ack_commands([delivery]),
+            ],
         )
 
     def pending_count(self) -> int:

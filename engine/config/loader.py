@@ -35,7 +35,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[st
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         if any(not part for part in path):
             raise ConfigError(f"environment {name}: empty key segment, expected SECTION__KEY")
         overrides[path] = (name, _parse_env_value(text))
@@ -134,9 +134,7 @@ def _check_redis_url(url: str, source: str, from_env: bool) -> None:
         )
 
 
-def load_config(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Return the validated config of ``path`` (defaults when None) with env overrides applied.
 
     Raises

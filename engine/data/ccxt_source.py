@@ -15,7 +15,7 @@ import time
 from calendar import monthrange
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 import ccxt
@@ -72,7 +72,7 @@ class FetchCounts:
 
 def iso_utc(ms: int) -> str:
     """``2024-01-01T05:00:00Z`` for a UTC millisecond timestamp."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class _Timeframe:
@@ -91,7 +91,7 @@ class _Timeframe:
         """Open time ``steps`` bars after ``open_ms`` (the close time of that bar for steps=1)."""
         if not self.months:
             return open_ms + steps * self.ms
-        moment = datetime.fromtimestamp(open_ms / 1000, tz=timezone.utc)
+        moment = datetime.fromtimestamp(open_ms / 1000, tz=UTC)
         month_index = moment.year * 12 + moment.month - 1 + steps * self.months
         year, month = divmod(month_index, 12)
         day = min(moment.day, monthrange(year, month + 1)[1])
@@ -180,10 +180,13 @@ class CcxtOhlcvSource:
         backoff_cap_s: float = 30.0,
     ) -> None:
         if isinstance(symbols, str):
-            raise DataError(f"symbols must be a sequence of ccxt symbols, received the string {symbols!r}")
+            raise DataError(
+                f"symbols must be a sequence of ccxt symbols, received the string {symbols!r}"
+            )
         if page_limit is not None and page_limit < 1:
-            raise DataError(f"page_limit must be a positive number of candles or None, "
-                            f"received {page_limit!r}")
+            raise DataError(
+                f"page_limit must be a positive number of candles or None, received {page_limit!r}"
+            )
         if max_retries < 0:
             raise DataError(f"max_retries must be >= 0, received {max_retries!r}")
         self.exchange_id = exchange_id
@@ -210,14 +213,18 @@ class CcxtOhlcvSource:
         if exchange_class is None:
             close = difflib.get_close_matches(exchange_id, ccxt.exchanges, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise DataError(f"exchange {exchange_id!r} is not a ccxt exchange id; ccxt.exchanges lists "
-                            f"the {len(ccxt.exchanges)} supported ids{hint}")
+            raise DataError(
+                f"exchange {exchange_id!r} is not a ccxt exchange id; ccxt.exchanges lists "
+                f"the {len(ccxt.exchanges)} supported ids{hint}"
+            )
         return exchange_class({"enableRateLimit": True})
 
     def _check_request(self) -> None:
         if not self.exchange.has.get("fetchOHLCV"):
-            raise DataError(f"exchange {self.exchange_id!r} does not offer OHLCV candles through ccxt "
-                            f"(has['fetchOHLCV'] is {self.exchange.has.get('fetchOHLCV')!r})")
+            raise DataError(
+                f"exchange {self.exchange_id!r} does not offer OHLCV candles through ccxt "
+                f"(has['fetchOHLCV'] is {self.exchange.has.get('fetchOHLCV')!r})"
+            )
         markets = self._with_retries("load_markets", None, self.exchange.load_markets)
         for symbol in self.symbols:
             if symbol not in markets:
@@ -226,8 +233,10 @@ class CcxtOhlcvSource:
                 raise DataError(f"exchange {self.exchange_id!r} has no market {symbol!r}{hint}")
         timeframes = self.exchange.timeframes or {}
         if self.timeframe not in timeframes:
-            raise DataError(f"exchange {self.exchange_id!r} does not offer timeframe {self.timeframe!r}; "
-                            f"valid timeframes: {', '.join(timeframes) or 'none listed'}")
+            raise DataError(
+                f"exchange {self.exchange_id!r} does not offer timeframe {self.timeframe!r}; "
+                f"valid timeframes: {', '.join(timeframes) or 'none listed'}"
+            )
 
     def history(self, since_ms: int, until_ms: int | None = None) -> CandlesBySymbol:
         """Return every closed candle opening in [since_ms, until_ms), per symbol, oldest first.
@@ -274,8 +283,17 @@ class CcxtOhlcvSource:
         received: list[list[Any]] = []
         cursor = since_ms
         while cursor < end_ms:
-            page = self._with_retries("fetch_ohlcv", symbol, lambda: self.exchange.fetch_ohlcv(
-                symbol, self.timeframe, since=cursor, limit=self.page_limit))
+            page = self._with_retries(
+                "fetch_ohlcv",
+                symbol,
+                # Called at once, inside this iteration: cursor is current.
+                lambda: self.exchange.fetch_ohlcv(
+                    symbol,
+                    self.timeframe,
+                    since=cursor,  # noqa: B023
+                    limit=self.page_limit,
+                ),
+            )
             self.counts.requests += 1
             times = [row[0] for row in page if row and row[0] is not None]
             if not times:
@@ -284,8 +302,13 @@ class CcxtOhlcvSource:
             newest = max(times)
             if newest < cursor:
                 # An exchange that ignores `since` would serve this page forever.
-                log.warning("data.page_stalled", exchange=self.exchange_id, symbol=symbol,
-                            cursor=iso_utc(cursor), newest=iso_utc(newest))
+                log.warning(
+                    "data.page_stalled",
+                    exchange=self.exchange_id,
+                    symbol=symbol,
+                    cursor=iso_utc(cursor),
+                    newest=iso_utc(newest),
+                )
                 break
             cursor = newest + 1
             if self._timeframe.after(newest) > now_ms:
@@ -301,20 +324,37 @@ class CcxtOhlcvSource:
             except RETRYABLE_ERRORS as error:
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise DataError(f"{what}: gave up after {self.max_retries} retries: "
-                                    f"{_describe(error)}") from error
+                    raise DataError(
+                        f"{what}: gave up after {self.max_retries} retries: {_describe(error)}"
+                    ) from error
                 delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))
-                delay *= 0.5 + 0.5 * self._jitter()  # jitter keeps many clients from retrying in step
+                delay *= (
+                    0.5 + 0.5 * self._jitter()
+                )  # jitter keeps many clients from retrying in step
                 self.counts.retries += 1
-                log.warning("data.fetch_retry", exchange=self.exchange_id, action=action, symbol=symbol,
-                            attempt=attempt, max_retries=self.max_retries, delay=round(delay, 3),
-                            error=_describe(error))
+                log.warning(
+                    "data.fetch_retry",
+                    exchange=self.exchange_id,
+                    action=action,
+                    symbol=symbol,
+                    attempt=attempt,
+                    max_retries=self.max_retries,
+                    delay=round(delay, 3),
+                    error=_describe(error),
+                )
                 self._sleep(delay)
             except ccxt.BaseError as error:
                 raise DataError(f"{what}: {_describe(error)}") from error
 
-    def _clean(self, symbol: str, raw: list[list[Any]], since_ms: int, end_ms: int, now_ms: int,
-               previous_ms: int | None) -> list[Candle]:
+    def _clean(
+        self,
+        symbol: str,
+        raw: list[list[Any]],
+        since_ms: int,
+        end_ms: int,
+        now_ms: int,
+        previous_ms: int | None,
+    ) -> list[Candle]:
         candles: list[Candle] = []
         for row in raw:
             if not row or row[0] is None:
@@ -327,8 +367,12 @@ class CcxtOhlcvSource:
         closed = [c for c in candles if self._timeframe.after(c.timestamp) <= now_ms]
         if len(closed) < len(candles):
             self.counts.unclosed += len(candles) - len(closed)
-            log.debug("data.unclosed_dropped", exchange=self.exchange_id, symbol=symbol,
-                      count=len(candles) - len(closed))
+            log.debug(
+                "data.unclosed_dropped",
+                exchange=self.exchange_id,
+                symbol=symbol,
+                count=len(candles) - len(closed),
+            )
         newest, out_of_order = -1, 0
         for candle in closed:  # rows that arrive after a later bar has already arrived
             out_of_order += candle.timestamp < newest
@@ -337,12 +381,19 @@ class CcxtOhlcvSource:
             self.counts.out_of_order += out_of_order
             log.info("data.reordered", exchange=self.exchange_id, symbol=symbol, count=out_of_order)
         by_time: dict[int, Candle] = {}
-        for candle in sorted(closed, key=lambda c: c.timestamp):  # stable: arrival order among equals
+        for candle in sorted(
+            closed, key=lambda c: c.timestamp
+        ):  # stable: arrival order among equals
             by_time[candle.timestamp] = candle  # a later copy replaces an earlier one
         duplicates = len(closed) - len(by_time)
         if duplicates:
             self.counts.duplicates += duplicates
-            log.warning("data.duplicates_dropped", exchange=self.exchange_id, symbol=symbol, count=duplicates)
+            log.warning(
+                "data.duplicates_dropped",
+                exchange=self.exchange_id,
+                symbol=symbol,
+                count=duplicates,
+            )
         accepted: list[Candle] = []
         for candle in by_time.values():
             reason = _reject_reason(candle)
@@ -356,8 +407,13 @@ class CcxtOhlcvSource:
 
     def _reject(self, symbol: str, timestamp_ms: int | None, reason: str) -> None:
         self.counts.rejected += 1
-        log.warning("data.rejected", exchange=self.exchange_id, symbol=symbol,
-                    timestamp=None if timestamp_ms is None else iso_utc(timestamp_ms), reason=reason)
+        log.warning(
+            "data.rejected",
+            exchange=self.exchange_id,
+            symbol=symbol,
+            timestamp=None if timestamp_ms is None else iso_utc(timestamp_ms),
+            reason=reason,
+        )
 
     def _report_gaps(self, symbol: str, candles: list[Candle], previous_ms: int | None) -> None:
         # A gap is reported as the half-open span [from, to) of the bars that are missing:
@@ -369,25 +425,44 @@ class CcxtOhlcvSource:
                 if missing:
                     self.counts.gaps += 1
                     self.counts.missing_bars += missing
-                    span = {"from": iso_utc(self._timeframe.after(earlier)), "to": iso_utc(candle.timestamp)}
-                    log.warning("data.gap", exchange=self.exchange_id, symbol=symbol,
-                                timeframe=self.timeframe, missing=missing, **span)
+                    span = {
+                        "from": iso_utc(self._timeframe.after(earlier)),
+                        "to": iso_utc(candle.timestamp),
+                    }
+                    log.warning(
+                        "data.gap",
+                        exchange=self.exchange_id,
+                        symbol=symbol,
+                        timeframe=self.timeframe,
+                        missing=missing,
+                        **span,
+                    )
             earlier = candle.timestamp
 
     def to_frame(self, rows: Mapping[str, Sequence[Candle]]) -> pd.DataFrame:
         """Return ``rows`` in the long file format: timestamp (UTC), symbol, open, high, low,
         close, volume; sorted by timestamp, then symbol."""
-        records = [(candle.timestamp, symbol, *candle[1:])
-                   for symbol, candles in rows.items() for candle in candles]
-        frame = pd.DataFrame.from_records(records, columns=["timestamp", "symbol", *Candle._fields[1:]])
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"].astype("int64"), unit="ms", utc=True).dt.as_unit("ms")
+        records = [
+            (candle.timestamp, symbol, *candle[1:])
+            for symbol, candles in rows.items()
+            for candle in candles
+        ]
+        frame = pd.DataFrame.from_records(
+            records, columns=["timestamp", "symbol", *Candle._fields[1:]]
+        )
+        frame["timestamp"] = pd.to_datetime(
+            frame["timestamp"].astype("int64"), unit="ms", utc=True
+        ).dt.as_unit("ms")
         frame = frame.astype({name: "float64" for name in Candle._fields[1:]})
         return frame.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
 
     def to_panel(self, rows: Mapping[str, Sequence[Candle]]) -> Panel:
-        """Return ``rows`` as a Panel on the union of their open times, NaN where a symbol has no bar."""
+        """Return ``rows`` as a Panel on the union of their open times, NaN where a symbol has
+        no bar."""
         symbols = tuple(rows)
-        times = np.array(sorted({c.timestamp for candles in rows.values() for c in candles}), dtype="int64")
+        times = np.array(
+            sorted({c.timestamp for candles in rows.values() for c in candles}), dtype="int64"
+        )
         position = {t: i for i, t in enumerate(times.tolist())}
         arrays = {name: np.full((len(times), len(symbols)), np.nan) for name in Candle._fields[1:]}
         for column, symbol in enumerate(symbols):
@@ -395,7 +470,14 @@ class CcxtOhlcvSource:
                 row = position[candle.timestamp]
                 for name in arrays:
                     arrays[name][row, column] = getattr(candle, name)
-        return Panel(bar_open=times.astype("datetime64[ms]"), symbols=symbols, open=arrays["open"],
-                     high=arrays["high"], low=arrays["low"], close=arrays["close"], volume=arrays["volume"],
-                     timeframe=np.timedelta64(self._timeframe.ms, "ms"),
-                     source=f"ccxt:{self.exchange_id}:{self.timeframe}")
+        return Panel(
+            bar_open=times.astype("datetime64[ms]"),
+            symbols=symbols,
+            open=arrays["open"],
+            high=arrays["high"],
+            low=arrays["low"],
+            close=arrays["close"],
+            volume=arrays["volume"],
+            timeframe=np.timedelta64(self._timeframe.ms, "ms"),
+            source=f"ccxt:{self.exchange_id}:{self.timeframe}",
+        )

@@ -40,10 +40,14 @@ def _utc_ms(values: pd.Series, path: Path, column: str) -> np.ndarray:
     try:
         stamps = pd.to_datetime(values, utc=True)
     except (ValueError, TypeError) as error:
-        raise DataError(f"{path}: column {column!r} holds values that are not times: {error}") from None
+        raise DataError(
+            f"{path}: column {column!r} holds values that are not times: {error}"
+        ) from None
     if stamps.isna().any():
         row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-        raise DataError(f"{path}: column {column!r} row {row + 2} is not a time: {values.iloc[row]!r}")
+        raise DataError(
+            f"{path}: column {column!r} row {row + 2} is not a time: {values.iloc[row]!r}"
+        )
     return stamps.dt.tz_localize(None).to_numpy().astype("datetime64[ms]")
 
 
@@ -54,15 +58,22 @@ def _infer_timeframe(times: np.ndarray, path: Path) -> np.timedelta64:
     return steps[np.argmax(counts)]
 
 
-def _reject_bad_bars(panel: dict[str, np.ndarray], symbols: tuple[str, ...], times: np.ndarray,
-                     path: Path) -> None:
+def _reject_bad_bars(
+    panel: dict[str, np.ndarray], symbols: tuple[str, ...], times: np.ndarray, path: Path
+) -> None:
     # Bad bars become missing bars (NaN) so they never reach the factors; each is logged.
-    problems = bar_problems(panel["open"], panel["high"], panel["low"], panel["close"],
-                            panel.get("volume"))
+    problems = bar_problems(
+        panel["open"], panel["high"], panel["low"], panel["close"], panel.get("volume")
+    )
     bad = problems >= 0
     for row, col in zip(*np.nonzero(bad)):
-        log.warning("data.rejected", source=str(path), symbol=symbols[col],
-                    timestamp=str(times[row]), reason=REASONS[problems[row, col]])
+        log.warning(
+            "data.rejected",
+            source=str(path),
+            symbol=symbols[col],
+            timestamp=str(times[row]),
+            reason=REASONS[problems[row, col]],
+        )
     if bad.any():
         for column in panel.values():
             if column is not None:
@@ -73,7 +84,9 @@ def _long_panel(frame: pd.DataFrame, path: Path) -> Panel:
     frame = frame.rename(columns=str.lower)
     missing = [c for c in LONG_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: long format needs columns {list(LONG_COLUMNS)}, missing {missing}")
+        raise DataError(
+            f"{path}: long format needs columns {list(LONG_COLUMNS)}, missing {missing}"
+        )
     frame = frame.reset_index(drop=True)
     frame = frame.assign(timestamp=_utc_ms(frame["timestamp"], path, "timestamp"))
     value_columns = ["open", "high", "low", "close"] + (["volume"] if "volume" in frame else [])
@@ -84,8 +97,10 @@ def _long_panel(frame: pd.DataFrame, path: Path) -> Panel:
             bad = np.flatnonzero(converted.isna() & frame[column].notna())
             if len(bad):
                 row = int(bad[0])
-                raise DataError(f"{path}: column {column!r} row {row + 2} is not a number: "
-                                f"{frame[column].iloc[row]!r}")
+                raise DataError(
+                    f"{path}: column {column!r} row {row + 2} is not a number: "
+                    f"{frame[column].iloc[row]!r}"
+                )
             frame[column] = converted
     duplicated = frame.duplicated(["timestamp", "symbol"], keep="last")
     if duplicated.any():
@@ -94,22 +109,36 @@ def _long_panel(frame: pd.DataFrame, path: Path) -> Panel:
     wide = frame.pivot(index="timestamp", columns="symbol", values=value_columns).sort_index()
     symbols = tuple(str(s) for s in wide["close"].columns)
     times = wide.index.to_numpy().astype("datetime64[ms]")
-    arrays = {c: wide[c].reindex(columns=list(symbols)).to_numpy(dtype=float, copy=True)
-              for c in value_columns}
+    arrays = {
+        c: wide[c].reindex(columns=list(symbols)).to_numpy(dtype=float, copy=True)
+        for c in value_columns
+    }
     arrays.setdefault("volume", None)
     _reject_bad_bars(arrays, symbols, times, path)
-    return Panel(bar_open=times, symbols=symbols, open=arrays["open"], high=arrays["high"],
-                 low=arrays["low"], close=arrays["close"], volume=arrays["volume"],
-                 timeframe=_infer_timeframe(times, path), source=str(path))
+    return Panel(
+        bar_open=times,
+        symbols=symbols,
+        open=arrays["open"],
+        high=arrays["high"],
+        low=arrays["low"],
+        close=arrays["close"],
+        volume=arrays["volume"],
+        timeframe=_infer_timeframe(times, path),
+        source=str(path),
+    )
 
 
 def _wide_panel(frame: pd.DataFrame, path: Path) -> Panel:
-    date_column = next((c for c in frame.columns if str(c).lower() in _DATE_NAMES), frame.columns[0])
+    date_column = next(
+        (c for c in frame.columns if str(c).lower() in _DATE_NAMES), frame.columns[0]
+    )
     times = _utc_ms(frame[date_column], path, str(date_column))
     prices = frame.drop(columns=[date_column])
     non_numeric = [str(c) for c in prices.columns if not pd.api.types.is_numeric_dtype(prices[c])]
     if non_numeric:
-        raise DataError(f"{path}: wide format needs numeric close columns; not numeric: {non_numeric}")
+        raise DataError(
+            f"{path}: wide format needs numeric close columns; not numeric: {non_numeric}"
+        )
     order = np.argsort(times, kind="stable")
     times = times[order]
     if len(times) > 1 and not (np.diff(times) > np.timedelta64(0, "ms")).all():
@@ -118,10 +147,23 @@ def _wide_panel(frame: pd.DataFrame, path: Path) -> Panel:
     symbols = tuple(str(c) for c in prices.columns)
     arrays = {"open": close, "high": close, "low": close, "close": close, "volume": None}
     _reject_bad_bars(arrays, symbols, times, path)
-    log.info("data.close_only", source=str(path), symbols=len(symbols),
-             note="open/high/low fall back to close; volume factors are off")
-    return Panel(bar_open=times, symbols=symbols, open=close, high=close, low=close, close=close,
-                 volume=None, timeframe=_infer_timeframe(times, path), source=str(path))
+    log.info(
+        "data.close_only",
+        source=str(path),
+        symbols=len(symbols),
+        note="open/high/low fall back to close; volume factors are off",
+    )
+    return Panel(
+        bar_open=times,
+        symbols=symbols,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume=None,
+        timeframe=_infer_timeframe(times, path),
+        source=str(path),
+    )
 
 
 def load_panel(path: str | Path) -> Panel:

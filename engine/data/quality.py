@@ -20,8 +20,13 @@ REASONS = (
 )
 
 
-def bar_problems(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray,
-                 volume: np.ndarray | None) -> np.ndarray:
+def bar_problems(
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    volume: np.ndarray | None,
+) -> np.ndarray:
     """Return, per bar, the index into ``REASONS`` of its first problem, or -1 when it is good.
 
     Arrays share one shape; a bar whose close is NaN is a missing bar, not a bad one, and is

@@ -33,7 +33,6 @@ class FileSource:
 
     path: Path
 
-
     def panel(self) -> Panel:
         return load_panel(self.path)
 
@@ -48,10 +47,10 @@ class SyntheticSource:
     start: str = "2020-01-01"
     timeframe: str = "1D"
 
-
     def panel(self) -> Panel:
-        return synthetic_panel(self.n_assets, self.n_bars, seed=self.seed, start=self.start,
-                               timeframe=self.timeframe)
+        return synthetic_panel(
+            self.n_assets, self.n_bars, seed=self.seed, start=self.start, timeframe=self.timeframe
+        )
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class CcxtHistorySource:
     source: CcxtOhlcvSource
     since_ms: int
     until_ms: int | None = None
-
 
     def panel(self) -> Panel:
         return self.source.to_panel(self.source.history(self.since_ms, self.until_ms))

@@ -27,18 +27,22 @@ def synthetic_panel(
 ) -> Panel:
     """Return a panel of ``n_bars`` bars for ``n_assets`` synthetic assets."""
     if n_assets < 1 or n_bars < 1:
-        raise ValueError(f"synthetic market needs n_assets >= 1 and n_bars >= 1, "
-                         f"received {n_assets} and {n_bars}")
+        raise ValueError(
+            f"synthetic market needs n_assets >= 1 and n_bars >= 1, "
+            f"received {n_assets} and {n_bars}"
+        )
     rng = np.random.default_rng(seed)
     step = np.timedelta64(np.timedelta64(1, timeframe[-1]) * int(timeframe[:-1] or 1), "ms")
     periods_per_year = np.timedelta64(365, "D") / step
     dt = 1.0 / periods_per_year
 
-    loadings = np.column_stack([
-        rng.normal(1.0, 0.3, n_assets),   # market beta
-        rng.normal(0.0, 0.5, n_assets),   # style 1
-        rng.normal(0.0, 0.5, n_assets),   # style 2
-    ])
+    loadings = np.column_stack(
+        [
+            rng.normal(1.0, 0.3, n_assets),  # market beta
+            rng.normal(0.0, 0.5, n_assets),  # style 1
+            rng.normal(0.0, 0.5, n_assets),  # style 2
+        ]
+    )
     factor_vol = np.array([0.6, 0.25, 0.25]) * annual_volatility * np.sqrt(dt)
     idio_vol = rng.uniform(0.5, 1.2, n_assets) * annual_volatility * np.sqrt(dt)
     drift = (annual_drift + rng.normal(0.0, 0.15, n_assets)) * dt
@@ -63,12 +67,27 @@ def synthetic_panel(
     previous = np.vstack([first, close[:-1]])
     typical = idio_vol * regime
     open_ = previous * np.exp(rng.standard_normal((n_bars, n_assets)) * 0.2 * typical)
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical)
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical)
-    turnover = rng.lognormal(mean=0.0, sigma=0.4, size=(n_bars, n_assets)) * (1 + 20 * np.abs(log_returns))
+    high = np.maximum(open_, close) * np.exp(
+        np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
+    )
+    low = np.minimum(open_, close) * np.exp(
+        -np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
+    )
+    turnover = rng.lognormal(mean=0.0, sigma=0.4, size=(n_bars, n_assets)) * (
+        1 + 20 * np.abs(log_returns)
+    )
     volume = turnover * rng.uniform(1e4, 1e6, n_assets) / close
 
     bar_open = np.datetime64(start, "ms") + step * np.arange(n_bars)
     symbols = tuple(f"SYN{i:03d}{symbol_suffix}" for i in range(n_assets))
-    return Panel(bar_open=bar_open, symbols=symbols, open=open_, high=high, low=low, close=close,
-                 volume=volume, timeframe=step, source=f"synthetic(seed={seed})")
+    return Panel(
+        bar_open=bar_open,
+        symbols=symbols,
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        timeframe=step,
+        source=f"synthetic(seed={seed})",
+    )

@@ -3,7 +3,7 @@ the envelope that carries a payload across the bus."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 
 import msgspec
@@ -18,8 +18,7 @@ NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-                   gc=False):
+class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Base of every typed payload.
 
     Subclasses set ``TYPE`` (the envelope's ``type``), ``VERSION`` (bumped on any change of
@@ -66,7 +65,7 @@ def make_event(
 ) -> Envelope:
     """Wrap ``payload`` in a fresh envelope; ``corr`` defaults to the new event's own id."""
     if ts is None:
-        ts = datetime.now(timezone.utc)
+        ts = datetime.now(UTC)
     elif ts.tzinfo is None:
         raise ValueError(f"event time must be timezone-aware UTC, received naive {ts.isoformat()}")
     new_id = event_id or new_event_id()

@@ -55,8 +55,11 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 def _typed_wire(payload_type: type[EventPayload]) -> type[msgspec.Struct]:
     return msgspec.defstruct(
         f"_Wire{payload_type.TYPE}",
-        [(name, msgspec.structs.fields(_WireEnvelope)[i].type) for i, name in
-         enumerate(_WireEnvelope.__struct_fields__) if name != "payload"]
+        [
+            (name, msgspec.structs.fields(_WireEnvelope)[i].type)
+            for i, name in enumerate(_WireEnvelope.__struct_fields__)
+            if name != "payload"
+        ]
         + [("payload", payload_type)],
         frozen=True,
         kw_only=True,
@@ -87,8 +90,10 @@ def _field_and_problem(error: msgspec.MsgspecError, prefix: str) -> tuple[str, s
     if not separator:
         return prefix or "<message>", message
     path = path.rstrip("`").removeprefix("$").removeprefix(".")
-    field = ".".join(part for part in (prefix, path) if part) if not path.startswith("[") else (
-        f"{prefix}{path}"
+    field = (
+        ".".join(part for part in (prefix, path) if part)
+        if not path.startswith("[")
+        else (f"{prefix}{path}")
     )
     return field or "<message>", problem
 
@@ -111,7 +116,7 @@ def decode(data: bytes | bytearray | memoryview | str) -> Envelope:
         start = data.find(_TYPE_MARK, 0, 64)
         if start > 0:
             start += len(_TYPE_MARK)
-            known = _typed_decoders.get(data[start:data.find(b'"', start, start + 40)])
+            known = _typed_decoders.get(data[start : data.find(b'"', start, start + 40)])
             if known is not None:
                 try:
                     typed = known[1].decode(data)
@@ -119,9 +124,15 @@ def decode(data: bytes | bytearray | memoryview | str) -> Envelope:
                     pass  # diagnose below
                 else:
                     if 1 <= typed.v <= known[0]:
-                        return Envelope(id=typed.id, type=typed.type, v=typed.v, ts=typed.ts,
-                                        source=typed.source, corr=typed.corr,
-                                        payload=typed.payload)
+                        return Envelope(
+                            id=typed.id,
+                            type=typed.type,
+                            v=typed.v,
+                            ts=typed.ts,
+                            source=typed.source,
+                            corr=typed.corr,
+                            payload=typed.payload,
+                        )
     return _decode_two_step(data)
 
 

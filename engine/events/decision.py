@@ -12,8 +12,8 @@ class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Per-asset scores for the next period and the factor weights that produced them.
 
     ``asof`` is the close time of the bar the scores were computed on; a missing score (NaN
-    in process, None after decoding) marks an asset that cannot be scored. ``fallback`` is True when the model was
-    unusable and a baseline weighting was served.
+    in process, None after decoding) marks an asset that cannot be scored. ``fallback`` is True
+    when the model was unusable and a baseline weighting was served.
     """
 
     TYPE: ClassVar[str] = "Signal"

@@ -48,12 +48,21 @@ class BarSet(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
         # Runs on every decode: the common case is one chained comparison and one set.
         n = len(self.symbols)
         volume_ok = self.volume is None or len(self.volume) == n
-        if not (len(self.open) == len(self.high) == len(self.low) == len(self.close) == n
-                and volume_ok):
-            columns = {"open": self.open, "high": self.high, "low": self.low,
-                       "close": self.close, "volume": self.volume or ()}
-            name, column = next((k, v) for k, v in columns.items()
-                                if len(v) != n and (k != "volume" or self.volume is not None))
+        if not (
+            len(self.open) == len(self.high) == len(self.low) == len(self.close) == n and volume_ok
+        ):
+            columns = {
+                "open": self.open,
+                "high": self.high,
+                "low": self.low,
+                "close": self.close,
+                "volume": self.volume or (),
+            }
+            name, column = next(
+                (k, v)
+                for k, v in columns.items()
+                if len(v) != n and (k != "volume" or self.volume is not None)
+            )
             raise ValueError(f"BarSet.{name} has {len(column)} values for {n} symbols")
         if len(set(self.symbols)) != n:
             _check_unique(self.symbols, "BarSet")
@@ -94,9 +103,18 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     volume: bytes | None = None
 
     @classmethod
-    def from_matrices(cls, *, timeframe: str, bar_open: tuple[datetime, ...],
-                      symbols: tuple[str, ...], open: np.ndarray, high: np.ndarray,  # noqa: A002
-                      low: np.ndarray, close: np.ndarray, volume: np.ndarray | None) -> BarBlock:
+    def from_matrices(
+        cls,
+        *,
+        timeframe: str,
+        bar_open: tuple[datetime, ...],
+        symbols: tuple[str, ...],
+        open: np.ndarray,
+        high: np.ndarray,  # noqa: A002
+        low: np.ndarray,
+        close: np.ndarray,
+        volume: np.ndarray | None,
+    ) -> BarBlock:
         """Return the block of these (bars x symbols) matrices; a matrix passed for several
         columns (close-only data) is stored once and shared."""
         stored: dict[int, bytes] = {}
@@ -106,9 +124,16 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 stored[id(matrix)] = np.ascontiguousarray(matrix, dtype=_CELL).tobytes()
             return stored[id(matrix)]
 
-        return cls(timeframe=timeframe, bar_open=bar_open, symbols=symbols, open=cells(open),
-                   high=cells(high), low=cells(low), close=cells(close),
-                   volume=None if volume is None else cells(volume))
+        return cls(
+            timeframe=timeframe,
+            bar_open=bar_open,
+            symbols=symbols,
+            open=cells(open),
+            high=cells(high),
+            low=cells(low),
+            close=cells(close),
+            volume=None if volume is None else cells(volume),
+        )
 
     def __post_init__(self) -> None:
         if not self.bar_open:
@@ -119,16 +144,20 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if column is None:
                 continue
             if len(column) != n_bars * n_symbols * _CELL.itemsize:
-                raise ValueError(f"BarBlock.{name} has {len(column) / _CELL.itemsize:g} values "
-                                 f"for {n_bars} bars x {n_symbols} symbols")
+                raise ValueError(
+                    f"BarBlock.{name} has {len(column) / _CELL.itemsize:g} values "
+                    f"for {n_bars} bars x {n_symbols} symbols"
+                )
             values = np.frombuffer(column, dtype=_CELL)
             bad = np.isinf(values) | ((values < 0) if name == "volume" else (values <= 0))
             if bad.any():
                 t, j = divmod(int(np.argmax(bad)), n_symbols)
                 rule = "non-negative" if name == "volume" else "positive"
-                raise ValueError(f"BarBlock.{name} must be {rule} and finite (or NaN for no bar), "
-                                 f"received {values[t * n_symbols + j]} at bar {t} "
-                                 f"({self.bar_open[t].isoformat()}), symbol {self.symbols[j]}")
+                raise ValueError(
+                    f"BarBlock.{name} must be {rule} and finite (or NaN for no bar), "
+                    f"received {values[t * n_symbols + j]} at bar {t} "
+                    f"({self.bar_open[t].isoformat()}), symbol {self.symbols[j]}"
+                )
         if any(b <= a for a, b in zip(self.bar_open, self.bar_open[1:])):
             raise ValueError("BarBlock.bar_open must be strictly increasing")
         if len(set(self.symbols)) != n_symbols:
@@ -179,8 +208,12 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 viewed[key] = self.matrix(name)
         return {name: viewed[id(getattr(self, name))] for name in _BLOCK_COLUMNS}
 
-    def _row(self, t: int, matrices: dict[str, np.ndarray | None],
-             universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]]) -> BarSet | None:
+    def _row(
+        self,
+        t: int,
+        matrices: dict[str, np.ndarray | None],
+        universes: dict[bytes, tuple[tuple[str, ...], np.ndarray]],
+    ) -> BarSet | None:
         close = matrices["close"]
         assert close is not None
         present = ~np.isnan(close[t])
@@ -203,9 +236,16 @@ class BarBlock(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 picked[key] = tuple(matrix[t, columns].tolist())
             return picked[key]
 
-        return BarSet(timeframe=self.timeframe, bar_open=self.bar_open[t], symbols=symbols,
-                      open=pick("open"), high=pick("high"), low=pick("low"), close=pick("close"),
-                      volume=pick("volume"))
+        return BarSet(
+            timeframe=self.timeframe,
+            bar_open=self.bar_open[t],
+            symbols=symbols,
+            open=pick("open"),
+            high=pick("high"),
+            low=pick("low"),
+            close=pick("close"),
+            volume=pick("volume"),
+        )
 
 
 class FactorSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -15,9 +15,7 @@ from engine.events.base import (
 )
 
 Side = Literal["buy", "sell"]
-OrderStatus = Literal[
-    "accepted", "rejected", "partially_filled", "filled", "cancelled", "expired"
-]
+OrderStatus = Literal["accepted", "rejected", "partially_filled", "filled", "cancelled", "expired"]
 TERMINAL_ORDER_STATUSES: frozenset[str] = frozenset({"rejected", "filled", "cancelled", "expired"})
 
 
@@ -128,9 +126,13 @@ class PortfolioMarks(EventPayload, frozen=True, kw_only=True, forbid_unknown_fie
 
     def __post_init__(self) -> None:
         n = len(self.asof)
-        series = {"equity": self.equity, "gross_exposure": self.gross_exposure,
-                  "high_water_mark": self.high_water_mark, "drawdown": self.drawdown,
-                  **{f"prices[{s!r}]": p for s, p in self.prices.items()}}
+        series = {
+            "equity": self.equity,
+            "gross_exposure": self.gross_exposure,
+            "high_water_mark": self.high_water_mark,
+            "drawdown": self.drawdown,
+            **{f"prices[{s!r}]": p for s, p in self.prices.items()},
+        }
         for name, values in series.items():
             if len(values) != n:
                 raise ValueError(f"PortfolioMarks.{name} has {len(values)} values for {n} bars")
@@ -139,10 +141,17 @@ class PortfolioMarks(EventPayload, frozen=True, kw_only=True, forbid_unknown_fie
 
     def rows(self) -> list[PortfolioSnapshot]:
         """Return the snapshots these marks stand for, one per bar."""
-        return [PortfolioSnapshot(asof=asof, equity=self.equity[i], cash=self.cash,
-                                  positions=dict(self.positions),
-                                  prices={s: p[i] for s, p in self.prices.items()},
-                                  gross_exposure=self.gross_exposure[i],
-                                  high_water_mark=self.high_water_mark[i],
-                                  drawdown=self.drawdown[i], fills_applied=self.fills_applied)
-                for i, asof in enumerate(self.asof)]
+        return [
+            PortfolioSnapshot(
+                asof=asof,
+                equity=self.equity[i],
+                cash=self.cash,
+                positions=dict(self.positions),
+                prices={s: p[i] for s, p in self.prices.items()},
+                gross_exposure=self.gross_exposure[i],
+                high_water_mark=self.high_water_mark[i],
+                drawdown=self.drawdown[i],
+                fills_applied=self.fills_applied,
+            )
+            for i, asof in enumerate(self.asof)
+        ]

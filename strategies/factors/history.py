@@ -27,22 +27,30 @@ class FactorInputs:
     def __post_init__(self) -> None:
         shape = np.shape(self.close)
         if len(shape) != 2:
-            raise ValueError(f"FactorInputs: close must be 2-D (bars, assets), received shape {shape}")
+            raise ValueError(
+                f"FactorInputs: close must be 2-D (bars, assets), received shape {shape}"
+            )
         for name in RAW_SERIES:
             value = getattr(self, name)
             if value is None and name == "volume":
                 continue
             array = np.asarray(value, dtype=np.float64)
             if array.shape != shape:
-                raise ValueError(f"FactorInputs: {name} has shape {array.shape}, expected {shape} "
-                                 f"like close")
+                raise ValueError(
+                    f"FactorInputs: {name} has shape {array.shape}, expected {shape} like close"
+                )
             object.__setattr__(self, name, array)
 
     @classmethod
     def from_panel(cls, panel: object) -> FactorInputs:
         """Return the inputs of a panel with ``open/high/low/close/volume`` attributes."""
-        return cls(close=panel.close, open=panel.open, high=panel.high,  # type: ignore[attr-defined]
-                   low=panel.low, volume=panel.volume)  # type: ignore[attr-defined]
+        return cls(
+            close=panel.close,
+            open=panel.open,
+            high=panel.high,  # type: ignore[attr-defined]
+            low=panel.low,
+            volume=panel.volume,
+        )  # type: ignore[attr-defined]
 
     @property
     def shape(self) -> tuple[int, int]:

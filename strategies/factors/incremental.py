@@ -129,13 +129,13 @@ class _TrailingInputs:
         if self._count == 2 * self.depth:
             keep = self.depth - 1
             for buffer in self._rows.values():
-                buffer[:keep] = buffer[self._count - keep:self._count]
+                buffer[:keep] = buffer[self._count - keep : self._count]
             self._count = keep
         for name, buffer in self._rows.items():
             buffer[self._count] = rows[name]
         self._count += 1
         start = max(0, self._count - self.depth)
-        window = {name: buffer[start:self._count] for name, buffer in self._rows.items()}
+        window = {name: buffer[start : self._count] for name, buffer in self._rows.items()}
         return FactorInputs(**window)
 
 
@@ -177,22 +177,27 @@ class IncrementalFactors:
             if spec.kernel is not None:
                 spec.kernel(planner, **params)
         self._bar = _Bar()
-        self._lag_buffers = {name: LagBuffer(k + 1, self._width(name))
-                             for name, k in planner.lags.items()}
+        self._lag_buffers = {
+            name: LagBuffer(k + 1, self._width(name)) for name, k in planner.lags.items()
+        }
         self._bar.lag_buffers = self._lag_buffers
-        self._windows = {key: WindowState(key[1], key[2], self._width(key[0]))
-                         for key in planner.windows}
+        self._windows = {
+            key: WindowState(key[1], key[2], self._width(key[0])) for key in planner.windows
+        }
         # Factors with a full-history function only are re-run on their trailing bars.
-        function_windows = [spec.window(**params) for _, spec, params in self._entries
-                            if spec.kernel is None]
+        function_windows = [
+            spec.window(**params) for _, spec, params in self._entries if spec.kernel is None
+        ]
         self._trailing = _TrailingInputs(max(function_windows)) if function_windows else None
 
         # The series kept in buffers. A run of bars can skip the per-bar Python steps when all
         # of them are raw inputs: then pushing the rows is one matrix operation per buffer.
-        self._buffered = tuple(dict.fromkeys(
-            [*self._lag_buffers, *(name for name, _, _ in self._windows)]))
-        self._raw_only = (self._trailing is None
-                          and all(name in RAW_SERIES for name in self._buffered))
+        self._buffered = tuple(
+            dict.fromkeys([*self._lag_buffers, *(name for name, _, _ in self._windows)])
+        )
+        self._raw_only = self._trailing is None and all(
+            name in RAW_SERIES for name in self._buffered
+        )
 
     @staticmethod
     def _width(series: str) -> int:
@@ -223,10 +228,15 @@ class IncrementalFactors:
         self._last_symbols, self._last_columns = symbols, columns
         return columns
 
-    def update(self, symbols: tuple[str, ...], open: tuple[float, ...] | np.ndarray,  # noqa: A002
-               high: tuple[float, ...] | np.ndarray, low: tuple[float, ...] | np.ndarray,
-               close: tuple[float, ...] | np.ndarray,
-               volume: tuple[float, ...] | np.ndarray | None) -> np.ndarray:
+    def update(
+        self,
+        symbols: tuple[str, ...],
+        open: tuple[float, ...] | np.ndarray,  # noqa: A002
+        high: tuple[float, ...] | np.ndarray,
+        low: tuple[float, ...] | np.ndarray,
+        close: tuple[float, ...] | np.ndarray,
+        volume: tuple[float, ...] | np.ndarray | None,
+    ) -> np.ndarray:
         """Append one bar and return the exposures at it, shaped (factors, len(self.symbols)).
 
         Values are given for ``symbols`` only, in that order; universe members absent from
@@ -245,8 +255,10 @@ class IncrementalFactors:
         given = {"open": open, "high": high, "low": low, "close": close, "volume": volume}
         for name, values in given.items():
             if values is not None and len(values) != len(symbols):
-                raise ValueError(f"IncrementalFactors.update: {name} has {len(values)} values "
-                                 f"for {len(symbols)} symbols")
+                raise ValueError(
+                    f"IncrementalFactors.update: {name} has {len(values)} values "
+                    f"for {len(symbols)} symbols"
+                )
         columns = self._columns_of(symbols)
         n_assets = len(self.symbols)
         bar = self._bar
@@ -260,8 +272,9 @@ class IncrementalFactors:
                     exposures[position] = spec.function(trailing, **params)[-1]
         return exposures
 
-    def _advance(self, raw: dict[str, object], columns: np.ndarray | None,
-                 n_assets: int) -> FactorInputs | None:
+    def _advance(
+        self, raw: dict[str, object], columns: np.ndarray | None, n_assets: int
+    ) -> FactorInputs | None:
         # Makes ``raw`` the newest bar and pushes it into every buffer; the kernels then read
         # the bar. Returns the trailing inputs of full-history factors (None without any).
         bar = self._bar
@@ -271,12 +284,17 @@ class IncrementalFactors:
         for name, buffer in self._lag_buffers.items():
             buffer.push(bar.series(name))
         bar.windows = {key: state.push(bar.series(key[0])) for key, state in self._windows.items()}
-        trailing = (self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
-                    if self._trailing is not None else None)
+        trailing = (
+            self._trailing.push({name: bar.series(name) for name in RAW_SERIES})
+            if self._trailing is not None
+            else None
+        )
         self.n_bars += 1
         return trailing
 
-    def update_block(self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None]) -> np.ndarray:
+    def update_block(
+        self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None]
+    ) -> np.ndarray:
         """Append several bars and return the exposures at the last, as ``update`` bar by bar.
 
         ``values`` maps "open" ... "volume" to (bars, len(symbols)) matrices (None for a
@@ -288,8 +306,10 @@ class IncrementalFactors:
         close = values["close"]
         assert close is not None
         if close.ndim != 2 or close.shape[1] != len(symbols) or len(close) == 0:
-            raise ValueError(f"IncrementalFactors.update_block: close must be (bars, "
-                             f"{len(symbols)}) with at least one bar, received {close.shape}")
+            raise ValueError(
+                f"IncrementalFactors.update_block: close must be (bars, "
+                f"{len(symbols)}) with at least one bar, received {close.shape}"
+            )
         if values.get("volume") is None and self._volume_labels:
             raise ValueError(f"factors {self._volume_labels} need volume, and this block has none")
         present = ~np.isnan(close)
@@ -317,12 +337,18 @@ class IncrementalFactors:
         last = present[-1]
         columns = np.flatnonzero(last)
         pick = lambda m: None if m is None else m[-1, columns]  # noqa: E731
-        return self.update(tuple(symbols[j] for j in columns.tolist()), pick(values["open"]),
-                           pick(values["high"]), pick(values["low"]), close[-1, columns],
-                           pick(values.get("volume")))
+        return self.update(
+            tuple(symbols[j] for j in columns.tolist()),
+            pick(values["open"]),
+            pick(values["high"]),
+            pick(values["low"]),
+            close[-1, columns],
+            pick(values.get("volume")),
+        )
 
-    def _push_rows(self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None],
-                   start: int, stop: int) -> None:
+    def _push_rows(
+        self, symbols: tuple[str, ...], values: dict[str, np.ndarray | None], start: int, stop: int
+    ) -> None:
         # Rows start..stop-1 in universe columns (NaN for members without a bar), into every
         # buffer, without evaluating the kernels.
         width = len(self.symbols)

@@ -14,8 +14,13 @@ from strategies.factors.history import FactorData
 from strategies.factors.registry import register_kernel
 
 
-@register_kernel("volume_trend", window=lambda lookback: lookback, needs_volume=True,
-                 minimums={"lookback": 2}, lookback=21)
+@register_kernel(
+    "volume_trend",
+    window=lambda lookback: lookback,
+    needs_volume=True,
+    minimums={"lookback": 2},
+    lookback=21,
+)
 def volume_trend(data: FactorData, lookback: int = 21) -> np.ndarray:
     """Volume trend: OLS slope of volume on bar number over lookback bars, over the mean volume.
 
@@ -36,8 +41,14 @@ def _turnover_rule(lookback: int, long: int) -> str | None:
     return None
 
 
-@register_kernel("turnover", window=lambda lookback, long: long, needs_volume=True,
-                 check=_turnover_rule, lookback=21, long=252)
+@register_kernel(
+    "turnover",
+    window=lambda lookback, long: long,
+    needs_volume=True,
+    check=_turnover_rule,
+    lookback=21,
+    long=252,
+)
 def turnover(data: FactorData, lookback: int = 21, long: int = 252) -> np.ndarray:
     """Abnormal turnover: mean volume over the last lookback bars / mean volume over the last long.
 
@@ -59,8 +70,7 @@ def amihud(data: FactorData, lookback: int = 21) -> np.ndarray:
     return data.window_sum("amihud_ratio", lookback) / lookback
 
 
-@register_kernel("dollar_volume", window=lambda lookback: lookback, needs_volume=True,
-                 lookback=21)
+@register_kernel("dollar_volume", window=lambda lookback: lookback, needs_volume=True, lookback=21)
 def dollar_volume(data: FactorData, lookback: int = 21) -> np.ndarray:
     """Dollar volume: ln(mean of close * volume over the last lookback bars), a size proxy.
 

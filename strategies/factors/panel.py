@@ -12,7 +12,9 @@ from strategies.factors.registry import FACTORS, FactorSpec
 FactorRequest = tuple[str, str, Mapping[str, int]]
 
 
-def resolve_requests(factors: Sequence[FactorRequest]) -> list[tuple[str, FactorSpec, dict[str, int]]]:
+def resolve_requests(
+    factors: Sequence[FactorRequest],
+) -> list[tuple[str, FactorSpec, dict[str, int]]]:
     """Return ``(label, spec, resolved parameters)`` per request, checked.
 
     Raises
@@ -25,8 +27,10 @@ def resolve_requests(factors: Sequence[FactorRequest]) -> list[tuple[str, Factor
     for label, name, params in factors:
         spec = FACTORS.get(name)
         if spec is None:
-            raise ValueError(f"factor {label!r}: unknown factor name {name!r}; registered "
-                             f"factors are {sorted(FACTORS)}")
+            raise ValueError(
+                f"factor {label!r}: unknown factor name {name!r}; registered "
+                f"factors are {sorted(FACTORS)}"
+            )
         if label in labels:
             raise ValueError(f"factor label {label!r} is used twice; labels must be unique")
         labels.add(label)

@@ -35,8 +35,9 @@ def _momentum_window(lookback: int, skip: int) -> int:
     return lookback + 1
 
 
-@register_kernel("momentum", window=_momentum_window, check=skip_below_lookback,
-                 lookback=252, skip=21)
+@register_kernel(
+    "momentum", window=_momentum_window, check=skip_below_lookback, lookback=252, skip=21
+)
 def momentum(data: FactorData, lookback: int = 252, skip: int = 21) -> np.ndarray:
     """Momentum: close[t-skip] / close[t-lookback] - 1 (12-1 momentum with the defaults).
 
@@ -45,22 +46,25 @@ def momentum(data: FactorData, lookback: int = 252, skip: int = 21) -> np.ndarra
     return _momentum(data, lookback, skip)
 
 
-@register_kernel("momentum_12_1", window=_momentum_window, check=skip_below_lookback,
-                 lookback=252, skip=21)
+@register_kernel(
+    "momentum_12_1", window=_momentum_window, check=skip_below_lookback, lookback=252, skip=21
+)
 def momentum_12_1(data: FactorData, lookback: int = 252, skip: int = 21) -> np.ndarray:
     """12-1 momentum: close[t-21] / close[t-252] - 1, a year's return without its last month."""
     return _momentum(data, lookback, skip)
 
 
-@register_kernel("momentum_6_1", window=_momentum_window, check=skip_below_lookback,
-                 lookback=126, skip=21)
+@register_kernel(
+    "momentum_6_1", window=_momentum_window, check=skip_below_lookback, lookback=126, skip=21
+)
 def momentum_6_1(data: FactorData, lookback: int = 126, skip: int = 21) -> np.ndarray:
     """6-1 momentum: close[t-21] / close[t-126] - 1, six months' return without the last one."""
     return _momentum(data, lookback, skip)
 
 
-@register_kernel("momentum_3_1", window=_momentum_window, check=skip_below_lookback,
-                 lookback=63, skip=21)
+@register_kernel(
+    "momentum_3_1", window=_momentum_window, check=skip_below_lookback, lookback=63, skip=21
+)
 def momentum_3_1(data: FactorData, lookback: int = 63, skip: int = 21) -> np.ndarray:
     """3-1 momentum: close[t-21] / close[t-63] - 1, three months' return without the last one."""
     return _momentum(data, lookback, skip)
@@ -75,12 +79,14 @@ def reversal(data: FactorData, lookback: int = 21) -> np.ndarray:
 
 @register_kernel("trend", window=lambda lookback: lookback, lookback=50)
 def trend(data: FactorData, lookback: int = 50) -> np.ndarray:
-    """Trend: close[t] / mean(close over the last lookback bars) - 1, price over its moving average."""
+    """Trend: close[t] / mean(close over the last lookback bars) - 1, price over its moving
+    average."""
     moving_average = data.window_sum("close", lookback) / lookback
     return data.series("close") / moving_average - 1.0
 
 
 @register_kernel("max_return", window=lambda lookback: lookback + 1, lookback=21)
 def max_return(data: FactorData, lookback: int = 21) -> np.ndarray:
-    """Lottery: the largest single-bar return over the last lookback bars, max(r[t-lookback+1..t])."""
+    """Lottery: the largest single-bar return over the last lookback bars,
+    max(r[t-lookback+1..t])."""
     return data.window_max("returns", lookback)

@@ -77,19 +77,25 @@ class FactorSpec:
         """
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
-            raise ValueError(f"factor {self.name!r}: unknown parameter {unknown[0]!r}; "
-                             f"its parameters are {list(self.defaults)}")
+            raise ValueError(
+                f"factor {self.name!r}: unknown parameter {unknown[0]!r}; "
+                f"its parameters are {list(self.defaults)}"
+            )
         resolved = dict(self.defaults)
         for parameter, value in params.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"factor {self.name!r}: parameter {parameter!r} must be an "
-                                 f"integer, received {value!r}")
+                raise ValueError(
+                    f"factor {self.name!r}: parameter {parameter!r} must be an "
+                    f"integer, received {value!r}"
+                )
             resolved[parameter] = int(value)
         for parameter, value in resolved.items():
             minimum = self.minimums.get(parameter, 0 if parameter == "skip" else 1)
             if value < minimum:
-                raise ValueError(f"factor {self.name!r}: parameter {parameter!r} must be "
-                                 f">= {minimum}, received {value}")
+                raise ValueError(
+                    f"factor {self.name!r}: parameter {parameter!r} must be "
+                    f">= {minimum}, received {value}"
+                )
         if self.check is not None:
             problem = self.check(**resolved)
             if problem:
@@ -126,22 +132,29 @@ def _add(spec: FactorSpec) -> None:
     FACTORS[spec.name] = spec
 
 
-def _check_signature(name: str, function: Callable[..., object], defaults: Mapping[str, int],
-                     skip_first: bool) -> None:
+def _check_signature(
+    name: str, function: Callable[..., object], defaults: Mapping[str, int], skip_first: bool
+) -> None:
     signature = inspect.signature(function)
-    parameters = list(signature.parameters.values())[1 if skip_first else 0:]
+    parameters = list(signature.parameters.values())[1 if skip_first else 0 :]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return
     accepted = {p.name for p in parameters}
     missing = sorted(set(defaults) - accepted)
     if missing:
-        raise ValueError(f"factor {name!r}: {function.__qualname__} takes no parameter "
-                         f"{missing[0]!r}; it accepts {sorted(accepted)}")
+        raise ValueError(
+            f"factor {name!r}: {function.__qualname__} takes no parameter "
+            f"{missing[0]!r}; it accepts {sorted(accepted)}"
+        )
 
 
-def register_factor(name: str, *, needs_volume: bool = False,
-                    history: Callable[..., int] | None = None,
-                    **defaults: int) -> Callable[[FactorFunction], FactorFunction]:
+def register_factor(
+    name: str,
+    *,
+    needs_volume: bool = False,
+    history: Callable[..., int] | None = None,
+    **defaults: int,
+) -> Callable[[FactorFunction], FactorFunction]:
     """Register a full-history factor ``fn(inputs: FactorInputs, **params) -> (T, N)``.
 
     Parameters
@@ -165,18 +178,30 @@ def register_factor(name: str, *, needs_volume: bool = False,
 
     def decorate(function: FactorFunction) -> FactorFunction:
         _check_signature(name, function, defaults, skip_first=True)
-        _add(FactorSpec(name=name, function=function, defaults=dict(defaults),
-                        needs_volume=needs_volume, description=_description(function),
-                        window_rule=history))
+        _add(
+            FactorSpec(
+                name=name,
+                function=function,
+                defaults=dict(defaults),
+                needs_volume=needs_volume,
+                description=_description(function),
+                window_rule=history,
+            )
+        )
         return function
 
     return decorate
 
 
-def register_kernel(name: str, *, window: Callable[..., int], needs_volume: bool = False,
-                    minimums: Mapping[str, int] | None = None,
-                    check: Callable[..., str | None] | None = None,
-                    **defaults: int) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+def register_kernel(
+    name: str,
+    *,
+    window: Callable[..., int],
+    needs_volume: bool = False,
+    minimums: Mapping[str, int] | None = None,
+    check: Callable[..., str | None] | None = None,
+    **defaults: int,
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Register a factor kernel ``fn(data: FactorData, **params)``, which runs incrementally.
 
     ``window(**params)`` must give the bars the kernel reads (decision bar included); the
@@ -197,10 +222,17 @@ def register_kernel(name: str, *, window: Callable[..., int], needs_volume: bool
         function.__name__ = function.__qualname__ = name
         function.__doc__ = kernel.__doc__
         function.__wrapped__ = kernel  # type: ignore[attr-defined]
-        spec = FactorSpec(name=name, function=function, defaults=dict(defaults),
-                          needs_volume=needs_volume, description=_description(kernel),
-                          window_rule=window, minimums=dict(minimums or {}), check=check,
-                          kernel=kernel)
+        spec = FactorSpec(
+            name=name,
+            function=function,
+            defaults=dict(defaults),
+            needs_volume=needs_volume,
+            description=_description(kernel),
+            window_rule=window,
+            minimums=dict(minimums or {}),
+            check=check,
+            kernel=kernel,
+        )
         holder.append(spec)
         _add(spec)
         return kernel

@@ -72,8 +72,9 @@ def beta(data: FactorData, lookback: int = 252) -> np.ndarray:
     return np.where(centred_xx > 0.0, centred_xy / centred_xx, np.nan)
 
 
-@register_kernel("idiosyncratic_volatility", window=_returns_window, minimums={"lookback": 3},
-                 lookback=63)
+@register_kernel(
+    "idiosyncratic_volatility", window=_returns_window, minimums={"lookback": 3}, lookback=63
+)
 def idiosyncratic_volatility(data: FactorData, lookback: int = 63) -> np.ndarray:
     """Idiosyncratic volatility: std (ddof 2) of the residuals of r on the universe's return, OLS.
 

@@ -116,7 +116,6 @@ class WindowState:
         self._position = position
         return value
 
-
     def push_many(self, rows: np.ndarray) -> None:
         """Add several bars' rows (oldest first), as that many ``push`` calls would, with the
         same operations in the same order (accumulate is the sequential fold of ``push``)."""
@@ -132,7 +131,7 @@ class WindowState:
                 self._prefix[:] = op.accumulate(chunk, axis=0)[-1]
             else:
                 self._prefix[:] = op.accumulate(np.vstack([self._prefix, chunk]), axis=0)[-1]
-            self._rows[position:position + len(chunk)] = chunk
+            self._rows[position : position + len(chunk)] = chunk
             self._position = position + len(chunk) - 1
             if self._position == length - 1:  # block complete: its suffixes serve the next
                 self._suffix[:length] = op.accumulate(self._rows[::-1], axis=0)[::-1]

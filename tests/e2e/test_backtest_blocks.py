@@ -38,20 +38,22 @@ fill_price = "close"
 
 
 def panel_with_holes() -> Panel:
-    """Late listings (inside quiet runs, one after a higher column), a symbol skipping bars, a delisting, a bar time with
-    no bars at all, and bad bars the market-data service rejects."""
+    """Late listings (inside quiet runs, one after a higher column), a symbol skipping bars, a
+    delisting, a bar time with no bars at all, and bad bars the market-data service rejects."""
     panel = synthetic_panel(N_ASSETS, N_BARS, seed=21)
-    arrays = {name: getattr(panel, name).copy() for name in ("open", "high", "low", "close", "volume")}
+    arrays = {
+        name: getattr(panel, name).copy() for name in ("open", "high", "low", "close", "volume")
+    }
     missing = np.zeros((N_BARS, N_ASSETS), dtype=bool)
     missing[:75, 10:] = True  # the universe grows from 10 to 20 inside a quiet run, which
-    missing[:77, 3] = True    # changes how a sum across it is grouped
+    missing[:77, 3] = True  # changes how a sum across it is grouped
     missing[200:210, 5] = True
     missing[350:, 7] = True
     missing[260] = True
     for matrix in arrays.values():
         matrix[missing] = np.nan
     arrays["high"][120, 1] = arrays["low"][120, 1] * 0.5  # high below low: rejected
-    arrays["close"][300, 2] = -1.0                        # negative price: rejected
+    arrays["close"][300, 2] = -1.0  # negative price: rejected
     return dataclasses.replace(panel, **arrays)
 
 
@@ -61,8 +63,10 @@ def config_for(kind: str, tmp_path: Path, fill_price: str):
         path.write_text(MOMENTUM_TOML)
         return load_config(path, {"DEEPFACTOR_BROKER__FILL_PRICE": fill_price})
     # The reference config: every kind of factor, exposures on every bar, weekly rebalances.
-    return load_config(Path("deploy/configs/paper.toml"), {
-        "DEEPFACTOR_BROKER__FILL_PRICE": fill_price, "DEEPFACTOR_STRATEGY__COMPUTE_ON": kind})
+    return load_config(
+        Path("deploy/configs/paper.toml"),
+        {"DEEPFACTOR_BROKER__FILL_PRICE": fill_price, "DEEPFACTOR_STRATEGY__COMPUTE_ON": kind},
+    )
 
 
 def run(config, block_bars: int, out: Path) -> tuple[dict, Backtest]:
@@ -88,15 +92,24 @@ def published(backtest: Backtest, topic: str) -> list[bytes]:
     return [encode_payload(p) for p in raw_payloads(backtest, topic)]
 
 
-@pytest.mark.parametrize("kind,fill_price", [("momentum", "close"), ("momentum", "next_open"),
-                                             ("bar", "next_open"), ("rebalance", "close")])
+@pytest.mark.parametrize(
+    "kind,fill_price",
+    [
+        ("momentum", "close"),
+        ("momentum", "next_open"),
+        ("bar", "next_open"),
+        ("rebalance", "close"),
+    ],
+)
 def test_blocks_and_bar_by_bar_backtests_are_identical(kind, fill_price, tmp_path):
     config = config_for(kind, tmp_path, fill_price)
     by_bar, by_bar_run = run(config, 1, tmp_path / "by-bar")
     blocks, blocks_run = run(config, 1024, tmp_path / "blocks")
     assert by_bar["orders"] > 20, "the run should trade"
     assert blocks == by_bar
-    assert (tmp_path / "blocks" / "equity.csv").read_bytes() == (tmp_path / "by-bar" / "equity.csv").read_bytes()
+    assert (tmp_path / "blocks" / "equity.csv").read_bytes() == (
+        tmp_path / "by-bar" / "equity.csv"
+    ).read_bytes()
     for topic in ("factors", "signals", "orders", "order_updates", "fills"):
         assert published(blocks_run, topic) == published(by_bar_run, topic), topic
     assert blocks_run.market.rejected == by_bar_run.market.rejected == 2
@@ -105,4 +118,6 @@ def test_blocks_and_bar_by_bar_backtests_are_identical(kind, fill_price, tmp_pat
     ledger, expected = read_ledger(blocks_run.bus), read_ledger(by_bar_run.bus)
     assert any(isinstance(b, BarBlock) for b in raw_payloads(blocks_run, "bars"))
     assert rebuild_and_compare(ledger, config.portfolio.initial_cash) == len(expected.snapshots)
-    assert [encode_payload(s) for s in ledger.snapshots] == [encode_payload(s) for s in expected.snapshots]
+    assert [encode_payload(s) for s in ledger.snapshots] == [
+        encode_payload(s) for s in expected.snapshots
+    ]

@@ -19,12 +19,15 @@ BARS = 90
 
 
 def small_config(fill_price: str = "next_open", **environ: str):
-    return load_config(None, {
-        "DEEPFACTOR_SCHEDULE__CRON": "0 0 * * MON,THU",
-        "DEEPFACTOR_BROKER__FILL_PRICE": fill_price,
-        "DEEPFACTOR_PORTFOLIO__TOP_FRACTION": "0.3",
-        **environ,
-    })
+    return load_config(
+        None,
+        {
+            "DEEPFACTOR_SCHEDULE__CRON": "0 0 * * MON,THU",
+            "DEEPFACTOR_BROKER__FILL_PRICE": fill_price,
+            "DEEPFACTOR_PORTFOLIO__TOP_FRACTION": "0.3",
+            **environ,
+        },
+    )
 
 
 def panel():

@@ -21,25 +21,57 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 CRYPTO = DATA / "crypto" / "cdd_binance_usdt_spot_1d_2017-2026.csv.gz"
 EQUITIES = DATA / "equities" / "pypfopt_cookbook_stock_prices_1990-2024.csv.gz"
-SUMMARY_KEYS = {"start", "end", "bars", "initial_equity", "final_equity", "total_return", "cagr",
-                "sharpe", "max_drawdown", "var_95", "var_99", "orders", "fills", "fees",
-                "turnover", "periods_per_year"}
+SUMMARY_KEYS = {
+    "start",
+    "end",
+    "bars",
+    "initial_equity",
+    "final_equity",
+    "total_return",
+    "cagr",
+    "sharpe",
+    "max_drawdown",
+    "var_95",
+    "var_99",
+    "orders",
+    "fills",
+    "fees",
+    "turnover",
+    "periods_per_year",
+}
 EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the checkout")
+needs_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason="../shared/data is not beside the checkout"
+)
 
 
 def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *arguments], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @needs_data
-@pytest.mark.parametrize(("data", "periods_per_year"), [(CRYPTO, 365.0), (EQUITIES, 252.0)],
-                         ids=["long-crypto", "wide-equities"])
+@pytest.mark.parametrize(
+    ("data", "periods_per_year"),
+    [(CRYPTO, 365.0), (EQUITIES, 252.0)],
+    ids=["long-crypto", "wide-equities"],
+)
 def test_backtest_on_a_real_file_writes_the_contract_files(tmp_path, data, periods_per_year):
     out = tmp_path / "out"
-    result = deepfactor("backtest", "--data", str(data), "--out", str(out),
-                        "--config", str(ROOT / "deploy" / "configs" / "peer-momentum.toml"))
+    result = deepfactor(
+        "backtest",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        str(ROOT / "deploy" / "configs" / "peer-momentum.toml"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
@@ -64,16 +96,31 @@ def test_backtest_names_a_missing_file_and_exits_2(tmp_path):
 
 
 def test_backtest_names_a_bad_strategy(tmp_path):
-    result = deepfactor("backtest", "--data", "x.csv", "--out", str(tmp_path), "--strategy", "magic")
+    result = deepfactor(
+        "backtest", "--data", "x.csv", "--out", str(tmp_path), "--strategy", "magic"
+    )
     assert result.returncode == 2 and "--strategy must be one of" in result.stderr
 
 
 def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "paper", "--bars", "100000", "--speed", "40",
-         "--out", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "paper",
+            "--bars",
+            "100000",
+            "--speed",
+            "40",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTOR_")},
     )
     try:
@@ -90,8 +137,7 @@ def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
             process.kill()
     assert process.returncode == 0, stderr[-2000:]
     assert "paper (stopped early)" in stdout
-    stopped = [json.loads(line) for line in stderr.splitlines()
-               if '"service.stopped"' in line]
+    stopped = [json.loads(line) for line in stderr.splitlines() if '"service.stopped"' in line]
     assert len(stopped) == 5 and all(line["pending"] == 0 for line in stopped)
     # Independently: reopen the run's Redis data and look for unacknowledged messages.
     with EmbeddedRedis(out / "redis") as server:
@@ -109,8 +155,9 @@ def test_factors_report_on_the_bundled_sample_writes_table_json_and_picture(tmp_
     from engine.data import SAMPLE_PATH
     from strategies.factors import FACTORS
 
-    result = deepfactor("factors", "report", "--data", str(SAMPLE_PATH), "--out", str(tmp_path),
-                        "--horizon", "7")
+    result = deepfactor(
+        "factors", "report", "--data", str(SAMPLE_PATH), "--out", str(tmp_path), "--horizon", "7"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ic_mean" in result.stdout and "icir" in result.stdout
     report = json.loads((tmp_path / "factor_report.json").read_text())
@@ -123,27 +170,50 @@ def test_factors_report_on_the_bundled_sample_writes_table_json_and_picture(tmp_
 
 @needs_data
 def test_factors_report_on_close_only_data_turns_volume_factors_off(tmp_path):
-    result = deepfactor("factors", "report", "--data", str(EQUITIES), "--out", str(tmp_path),
-                        "--horizon", "21")
+    result = deepfactor(
+        "factors", "report", "--data", str(EQUITIES), "--out", str(tmp_path), "--horizon", "21"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    warning = next(json.loads(line) for line in result.stderr.splitlines()
-                   if '"factors.volume_factors_off"' in line)
+    warning = next(
+        json.loads(line)
+        for line in result.stderr.splitlines()
+        if '"factors.volume_factors_off"' in line
+    )
     assert set(warning["factors"]) == {"amihud", "dollar_volume", "turnover", "volume_trend"}
-    names = {row["factor"] for row in json.loads((tmp_path / "factor_report.json").read_text())["factors"]}
+    names = {
+        row["factor"]
+        for row in json.loads((tmp_path / "factor_report.json").read_text())["factors"]
+    }
     assert "amihud" not in names and "momentum_12_1" in names
 
 
 def test_data_fetch_names_an_unknown_exchange(tmp_path):
-    result = deepfactor("data", "fetch", "--exchange", "nosuchexchange", "--symbols", "BTC/USDT",
-                        "--timeframe", "1h", "--since", "2024-01-01", "--out", str(tmp_path / "x.parquet"))
+    result = deepfactor(
+        "data",
+        "fetch",
+        "--exchange",
+        "nosuchexchange",
+        "--symbols",
+        "BTC/USDT",
+        "--timeframe",
+        "1h",
+        "--since",
+        "2024-01-01",
+        "--out",
+        str(tmp_path / "x.parquet"),
+    )
     assert result.returncode == 1 and "nosuchexchange" in result.stderr
     assert not (tmp_path / "x.parquet").exists()
 
 
 def test_a_bad_factor_in_the_config_stops_paper_before_anything_starts(tmp_path):
     config = tmp_path / "bad.toml"
-    config.write_text('[[strategy.factors]]\nname = "momentum"\nparams = { lookback = 5, skip = 9 }\n')
-    result = deepfactor("paper", "--config", str(config), "--bars", "5", "--out", str(tmp_path / "run"))
+    config.write_text(
+        '[[strategy.factors]]\nname = "momentum"\nparams = { lookback = 5, skip = 9 }\n'
+    )
+    result = deepfactor(
+        "paper", "--config", str(config), "--bars", "5", "--out", str(tmp_path / "run")
+    )
     assert result.returncode == 2
     assert "[strategy.factors[0]] params" in result.stderr and "skip" in result.stderr
     assert not (tmp_path / "run").exists()

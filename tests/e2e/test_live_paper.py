@@ -33,18 +33,35 @@ class WallClockRouter(BinanceRouter):
 
 
 def test_live_paper_trades_on_polled_candles_and_stops_clean(redis_url, tmp_path):
-    router = WallClockRouter(now_ms=0, listed_ms=int(time.time() * 1000) // 60_000 * 60_000 - 600 * 60_000)
-    source = CcxtOhlcvSource("binance", ["BTC/USDT", "ETH/BTC", "BNB/BTC", "LTC/BTC"], "1m",
-                             exchange=offline_binance(router), sleep=lambda s: None)
-    config = load_config(None, {
-        "DEEPFACTOR_BUS__REDIS_URL": redis_url, "DEEPFACTOR_BUS__BLOCK_MS": "50",
-        "DEEPFACTOR_SCHEDULE__CRON": "", "DEEPFACTOR_SCHEDULE__INTERVAL": "2s",
-        "DEEPFACTOR_PORTFOLIO__TOP_FRACTION": "0.5",
-    })
+    router = WallClockRouter(
+        now_ms=0, listed_ms=int(time.time() * 1000) // 60_000 * 60_000 - 600 * 60_000
+    )
+    source = CcxtOhlcvSource(
+        "binance",
+        ["BTC/USDT", "ETH/BTC", "BNB/BTC", "LTC/BTC"],
+        "1m",
+        exchange=offline_binance(router),
+        sleep=lambda s: None,
+    )
+    config = load_config(
+        None,
+        {
+            "DEEPFACTOR_BUS__REDIS_URL": redis_url,
+            "DEEPFACTOR_BUS__BLOCK_MS": "50",
+            "DEEPFACTOR_SCHEDULE__CRON": "",
+            "DEEPFACTOR_SCHEDULE__INTERVAL": "2s",
+            "DEEPFACTOR_PORTFOLIO__TOP_FRACTION": "0.5",
+        },
+    )
     stop = threading.Event()
     result = {}
-    worker = threading.Thread(target=lambda: result.update(run=run_live_paper(
-        config, source, tmp_path / "run", warmup_bars=300, stop=stop, poll_interval_s=0.2)))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            run=run_live_paper(
+                config, source, tmp_path / "run", warmup_bars=300, stop=stop, poll_interval_s=0.2
+            )
+        )
+    )
     worker.start()
     time.sleep(7)
     stop.set()

@@ -57,8 +57,13 @@ def test_secrets_are_redacted_in_rendered_output(json_lines):
 
 
 def test_redaction_keeps_harmless_fields():
-    event = {"event": "bus.connected", "url": "redis://127.0.0.1:6379/0", "keys": 3,
-             "monkey": "banana", "token_count": None}
+    event = {
+        "event": "bus.connected",
+        "url": "redis://127.0.0.1:6379/0",
+        "keys": 3,
+        "monkey": "banana",
+        "token_count": None,
+    }
     assert redact_secrets(None, "info", dict(event)) == event
 
 

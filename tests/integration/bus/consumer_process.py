@@ -27,8 +27,13 @@ def main(url: str, namespace: str, stall_on: int) -> None:
             time.sleep(3600)  # killed here, holding the message unacknowledged
         client.hsetnx(f"{namespace}:effects", event.id, sequence)
 
-    settings = ConsumeSettings(batch_size=100, block_ms=100, claim_idle_ms=60_000,
-                               reclaim_interval_ms=60_000, max_deliveries=5)
+    settings = ConsumeSettings(
+        batch_size=100,
+        block_ms=100,
+        claim_idle_ms=60_000,
+        reclaim_interval_ms=60_000,
+        max_deliveries=5,
+    )
     loop = ConsumerLoop(bus.consumer("svc", "doomed", ["alpha"]), handler, settings)
     loop.run(threading.Event())
 

@@ -36,8 +36,9 @@ def bus_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Bus]]:
 
 
 def settings(**overrides: int) -> ConsumeSettings:
-    values = dict(batch_size=10, block_ms=0, claim_idle_ms=IDLE_MS, reclaim_interval_ms=1,
-                  max_deliveries=3)
+    values = dict(
+        batch_size=10, block_ms=0, claim_idle_ms=IDLE_MS, reclaim_interval_ms=1, max_deliveries=3
+    )
     values.update(overrides)
     return ConsumeSettings(**values)
 
@@ -108,8 +109,13 @@ def test_each_group_receives_every_message(bus_factory):
     bus.publish_many("alpha", [heartbeat(i) for i in range(12)])
     got: dict[str, list[int]] = {"factor-update": [], "signal": []}
     for group in got:
-        drain(ConsumerLoop(bus.consumer(group, "c1", ["alpha"]),
-                           lambda e, g=group: got[g].append(e.payload.processed), settings()))
+        drain(
+            ConsumerLoop(
+                bus.consumer(group, "c1", ["alpha"]),
+                lambda e, g=group: got[g].append(e.payload.processed),
+                settings(),
+            )
+        )
     assert got["factor-update"] == list(range(12)) == got["signal"]
 
 
@@ -122,8 +128,11 @@ def test_consumer_killed_before_ack_loses_nothing_and_effect_happens_once(bus_fa
     doomed.close()
 
     effects: list[int] = []
-    survivor = ConsumerLoop(bus_factory().consumer("svc", "survivor", ["alpha"]),
-                            lambda e: effects.append(e.payload.processed), settings())
+    survivor = ConsumerLoop(
+        bus_factory().consumer("svc", "survivor", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(),
+    )
     survivor.run_once(block_ms=0)  # reclaim finds nothing idle yet; reads the 3 new ones
     assert sorted(effects) == [3, 4, 5]
     time.sleep(IDLE_MS * 2 / 1000)
@@ -144,8 +153,11 @@ def test_consumer_killed_after_applying_but_before_ack_is_not_applied_twice(bus_
     doomed.mark_processed(taken)  # the effect is recorded...
     doomed.close()  # ...and the process dies before XACK
 
-    survivor = ConsumerLoop(bus_factory().consumer("svc", "survivor", ["alpha"]),
-                            lambda e: effects.append(e.payload.processed), settings())
+    survivor = ConsumerLoop(
+        bus_factory().consumer("svc", "survivor", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(),
+    )
     time.sleep(IDLE_MS * 2 / 1000)
     survivor.reclaim()
     assert effects == [0, 1, 2, 3]
@@ -160,8 +172,9 @@ def test_republished_event_with_same_id_is_applied_once(bus_factory):
     bus.publish("alpha", event)  # a publisher retry after a lost reply
     bus.publish("alpha", heartbeat(8))
     effects: list[str] = []
-    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), lambda e: effects.append(e.id),
-                        settings())
+    loop = ConsumerLoop(
+        bus.consumer("svc", "c1", ["alpha"]), lambda e: effects.append(e.id), settings()
+    )
     drain(loop)
     assert effects == [event.id, effects[1]] and len(effects) == 2
     assert loop.stats.duplicates == 1
@@ -176,8 +189,11 @@ def test_undecodable_message_is_dead_lettered_with_reason_and_the_rest_flow_on(b
     bus.publish_raw("alpha", b"\x00not json")
     bus.publish("alpha", heartbeat(3))
     effects: list[int] = []
-    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]),
-                        lambda e: effects.append(e.payload.processed), settings())
+    loop = ConsumerLoop(
+        bus.consumer("svc", "c1", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(),
+    )
     drain(loop)
     assert effects == [1, 3]
     letters = bus.dead_letters()
@@ -222,8 +238,11 @@ def test_message_whose_consumers_keep_dying_is_dead_lettered(bus_factory):
         assert len(taken) == 1 and taken[0].attempts == attempt + 1
     time.sleep(IDLE_MS * 2 / 1000)
     effects: list[int] = []
-    loop = ConsumerLoop(bus.consumer("svc", "last", ["alpha"]),
-                        lambda e: effects.append(e.payload.processed), settings(max_deliveries=3))
+    loop = ConsumerLoop(
+        bus.consumer("svc", "last", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(max_deliveries=3),
+    )
     loop.reclaim()
     assert effects == []
     (letter,) = bus.dead_letters()

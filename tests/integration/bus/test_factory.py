@@ -22,15 +22,17 @@ def test_no_url_starts_a_private_server_under_the_run_dir_and_stops_it(short_tmp
 
 
 def test_configured_url_is_used_as_is(redis_url, namespace):
-    config = load_config(None, {"DEEPFACTOR_BUS__REDIS_URL": redis_url,
-                                "DEEPFACTOR_RUN__NAMESPACE": namespace})
+    config = load_config(
+        None, {"DEEPFACTOR_BUS__REDIS_URL": redis_url, "DEEPFACTOR_RUN__NAMESPACE": namespace}
+    )
     with open_redis_bus(config) as bus:
         assert bus.url == redis_url and bus.namespace == namespace
         assert bus.ping()
 
 
 def test_consume_settings_follow_the_config():
-    config = load_config(None, {"DEEPFACTOR_BUS__MAX_DELIVERIES": "7",
-                                "DEEPFACTOR_BUS__CLAIM_IDLE_MS": "1500"})
+    config = load_config(
+        None, {"DEEPFACTOR_BUS__MAX_DELIVERIES": "7", "DEEPFACTOR_BUS__CLAIM_IDLE_MS": "1500"}
+    )
     settings = consume_settings(config)
     assert settings.max_deliveries == 7 and settings.claim_idle_ms == 1500

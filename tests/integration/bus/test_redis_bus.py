@@ -38,7 +38,8 @@ def test_sigkilled_consumer_loses_nothing_and_applies_each_effect_once(redis_url
     client = bus.redis
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.bus.consumer_process", redis_url, namespace, "5"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         wait_for(lambda: client.exists(f"{namespace}:stalled"))
@@ -54,13 +55,18 @@ def test_sigkilled_consumer_loses_nothing_and_applies_each_effect_once(redis_url
         client.hincrby(f"{namespace}:invocations", event.id, 1)
         client.hsetnx(f"{namespace}:effects", event.id, event.payload.processed)
 
-    loop = ConsumerLoop(survivor, handler, ConsumeSettings(batch_size=100, block_ms=0,
-                                                           claim_idle_ms=100, max_deliveries=5))
+    loop = ConsumerLoop(
+        survivor,
+        handler,
+        ConsumeSettings(batch_size=100, block_ms=0, claim_idle_ms=100, max_deliveries=5),
+    )
     time.sleep(0.15)
     loop.reclaim()
     effects = {k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:effects").items()}
     assert effects == {e.id: e.payload.processed for e in events}
-    invocations = {k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:invocations").items()}
+    invocations = {
+        k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:invocations").items()
+    }
     stalled_id = client.get(f"{namespace}:stalled").decode()
     assert invocations[stalled_id] == 2  # redelivered after the kill, applied once
     assert survivor.pending_count() == 0
@@ -74,9 +80,11 @@ def test_bus_rides_out_redis_going_away_and_coming_back(short_tmp, namespace):
     stop = threading.Event()
     bus = RedisBus(url, namespace, reconnect_max_delay_s=0.2, stop=stop)
     received: list[int] = []
-    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]),
-                        lambda e: received.append(e.payload.processed),
-                        ConsumeSettings(batch_size=10, block_ms=100, claim_idle_ms=10_000))
+    loop = ConsumerLoop(
+        bus.consumer("svc", "c1", ["alpha"]),
+        lambda e: received.append(e.payload.processed),
+        ConsumeSettings(batch_size=10, block_ms=100, claim_idle_ms=10_000),
+    )
     try:
         with capture_logs() as logs:
             worker = threading.Thread(target=loop.run, args=(stop,), daemon=True)
@@ -123,8 +131,9 @@ def test_consumer_recreates_its_group_when_redis_comes_back_empty(short_tmp, nam
 
 
 def test_unreachable_redis_raises_bus_unavailable_after_give_up_time(short_tmp):
-    bus = RedisBus(f"unix://{short_tmp}/nothing.sock", "ns", reconnect_max_delay_s=0.05,
-                   give_up_after_s=0.3)
+    bus = RedisBus(
+        f"unix://{short_tmp}/nothing.sock", "ns", reconnect_max_delay_s=0.05, give_up_after_s=0.3
+    )
     with capture_logs() as logs, pytest.raises(BusUnavailableError, match="during xadd"):
         bus.publish("alpha", heartbeat(1))
     assert len([log for log in logs if log["event"] == "bus.redis_unavailable"]) >= 2
@@ -134,8 +143,8 @@ def test_streams_are_trimmed_approximately_but_the_ledger_never(redis_url, names
     bus = RedisBus(redis_url, namespace, stream_maxlen=100, give_up_after_s=5)
     events = [heartbeat(i) for i in range(3000)]
     for start in range(0, 3000, 500):
-        bus.publish_many("portfolio", events[start:start + 500])
-        bus.publish_many("fills", events[start:start + 500])
+        bus.publish_many("portfolio", events[start : start + 500])
+        bus.publish_many("fills", events[start : start + 500])
     assert 100 <= bus.topic_length("portfolio") < 1000
     assert bus.topic_length("fills") == 3000
     bus.close()

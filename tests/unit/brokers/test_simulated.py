@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from brokers.simulated import SimulatedBroker
 from engine.events import BarSet, Fill, OrderRequest, OrderUpdate
 
-DAY0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
 
 
@@ -18,23 +18,43 @@ def day(n: int) -> datetime:
     return DAY0 + timedelta(days=n)
 
 
-def bar_set(n: int, opens: tuple[float, ...], closes: tuple[float, ...],
-            symbols: tuple[str, ...] = SYMBOLS) -> BarSet:
+def bar_set(
+    n: int, opens: tuple[float, ...], closes: tuple[float, ...], symbols: tuple[str, ...] = SYMBOLS
+) -> BarSet:
     """Daily bars opening at day ``n``; high/low bracket open and close."""
-    return BarSet(timeframe="1d", bar_open=day(n), symbols=symbols, open=opens,
-                  high=tuple(max(o, c) * 1.01 for o, c in zip(opens, closes)),
-                  low=tuple(min(o, c) * 0.99 for o, c in zip(opens, closes)), close=closes)
+    return BarSet(
+        timeframe="1d",
+        bar_open=day(n),
+        symbols=symbols,
+        open=opens,
+        high=tuple(max(o, c) * 1.01 for o, c in zip(opens, closes)),
+        low=tuple(min(o, c) * 0.99 for o, c in zip(opens, closes)),
+        close=closes,
+    )
 
 
 def feed(broker: SimulatedBroker, bars: BarSet) -> list:
     return broker.on_bar(bars, bars.close_time)
 
 
-def order(symbol: str, side: str, quantity: float, *, asof: datetime = day(1),
-          client_order_id: str | None = None, **extra) -> OrderRequest:
-    return OrderRequest(client_order_id=client_order_id or f"rb-1-{symbol}-{side}",
-                        rebalance_id="rb-1", asof=asof, symbol=symbol, side=side,
-                        quantity=quantity, **extra)
+def order(
+    symbol: str,
+    side: str,
+    quantity: float,
+    *,
+    asof: datetime | None = None,
+    client_order_id: str | None = None,
+    **extra,
+) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=client_order_id or f"rb-1-{symbol}-{side}",
+        rebalance_id="rb-1",
+        asof=asof or day(1),
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        **extra,
+    )
 
 
 def updates(events: list) -> list[OrderUpdate]:
@@ -67,7 +87,8 @@ def test_next_open_order_waits_for_the_next_bar_and_fills_at_its_open():
     assert (fill.symbol, fill.side, fill.quantity, fill.price) == ("BTC/USDT", "buy", 2.0, 120.0)
     assert fill.executed_at == BAR1.bar_open
     assert [(u.status, u.filled_quantity, u.average_price) for u in updates(events)] == [
-        ("filled", 2.0, 120.0)]
+        ("filled", 2.0, 120.0)
+    ]
     assert broker.open_order_count == 0
     assert broker.positions == {"BTC/USDT": 2.0}
     assert broker.cash == pytest.approx(10_000.0 - 2.0 * 120.0)
@@ -205,7 +226,8 @@ def test_a_resubmitted_client_order_id_never_trades_twice():
     assert broker.positions == {"BTC/USDT": 1.0}
     assert broker.cash == pytest.approx(10_000.0 - 120.0)
     assert [(e["event"], e["client_order_id"]) for e in logs] == [
-        ("broker.duplicate_order_ignored", "rb-1-BTC")] * 2
+        ("broker.duplicate_order_ignored", "rb-1-BTC")
+    ] * 2
 
 
 def test_a_resubmitted_queued_order_is_queued_once():
@@ -230,8 +252,15 @@ def test_symbol_missing_from_the_fill_bar_is_rejected_naming_it():
 def test_universe_change_between_bars_maps_symbols_to_the_right_column():
     broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
     feed(broker, BAR0)
-    feed(broker, bar_set(1, opens=(7.0, 12.0, 120.0), closes=(7.5, 12.5, 125.0),
-                         symbols=("SOL/USDT", "ETH/USDT", "BTC/USDT")))
+    feed(
+        broker,
+        bar_set(
+            1,
+            opens=(7.0, 12.0, 120.0),
+            closes=(7.5, 12.5, 125.0),
+            symbols=("SOL/USDT", "ETH/USDT", "BTC/USDT"),
+        ),
+    )
     [fill] = fills(broker.submit(order("BTC/USDT", "buy", 1.0)))
     assert fill.price == 120.0
 
@@ -241,7 +270,8 @@ def test_limit_orders_are_rejected():
     feed(broker, BAR1)
     events = broker.submit(order("BTC/USDT", "buy", 1.0, order_type="limit", limit_price=100.0))
     assert [(u.status, u.reason) for u in updates(events)] == [
-        ("rejected", "simulated broker fills market orders only")]
+        ("rejected", "simulated broker fills market orders only")
+    ]
     assert not fills(events) and broker.open_order_count == 0
 
 
@@ -251,7 +281,9 @@ def test_cancel_open_orders_cancels_every_queued_order_with_the_reason():
     broker.submit(order("ETH/USDT", "buy", 1.0, client_order_id="o2"))
     cancelled = broker.cancel_open_orders("end of data")
     assert [(u.client_order_id, u.status, u.reason) for u in cancelled] == [
-        ("o1", "cancelled", "end of data"), ("o2", "cancelled", "end of data")]
+        ("o1", "cancelled", "end of data"),
+        ("o2", "cancelled", "end of data"),
+    ]
     assert broker.open_order_count == 0
     assert feed(broker, BAR1) == []
     assert broker.positions == {} and broker.cash == 10_000.0

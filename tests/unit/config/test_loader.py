@@ -22,8 +22,9 @@ def test_no_file_gives_the_defaults():
     assert load_config(None, environ={}) == Config()
 
 
-@pytest.mark.parametrize("example", sorted((ROOT / "deploy" / "configs").glob("*.toml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "example", sorted((ROOT / "deploy" / "configs").glob("*.toml")), ids=lambda p: p.name
+)
 def test_shipped_example_configs_load(example):
     assert isinstance(load_config(example, environ={}), Config)
 
@@ -37,9 +38,14 @@ def test_file_values_are_typed_and_frozen(tmp_path):
 
 def test_environment_overrides_file_with_typed_values(tmp_path):
     path = write(tmp_path, "[bus]\nbatch_size = 64\n")
-    config = load_config(path, {"DEEPFACTOR_BUS__BATCH_SIZE": "128",
-                                "DEEPFACTOR_RUN__NAMESPACE": "paper-eu",
-                                "UNRELATED": "x"})
+    config = load_config(
+        path,
+        {
+            "DEEPFACTOR_BUS__BATCH_SIZE": "128",
+            "DEEPFACTOR_RUN__NAMESPACE": "paper-eu",
+            "UNRELATED": "x",
+        },
+    )
     assert config.bus.batch_size == 128 and config.run.namespace == "paper-eu"
 
 
@@ -53,14 +59,20 @@ def test_out_of_range_value_names_file_key_expectation_and_value(tmp_path):
 
 
 def test_wrong_type_from_environment_names_the_variable():
-    with pytest.raises(ConfigError, match=r"\[bus\] block_ms must be int, received 'soon' "
-                                          r"\(from environment DEEPFACTOR_BUS__BLOCK_MS\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[bus\] block_ms must be int, received 'soon' "
+        r"\(from environment DEEPFACTOR_BUS__BLOCK_MS\)",
+    ):
         load_config(None, {"DEEPFACTOR_BUS__BLOCK_MS": "soon"})
 
 
 def test_choice_lists_the_allowed_values(tmp_path):
-    with pytest.raises(ConfigError, match=r"\[log\] level must be one of 'debug', 'info', "
-                                          r"'warning', 'error', received 'loud'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\[log\] level must be one of 'debug', 'info', "
+        r"'warning', 'error', received 'loud'",
+    ):
         load_config(write(tmp_path, "[log]\nlevel = 'loud'\n"), {})
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from engine.clock import SimulatedClock, WallClock
 
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def test_simulated_clock_starts_where_it_is_told():
@@ -35,14 +35,17 @@ def test_simulated_clock_refuses_to_go_backwards_and_keeps_its_time():
 
 
 def test_simulated_clock_rejects_a_naive_start():
-    with pytest.raises(ValueError, match="simulated clock needs an aware UTC start, received "
-                                         r"datetime\.datetime\(2024, 1, 1, 0, 0\)"):
+    with pytest.raises(
+        ValueError,
+        match="simulated clock needs an aware UTC start, received "
+        r"datetime\.datetime\(2024, 1, 1, 0, 0\)",
+    ):
         SimulatedClock(datetime(2024, 1, 1))
 
 
 def test_wall_clock_returns_aware_utc_close_to_the_machine_clock():
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     now = WallClock().now()
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
     assert before <= now <= after

@@ -22,8 +22,10 @@ def loop_on(bus: MemoryBus, handler) -> ConsumerLoop:
 
 def test_handler_sees_each_events_corr_and_the_callers_context_comes_back():
     bus = MemoryBus()
-    bus.publish_many("alpha", [with_corr(heartbeat(i), corr) for i, corr in
-                               enumerate(["rb-1", "rb-1", "rb-2", "rb-1"])])
+    bus.publish_many(
+        "alpha",
+        [with_corr(heartbeat(i), corr) for i, corr in enumerate(["rb-1", "rb-1", "rb-2", "rb-1"])],
+    )
     seen: list[str | None] = []
     loop = loop_on(bus, lambda event: seen.append(structlog.contextvars.get_contextvars()["corr"]))
     with structlog.contextvars.bound_contextvars(corr="outer", service="caller"):

@@ -15,7 +15,8 @@ def test_a_blocked_reader_wakes_on_a_single_event_publish():
     consumer = bus.consumer("svc", "c1", ["alpha"])
     got: list[int] = []
     reader = threading.Thread(
-        target=lambda: got.extend(d.event.payload.processed for d in consumer.read(10, 5_000)))
+        target=lambda: got.extend(d.event.payload.processed for d in consumer.read(10, 5_000))
+    )
     reader.start()
     time.sleep(0.05)
     started = time.monotonic()
@@ -26,8 +27,11 @@ def test_a_blocked_reader_wakes_on_a_single_event_publish():
 
 def test_single_and_multi_event_publishes_share_one_id_sequence():
     bus = MemoryBus()
-    ids = bus.publish_many("alpha", [heartbeat(0)]) + bus.publish_many(
-        "beta", [heartbeat(1), heartbeat(2)]) + [bus.publish("alpha", heartbeat(3))]
+    ids = (
+        bus.publish_many("alpha", [heartbeat(0)])
+        + bus.publish_many("beta", [heartbeat(1), heartbeat(2)])
+        + [bus.publish("alpha", heartbeat(3))]
+    )
     assert ids == ["1-0", "2-0", "3-0", "4-0"]
     assert bus.topic_length("alpha") == 2 and bus.topic_length("beta") == 2
 

@@ -47,11 +47,34 @@ def test_drawdown_of_a_rising_curve_is_zero_everywhere():
 
 # -- historical_var ------------------------------------------------------------------------------
 def test_historical_var_is_minus_the_lower_tail_quantile():
-    returns = np.array([0.03, -0.02, 0.01, -0.07, 0.00, 0.02, -0.01, 0.04, -0.03, 0.05,
-                        -0.05, 0.01, 0.02, -0.04, 0.03, 0.00, 0.01, -0.06, 0.02, 0.01])
+    returns = np.array(
+        [
+            0.03,
+            -0.02,
+            0.01,
+            -0.07,
+            0.00,
+            0.02,
+            -0.01,
+            0.04,
+            -0.03,
+            0.05,
+            -0.05,
+            0.01,
+            0.02,
+            -0.04,
+            0.03,
+            0.00,
+            0.01,
+            -0.06,
+            0.02,
+            0.01,
+        ]
+    )
     for confidence in (0.9, 0.95, 0.99):
         assert historical_var(returns, confidence) == pytest.approx(
-            -hand_quantile(returns, 1.0 - confidence))
+            -hand_quantile(returns, 1.0 - confidence)
+        )
     # 20 returns at 95%: position 0.05 * 19 = 0.95 from the worst, -0.07, towards -0.06.
     assert historical_var(returns, 0.95) == pytest.approx(0.0605)
 
@@ -81,13 +104,19 @@ def test_a_year_of_daily_bars_has_cagr_equal_to_total_return():
     equity = 100.0 * np.cumprod(np.r_[1.0, np.full(365, 1.001)])
     summary = performance_summary(equity, 365)
     assert summary["cagr"] == pytest.approx(summary["total_return"])
-    assert summary["total_return"] == pytest.approx(1.001 ** 365 - 1)
+    assert summary["total_return"] == pytest.approx(1.001**365 - 1)
 
 
 def test_flat_equity_has_zero_sharpe_drawdown_and_var():
     summary = performance_summary(np.full(10, 50.0), 252)
-    assert summary == {"total_return": 0.0, "cagr": 0.0, "sharpe": 0.0, "max_drawdown": 0.0,
-                       "var_95": 0.0, "var_99": 0.0}
+    assert summary == {
+        "total_return": 0.0,
+        "cagr": 0.0,
+        "sharpe": 0.0,
+        "max_drawdown": 0.0,
+        "var_95": 0.0,
+        "var_99": 0.0,
+    }
 
 
 def test_a_single_equity_point_gives_zero_figures():
@@ -100,8 +129,9 @@ def test_performance_summary_of_an_empty_curve_is_an_error():
         performance_summary(np.array([]), 252)
 
 
-@given(st.lists(st.floats(min_value=1e-3, max_value=1e6, allow_nan=False), min_size=2,
-                max_size=200))
+@given(
+    st.lists(st.floats(min_value=1e-3, max_value=1e6, allow_nan=False), min_size=2, max_size=200)
+)
 def test_summary_risk_figures_keep_their_order_and_range(values):
     with np.errstate(over="ignore"):  # CAGR of a short, steep curve may overflow to inf
         summary = performance_summary(np.array(values), 252)

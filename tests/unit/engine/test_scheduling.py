@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
@@ -14,7 +14,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from engine.errors import ConfigError
 from engine.scheduling import LiveScheduler, build_trigger, fire_times, rebalance_id
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def utc(*args: int) -> datetime:
@@ -28,13 +28,16 @@ def test_cron_expression_builds_a_utc_cron_trigger():
     assert trigger.timezone.utcoffset(None) == timedelta(0)
 
 
-@pytest.mark.parametrize(("interval", "expected"), [
-    ("30s", timedelta(seconds=30)),
-    ("15m", timedelta(minutes=15)),
-    ("4h", timedelta(hours=4)),
-    ("7d", timedelta(days=7)),
-    ("2w", timedelta(weeks=2)),
-])
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("15m", timedelta(minutes=15)),
+        ("4h", timedelta(hours=4)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+    ],
+)
 def test_interval_builds_an_interval_trigger_of_that_length(interval, expected):
     trigger = build_trigger(interval=interval)
     assert isinstance(trigger, IntervalTrigger)
@@ -70,8 +73,13 @@ def test_malformed_interval_is_a_config_error_naming_the_value(interval):
 def test_monthly_cron_fires_at_midnight_utc_on_the_first_of_each_month():
     trigger = build_trigger(cron="0 0 1 * *")
     times = list(fire_times(trigger, utc(2023, 10, 15), utc(2024, 3, 10)))
-    assert times == [utc(2023, 11, 1), utc(2023, 12, 1), utc(2024, 1, 1), utc(2024, 2, 1),
-                     utc(2024, 3, 1)]
+    assert times == [
+        utc(2023, 11, 1),
+        utc(2023, 12, 1),
+        utc(2024, 1, 1),
+        utc(2024, 2, 1),
+        utc(2024, 3, 1),
+    ]
     assert all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times)
 
 
@@ -110,8 +118,12 @@ def test_weekly_cron_day_number_one_means_monday_as_in_crontab():
 def test_hourly_cron_fires_on_every_hour_in_the_range():
     trigger = build_trigger(cron="0 * * * *")
     times = list(fire_times(trigger, utc(2024, 5, 5, 22, 30), utc(2024, 5, 6, 2)))
-    assert times == [utc(2024, 5, 5, 23), utc(2024, 5, 6, 0), utc(2024, 5, 6, 1),
-                     utc(2024, 5, 6, 2)]
+    assert times == [
+        utc(2024, 5, 5, 23),
+        utc(2024, 5, 6, 0),
+        utc(2024, 5, 6, 1),
+        utc(2024, 5, 6, 2),
+    ]
 
 
 def test_seven_day_interval_fires_on_mondays_anchored_at_1970_01_05():
@@ -135,11 +147,21 @@ def test_fire_times_accept_bounds_in_another_timezone_and_yield_utc():
     trigger = build_trigger(cron="0 0 1 * *")
     plus_two = timezone(timedelta(hours=2))
     # 2024-02-01 01:00+02:00 is 2024-01-31 23:00 UTC: before the February fire time.
-    times = list(fire_times(trigger, datetime(2024, 1, 1, 2, tzinfo=plus_two),
-                            datetime(2024, 2, 1, 1, tzinfo=plus_two)))
+    times = list(
+        fire_times(
+            trigger,
+            datetime(2024, 1, 1, 2, tzinfo=plus_two),
+            datetime(2024, 2, 1, 1, tzinfo=plus_two),
+        )
+    )
     assert times == []
-    times = list(fire_times(trigger, datetime(2024, 1, 1, 2, tzinfo=plus_two),
-                            datetime(2024, 2, 1, 2, tzinfo=plus_two)))
+    times = list(
+        fire_times(
+            trigger,
+            datetime(2024, 1, 1, 2, tzinfo=plus_two),
+            datetime(2024, 2, 1, 2, tzinfo=plus_two),
+        )
+    )
     assert times == [utc(2024, 2, 1)] and times[0].tzinfo == UTC
 
 
@@ -157,8 +179,11 @@ def test_rebalance_id_is_the_same_for_the_same_instant_in_any_timezone():
 
 
 def test_rebalance_id_differs_between_ticks_and_between_schedules():
-    ids = {rebalance_id("a", utc(2024, 2, 1)), rebalance_id("a", utc(2024, 2, 1, 0, 0, 1)),
-           rebalance_id("b", utc(2024, 2, 1))}
+    ids = {
+        rebalance_id("a", utc(2024, 2, 1)),
+        rebalance_id("a", utc(2024, 2, 1, 0, 0, 1)),
+        rebalance_id("b", utc(2024, 2, 1)),
+    }
     assert len(ids) == 3
 
 
@@ -196,15 +221,21 @@ def test_live_scheduler_fires_through_apscheduler_and_stops_on_shutdown():
     assert len(calls) == fired
 
 
-@pytest.mark.parametrize(("field", "weekdays"), [
-    ("1-5", {0, 1, 2, 3, 4}),        # crontab Monday..Friday
-    ("0", {6}), ("7", {6}),           # both mean Sunday
-    ("5-7", {4, 5, 6}),               # Friday..Sunday
-    ("*/2", {6, 1, 3, 5}),            # Sun, Tue, Thu, Sat
-    ("MON,wed", {0, 2}),
-])
+@pytest.mark.parametrize(
+    ("field", "weekdays"),
+    [
+        ("1-5", {0, 1, 2, 3, 4}),  # crontab Monday..Friday
+        ("0", {6}),
+        ("7", {6}),  # both mean Sunday
+        ("5-7", {4, 5, 6}),  # Friday..Sunday
+        ("*/2", {6, 1, 3, 5}),  # Sun, Tue, Thu, Sat
+        ("MON,wed", {0, 2}),
+    ],
+)
 def test_day_of_week_follows_crontab_numbering(field, weekdays):
-    times = list(fire_times(build_trigger(cron=f"0 0 * * {field}"), utc(2024, 1, 1), utc(2024, 1, 29)))
+    times = list(
+        fire_times(build_trigger(cron=f"0 0 * * {field}"), utc(2024, 1, 1), utc(2024, 1, 29))
+    )
     assert {t.weekday() for t in times} == weekdays
 
 

@@ -16,9 +16,14 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 
 
 def service(router: BinanceRouter) -> tuple[LiveMarketDataService, MemoryBus]:
-    source = CcxtOhlcvSource("binance", ["BTC/USDT", "ETH/BTC"], "1m",
-                             exchange=offline_binance(router), clock=lambda: router.now_ms / 1000,
-                             sleep=lambda s: None)
+    source = CcxtOhlcvSource(
+        "binance",
+        ["BTC/USDT", "ETH/BTC"],
+        "1m",
+        exchange=offline_binance(router),
+        clock=lambda: router.now_ms / 1000,
+        sleep=lambda s: None,
+    )
     bus = MemoryBus()
     return LiveMarketDataService(bus, source, since_ms=T0), bus
 

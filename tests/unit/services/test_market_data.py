@@ -3,7 +3,7 @@ decisions pinned to the last bar closing at or before the tick, nothing after th
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import numpy as np
 from structlog.testing import capture_logs
@@ -81,11 +81,11 @@ def test_bad_bars_never_reach_the_bus_and_are_logged_and_counted():
 
 
 def test_bars_stamped_in_the_future_are_rejected():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     panel = synthetic_panel(2, 3, start="2024-01-01")
     market = MarketDataService(MemoryBus(), panel, None, "none")
-    market._now = lambda: datetime(2024, 1, 2, 12, tzinfo=timezone.utc)
+    market._now = lambda: datetime(2024, 1, 2, 12, tzinfo=UTC)
     assert market.bar_set(1) is not None
     assert market.bar_set(2) is None and market.rejected == 2
 
@@ -101,5 +101,6 @@ def test_a_block_rejects_a_bad_bar_once_even_in_its_first_row():
         block = market.bar_block(0, 10)
     assert market.rejected == 1
     assert [(e["symbol"], e["reason"]) for e in logs if e["event"] == "data.rejected"] == [
-        (panel.symbols[1], "non-positive close")]
+        (panel.symbols[1], "non-positive close")
+    ]
     assert np.isnan(block.matrix("close")[0, 1]) and block.matrix("close")[1, 1] == close[1, 1]

@@ -3,7 +3,7 @@ one rebalance at a time, and its books follow the fills."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -23,38 +23,52 @@ from engine.events import (
 )
 from services.rebalance import RebalanceService
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 SYMBOLS = ("A", "B", "C", "D")
 
 
 def bars(close_time: datetime, closes: tuple[float, ...]) -> BarSet:
-    return BarSet(bar_open=close_time - timedelta(days=1), symbols=SYMBOLS, open=closes,
-                  high=closes, low=closes, close=closes)
+    return BarSet(
+        bar_open=close_time - timedelta(days=1),
+        symbols=SYMBOLS,
+        open=closes,
+        high=closes,
+        low=closes,
+        close=closes,
+    )
 
 
 def signal(asof: datetime, scores: tuple[float, ...]) -> Signal:
-    return Signal(asof=asof, model="equal-weight", factor_weights={"f": 1.0}, symbols=SYMBOLS,
-                  scores=scores)
+    return Signal(
+        asof=asof, model="equal-weight", factor_weights={"f": 1.0}, symbols=SYMBOLS, scores=scores
+    )
 
 
 def tick(decision_time: datetime, name: str = "rb-1") -> RebalanceDue:
-    return RebalanceDue(rebalance_id=name, schedule="test", due=decision_time,
-                        decision_time=decision_time)
+    return RebalanceDue(
+        rebalance_id=name, schedule="test", due=decision_time, decision_time=decision_time
+    )
 
 
 class Harness:
     def __init__(self, top_fraction: float = 0.5) -> None:
         self.bus = MemoryBus()
-        self.service = RebalanceService(self.bus, SimulatedClock(T0),
-                                        PortfolioConfig(initial_cash=1000.0, top_fraction=top_fraction))
+        self.service = RebalanceService(
+            self.bus,
+            SimulatedClock(T0),
+            PortfolioConfig(initial_cash=1000.0, top_fraction=top_fraction),
+        )
         self.orders = self.bus.consumer("probe", "p", ["orders", "targets"])
 
     def send(self, payload) -> None:
         self.service.handle(make_event(payload, source="test", ts=T0))
 
     def new_orders(self) -> list[OrderRequest]:
-        return [d.event.payload for d in self.orders.read(1000)
-                if isinstance(d.event.payload, OrderRequest)]
+        return [
+            d.event.payload
+            for d in self.orders.read(1000)
+            if isinstance(d.event.payload, OrderRequest)
+        ]
 
 
 def test_tick_before_its_bar_and_signal_waits_then_uses_the_decision_bar_prices():
@@ -66,9 +80,14 @@ def test_tick_before_its_bar_and_signal_waits_then_uses_the_decision_bar_prices(
     harness.send(bars(later, (11.0, 22.0, 33.0, 44.0)))  # a later bar arrives first
     harness.send(signal(T0, (0.1, 0.9, 0.5, -1.0)))
     orders = harness.new_orders()
-    assert [(o.symbol, o.side) for o in orders] == [("B", "buy"), ("C", "buy")]  # equal values: by symbol
+    assert [(o.symbol, o.side) for o in orders] == [
+        ("B", "buy"),
+        ("C", "buy"),
+    ]  # equal values: by symbol
     by_symbol = {o.symbol: o for o in orders}
-    assert by_symbol["B"].reference_price == 20.0 and by_symbol["B"].quantity == pytest.approx(500 / 20)
+    assert by_symbol["B"].reference_price == 20.0 and by_symbol["B"].quantity == pytest.approx(
+        500 / 20
+    )
     assert by_symbol["C"].quantity == pytest.approx(500 / 30)
     assert all(o.asof == T0 and o.client_order_id == f"rb-1-{o.symbol}" for o in orders)
 
@@ -99,13 +118,29 @@ def test_next_rebalance_waits_until_every_order_of_the_last_has_ended():
     harness.send(tick(later, "rb-2"))
     assert harness.new_orders() == []  # rb-1 still open
     for order in first:
-        harness.send(OrderUpdate(client_order_id=order.client_order_id, status="filled",
-                                 filled_quantity=order.quantity, average_price=order.reference_price))
+        harness.send(
+            OrderUpdate(
+                client_order_id=order.client_order_id,
+                status="filled",
+                filled_quantity=order.quantity,
+                average_price=order.reference_price,
+            )
+        )
         assert harness.new_orders() == []  # terminal update alone is not enough: fills pending
     for order in first:
-        harness.send(Fill(fill_id=f"f-{order.symbol}", client_order_id=order.client_order_id,
-                          symbol=order.symbol, side="buy", quantity=order.quantity,
-                          price=order.reference_price, fee=0.0, fee_currency="USDT", executed_at=T0))
+        harness.send(
+            Fill(
+                fill_id=f"f-{order.symbol}",
+                client_order_id=order.client_order_id,
+                symbol=order.symbol,
+                side="buy",
+                quantity=order.quantity,
+                price=order.reference_price,
+                fee=0.0,
+                fee_currency="USDT",
+                executed_at=T0,
+            )
+        )
     second = harness.new_orders()
     assert {o.rebalance_id for o in second} == {"rb-2"}
     assert [(o.symbol, o.side) for o in second][:2] == [("A", "sell"), ("B", "sell")]

@@ -7,22 +7,22 @@ import io
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 import structlog
 
+from brokers.simulated import SimulatedBroker
 from engine.bus import ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
 from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, RiskAlert, make_event
 from engine.logging import configure_logging
-from brokers.simulated import SimulatedBroker
 from services.execution import ExecutionService
 from services.runtime import HandlerFailedError, Pump, Service, ServiceRunner
 from tests.events import heartbeat, order_request
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def market_order(sequence: int):
@@ -45,8 +45,13 @@ class Echo(Service):
         if event.source != "other":
             return  # its own heartbeats come back on the topic it consumes
         self.seen.append(event.payload.processed)
-        self.emit([Control(command="resume", target="nobody"), Control(command="resume", target="nobody")],
-                  corr=event.corr)
+        self.emit(
+            [
+                Control(command="resume", target="nobody"),
+                Control(command="resume", target="nobody"),
+            ],
+            corr=event.corr,
+        )
 
 
 def test_topics_come_from_handled_types_plus_control():
@@ -56,7 +61,9 @@ def test_topics_come_from_handled_types_plus_control():
 def test_runner_handles_heartbeats_and_stops_with_nothing_pending():
     bus = MemoryBus()
     service = Echo(bus, SimulatedClock(T0))
-    runner = ServiceRunner(service, ConsumeSettings(block_ms=10, claim_idle_ms=1000), heartbeat_s=0.05)
+    runner = ServiceRunner(
+        service, ConsumeSettings(block_ms=10, claim_idle_ms=1000), heartbeat_s=0.05
+    )
     stop = threading.Event()
     worker = threading.Thread(target=runner.run, args=(stop,))
     worker.start()
@@ -69,8 +76,11 @@ def test_runner_handles_heartbeats_and_stops_with_nothing_pending():
     assert not worker.is_alive()
     assert service.seen[:5] == [0, 1, 2, 3, 4]
     assert runner.loop.consumer.pending_count() == 0
-    beats = [d.event.payload for d in bus.consumer("probe", "p", ["heartbeat"]).read(1000)
-             if d.event.payload.service == "echo"]
+    beats = [
+        d.event.payload
+        for d in bus.consumer("probe", "p", ["heartbeat"]).read(1000)
+        if d.event.payload.service == "echo"
+    ]
     assert beats[0].status == "starting" and beats[-1].status == "stopping"
     assert beats[-1].processed >= 5
     assert bus.topic_length("control") == 2 * len(service.seen)
@@ -96,9 +106,14 @@ def test_halted_execution_rejects_new_orders_and_cancels_queued_ones():
     bus.publish("orders", market_order(2))
     pump.pump()
     updates = [d.event.payload for d in bus.consumer("probe", "p", ["order_updates"]).read(100)]
-    statuses = [(u.client_order_id[-6:], u.status, u.reason) for u in updates if isinstance(u, OrderUpdate)]
-    assert statuses == [("000001", "accepted", None), ("000001", "cancelled", "halted: operator"),
-                        ("000002", "rejected", "trading halted")]
+    statuses = [
+        (u.client_order_id[-6:], u.status, u.reason) for u in updates if isinstance(u, OrderUpdate)
+    ]
+    assert statuses == [
+        ("000001", "accepted", None),
+        ("000001", "cancelled", "halted: operator"),
+        ("000002", "rejected", "trading halted"),
+    ]
 
 
 def test_pump_stops_the_run_when_a_handler_fails():
@@ -114,9 +129,10 @@ def test_pump_stops_the_run_when_a_handler_fails():
     bus = MemoryBus()
     pump = Pump([Broken(bus, SimulatedClock(T0))])
     bus.publish("orders", order_request(1))
-    with pytest.raises(HandlerFailedError, match="broken failed: handler raised ZeroDivisionError: bad maths"):
+    with pytest.raises(
+        HandlerFailedError, match="broken failed: handler raised ZeroDivisionError: bad maths"
+    ):
         pump.pump()
-
 
 
 class Relay(Service):
@@ -148,18 +164,28 @@ def test_pump_logs_name_the_service_and_corr_inside_handlers_and_restore_the_cal
     try:
         bus = MemoryBus()
         pump = Pump([Relay(bus, SimulatedClock(T0)), Sink(bus, SimulatedClock(T0))])
-        bus.publish_many("heartbeat", [
-            msgspec.structs.replace(heartbeat(i, source="other"), corr=corr)
-            for i, corr in enumerate(["rb-1", "rb-2"])
-        ])
+        bus.publish_many(
+            "heartbeat",
+            [
+                msgspec.structs.replace(heartbeat(i, source="other"), corr=corr)
+                for i, corr in enumerate(["rb-1", "rb-2"])
+            ],
+        )
         with structlog.contextvars.bound_contextvars(corr="outer"):
             assert pump.pump() == 4
             structlog.get_logger("test").info("caller.after")
         structlog.get_logger("test").info("caller.unbound")
     finally:
         structlog.reset_defaults()
-    lines = [(line["event"], line["service"], line["corr"])
-             for line in map(json.loads, stream.getvalue().splitlines())]
-    assert lines == [("relay.seen", "relay", "rb-1"), ("relay.seen", "relay", "rb-2"),
-                     ("sink.seen", "sink", "rb-1"), ("sink.seen", "sink", "rb-2"),
-                     ("caller.after", "backtest", "outer"), ("caller.unbound", "backtest", None)]
+    lines = [
+        (line["event"], line["service"], line["corr"])
+        for line in map(json.loads, stream.getvalue().splitlines())
+    ]
+    assert lines == [
+        ("relay.seen", "relay", "rb-1"),
+        ("relay.seen", "relay", "rb-2"),
+        ("sink.seen", "sink", "rb-1"),
+        ("sink.seen", "sink", "rb-2"),
+        ("caller.after", "backtest", "outer"),
+        ("caller.unbound", "backtest", None),
+    ]

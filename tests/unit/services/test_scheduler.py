@@ -4,7 +4,7 @@ last closed bar."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from engine.bus import MemoryBus
 from engine.events import RebalanceDue
@@ -13,12 +13,15 @@ from services.scheduler import SchedulerService, last_close_at_or_before
 
 
 def test_last_close_is_the_bar_boundary_at_or_before_the_fire_time():
-    assert last_close_at_or_before(datetime(2024, 5, 3, 13, 7, 59, tzinfo=timezone.utc), "1h") == \
-        datetime(2024, 5, 3, 13, tzinfo=timezone.utc)
-    assert last_close_at_or_before(datetime(2024, 5, 3, tzinfo=timezone.utc), "1d") == \
-        datetime(2024, 5, 3, tzinfo=timezone.utc)
-    assert last_close_at_or_before(datetime(2024, 5, 3, 0, 4, 59, tzinfo=timezone.utc), "5m") == \
-        datetime(2024, 5, 3, 0, 0, tzinfo=timezone.utc)
+    assert last_close_at_or_before(datetime(2024, 5, 3, 13, 7, 59, tzinfo=UTC), "1h") == datetime(
+        2024, 5, 3, 13, tzinfo=UTC
+    )
+    assert last_close_at_or_before(datetime(2024, 5, 3, tzinfo=UTC), "1d") == datetime(
+        2024, 5, 3, tzinfo=UTC
+    )
+    assert last_close_at_or_before(datetime(2024, 5, 3, 0, 4, 59, tzinfo=UTC), "5m") == datetime(
+        2024, 5, 3, 0, 0, tzinfo=UTC
+    )
 
 
 def test_apscheduler_fires_publish_rebalance_ticks_on_the_bus():

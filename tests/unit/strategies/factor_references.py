@@ -19,7 +19,7 @@ def _window(column: np.ndarray, t: int, length: int) -> list[float] | None:
     start = t - length + 1
     if start < 0:
         return None
-    values = [float(v) for v in column[start:t + 1]]
+    values = [float(v) for v in column[start : t + 1]]
     return None if any(math.isnan(v) for v in values) else values
 
 
@@ -31,8 +31,11 @@ def market_returns(close: np.ndarray) -> list[float]:
     """Equal-weight mean of the returns available at each bar (NaN when none is)."""
     out = [math.nan]
     for t in range(1, close.shape[0]):
-        available = [close[t, i] / close[t - 1, i] - 1.0 for i in range(close.shape[1])
-                     if not (math.isnan(close[t, i]) or math.isnan(close[t - 1, i]))]
+        available = [
+            close[t, i] / close[t - 1, i] - 1.0
+            for i in range(close.shape[1])
+            if not (math.isnan(close[t, i]) or math.isnan(close[t - 1, i]))
+        ]
         out.append(statistics.fmean(available) if available else math.nan)
     return out
 
@@ -44,7 +47,7 @@ def _skewness(x: list[float]) -> float:
     m3 = sum((v - mean) ** 3 for v in x) / n
     if m2 == 0:
         return math.nan
-    return math.sqrt(n * (n - 1)) / (n - 2) * m3 / m2 ** 1.5
+    return math.sqrt(n * (n - 1)) / (n - 2) * m3 / m2**1.5
 
 
 def _at(name: str, inputs, t: int, i: int, market: list[float], p: dict) -> float:  # noqa: C901
@@ -99,7 +102,7 @@ def _at(name: str, inputs, t: int, i: int, market: list[float], p: dict) -> floa
     if name == "skewness":
         return _skewness(r)
     if name in ("beta", "idiosyncratic_volatility"):
-        m = market[t - lookback + 1:t + 1]
+        m = market[t - lookback + 1 : t + 1]
         if any(math.isnan(x) for x in m) or statistics.pvariance(m) == 0:
             return math.nan
         fit = statistics.linear_regression(m, r)
@@ -123,8 +126,12 @@ def reference(name: str, inputs, **params: int) -> np.ndarray:
     resolved = {**FACTORS[name].defaults, **params}
     market = market_returns(inputs.close) if name in ("beta", "idiosyncratic_volatility") else []
     n_bars, n_assets = inputs.close.shape
-    return np.array([[_at(name, inputs, t, i, market, resolved) for i in range(n_assets)]
-                     for t in range(n_bars)])
+    return np.array(
+        [
+            [_at(name, inputs, t, i, market, resolved) for i in range(n_assets)]
+            for t in range(n_bars)
+        ]
+    )
 
 
 # Lookbacks short enough that 160 random bars hold many windows and several block boundaries.
@@ -149,9 +156,9 @@ SMALL_PARAMS: dict[str, dict[str, int]] = {
     "dollar_volume": {"lookback": 10},
 }
 
-LATE_ASSET, LISTED_AT = 4, 50          # no bars before LISTED_AT
+LATE_ASSET, LISTED_AT = 4, 50  # no bars before LISTED_AT
 DELISTED_ASSET, DELISTED_AFTER = 1, 140  # no bars after DELISTED_AFTER
-GAP_ASSET, GAP_BAR = 2, 100            # one missing bar
+GAP_ASSET, GAP_BAR = 2, 100  # one missing bar
 ZERO_VOLUME_ASSET, ZERO_VOLUME_BAR = 3, 120
 NO_VOLUME_ASSET, NO_VOLUME_BAR = 5, 80  # a bar with a close but no volume
 
@@ -163,7 +170,9 @@ def random_inputs(n_bars: int = 160, n_assets: int = 6, seed: int = 20240601, ho
 
     rng = np.random.default_rng(seed)
     market = rng.normal(0.0005, 0.02, (n_bars, 1))
-    log_returns = market * rng.uniform(0.5, 1.5, n_assets) + rng.normal(0.0, 0.02, (n_bars, n_assets))
+    log_returns = market * rng.uniform(0.5, 1.5, n_assets) + rng.normal(
+        0.0, 0.02, (n_bars, n_assets)
+    )
     close = rng.uniform(1.0, 500.0, n_assets) * np.exp(np.cumsum(log_returns, axis=0))
     open_ = close * np.exp(rng.normal(0.0, 0.005, close.shape))
     high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 0.01, close.shape)))
@@ -173,7 +182,7 @@ def random_inputs(n_bars: int = 160, n_assets: int = 6, seed: int = 20240601, ho
     if holes:
         for array in arrays:
             array[:LISTED_AT, LATE_ASSET] = np.nan
-            array[DELISTED_AFTER + 1:, DELISTED_ASSET] = np.nan
+            array[DELISTED_AFTER + 1 :, DELISTED_ASSET] = np.nan
             array[GAP_BAR, GAP_ASSET] = np.nan
         volume[ZERO_VOLUME_BAR, ZERO_VOLUME_ASSET] = 0.0
         volume[NO_VOLUME_BAR, NO_VOLUME_ASSET] = np.nan

@@ -40,8 +40,9 @@ def awkward_rows(rng: np.random.Generator, n_rows: int, n_assets: int) -> np.nda
     return x
 
 
-def rank_ic_row_by_row(exposures: np.ndarray, forward: np.ndarray,
-                       min_assets: int = 5) -> np.ndarray:
+def rank_ic_row_by_row(
+    exposures: np.ndarray, forward: np.ndarray, min_assets: int = 5
+) -> np.ndarray:
     """Spearman's rho the slow way: pandas average ranks of the known pairs, Pearson's r."""
     out = []
     for x_row, y_row in zip(exposures, forward):
@@ -53,8 +54,9 @@ def rank_ic_row_by_row(exposures: np.ndarray, forward: np.ndarray,
     return np.array(out)
 
 
-def quantile_spread_row_by_row(exposures: np.ndarray, forward: np.ndarray, quantiles: int,
-                               min_assets: int) -> np.ndarray:
+def quantile_spread_row_by_row(
+    exposures: np.ndarray, forward: np.ndarray, quantiles: int, min_assets: int
+) -> np.ndarray:
     """The spread the slow way: each row's known pairs sorted by exposure, tail means."""
     out = []
     for x_row, y_row in zip(exposures, forward):
@@ -91,11 +93,14 @@ def test_rank_ic_equals_pandas_spearman_row_by_row():
 
 
 def test_rank_ic_needs_enough_assets():
-    assert np.isnan(rank_ic(np.array([[1.0, 2.0, np.nan]]), np.array([[1.0, 2.0, 3.0]]), min_assets=3))[0]
+    assert np.isnan(
+        rank_ic(np.array([[1.0, 2.0, np.nan]]), np.array([[1.0, 2.0, 3.0]]), min_assets=3)
+    )[0]
 
 
-@pytest.mark.parametrize("shape", [(1, 19), (2, 19), (5, 19), (18, 40), (3, 200), (6, 1), (2, 0),
-                                   (0, 7)])
+@pytest.mark.parametrize(
+    "shape", [(1, 19), (2, 19), (5, 19), (18, 40), (3, 200), (6, 1), (2, 0), (0, 7)]
+)
 @pytest.mark.parametrize("seed", range(3))
 def test_rank_ic_matches_pandas_ranks_with_ties_nan_and_awkward_rows(shape, seed):
     rng = np.random.default_rng(seed)
@@ -108,8 +113,9 @@ def test_rank_ic_matches_pandas_ranks_with_ties_nan_and_awkward_rows(shape, seed
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # all-NaN and all-tied rows are answers, not warnings
             ic = rank_ic(exposures, forward, min_assets)
-        np.testing.assert_allclose(ic, rank_ic_row_by_row(exposures, forward, min_assets),
-                                   rtol=0, atol=1e-14)
+        np.testing.assert_allclose(
+            ic, rank_ic_row_by_row(exposures, forward, min_assets), rtol=0, atol=1e-14
+        )
 
 
 @pytest.mark.parametrize("shape", [(1, 19), (2, 19), (7, 33), (3, 120)])
@@ -122,11 +128,17 @@ def test_rank_ic_is_the_same_from_pairwise_counts_and_from_the_sort(shape, monke
     np.testing.assert_array_equal(rank_ic(exposures, forward, min_assets=2), by_sort)
 
 
-@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
-                  elements=st.sampled_from([-np.inf, -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, NAN])))
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
+        elements=st.sampled_from([-np.inf, -1.5, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, NAN]),
+    )
+)
 def test_average_ranks_are_pandas_average_ranks(values):
-    np.testing.assert_array_equal(_average_ranks(values),
-                                  pd.DataFrame(values).rank(axis=1, method="average").to_numpy())
+    np.testing.assert_array_equal(
+        _average_ranks(values), pd.DataFrame(values).rank(axis=1, method="average").to_numpy()
+    )
 
 
 def test_quantile_spread_is_top_minus_bottom_quantile_mean():
@@ -135,7 +147,8 @@ def test_quantile_spread_is_top_minus_bottom_quantile_mean():
     # 9 valid assets, quintiles of 1 asset: top = 5.0 -> 0.1, bottom = -3.0 -> -0.3
     assert quantile_spread(exposures, forward)[0] == pytest.approx(0.4)
     assert quantile_spread(exposures, forward, quantiles=4)[0] == pytest.approx(
-        np.mean([0.1, 0.2]) - np.mean([-0.1, -0.3]))
+        np.mean([0.1, 0.2]) - np.mean([-0.1, -0.3])
+    )
 
 
 @pytest.mark.parametrize("shape", [(1, 19), (2, 19), (18, 60), (4, 3)])
@@ -146,14 +159,17 @@ def test_quantile_spread_matches_a_row_by_row_sort(shape, quantiles, min_assets)
     forward = rng.normal(0.0, 0.05, shape)
     forward[rng.random(shape) < 0.1] = np.nan
     expected = quantile_spread_row_by_row(exposures, forward, quantiles, min_assets)
-    np.testing.assert_allclose(quantile_spread(exposures, forward, quantiles, min_assets), expected,
-                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        quantile_spread(exposures, forward, quantiles, min_assets), expected, rtol=0, atol=1e-15
+    )
 
 
 def test_summary_statistics_follow_their_definitions():
     rng = np.random.default_rng(9)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, (400, 20)), axis=0))
-    exposures = np.vstack([np.full(20, np.nan)] + [close[t] / close[t - 1] - 1 for t in range(1, 400)])
+    exposures = np.vstack(
+        [np.full(20, np.nan)] + [close[t] / close[t - 1] - 1 for t in range(1, 400)]
+    )
     times = np.arange(400)
     evaluation = evaluate_factor("reversal_1", exposures, close, times, horizon=5)
     assert evaluation.period_times.tolist() == list(range(0, 395, 5))

@@ -71,11 +71,11 @@ def test_factor_is_nan_around_each_hole_and_nowhere_else_it_has_data(name):
     window = spec.window(**params)
     values = compute_panel([(name, name, params)], inputs)[name]
     # The late asset gets its first value once its window fills, not before.
-    assert np.isnan(values[:LISTED_AT + window - 1, LATE_ASSET]).all()
+    assert np.isnan(values[: LISTED_AT + window - 1, LATE_ASSET]).all()
     assert not np.isnan(values[LISTED_AT + window - 1, LATE_ASSET])
-    assert np.isnan(values[DELISTED_AFTER + 1:, DELISTED_ASSET]).all()
+    assert np.isnan(values[DELISTED_AFTER + 1 :, DELISTED_ASSET]).all()
     # A missing bar excludes the asset for exactly the windows that contain it.
-    assert np.isnan(values[GAP_BAR:GAP_BAR + window, GAP_ASSET]).all()
+    assert np.isnan(values[GAP_BAR : GAP_BAR + window, GAP_ASSET]).all()
     assert not np.isnan(values[GAP_BAR + window, GAP_ASSET])
     assert not np.isnan(values[GAP_BAR - 1, GAP_ASSET])
     no_volume = values[NO_VOLUME_BAR, NO_VOLUME_ASSET]
@@ -107,10 +107,12 @@ def test_beta_of_the_universe_mean_itself_is_one_and_its_idiosyncratic_volatilit
     inputs = FactorInputs(close=close, open=close, high=close, low=close)
     np.testing.assert_allclose(FACTORS["beta"].function(inputs, lookback=30)[-1], 1.0)
     np.testing.assert_allclose(
-        FACTORS["idiosyncratic_volatility"].function(inputs, lookback=30)[-1], 0.0, atol=1e-9)
+        FACTORS["idiosyncratic_volatility"].function(inputs, lookback=30)[-1], 0.0, atol=1e-9
+    )
 
 
 # ---- real data ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def crypto_slice() -> tuple[FactorInputs, dict[str, pd.DataFrame]]:
@@ -119,8 +121,10 @@ def crypto_slice() -> tuple[FactorInputs, dict[str, pd.DataFrame]]:
     from engine.data import load_panel
 
     panel = load_panel(CRYPTO).slice(1000, 1400)  # 400 daily bars; several listings inside
-    frames = {name: pd.DataFrame(getattr(panel, name), columns=panel.symbols)
-              for name in ("open", "high", "low", "close", "volume")}
+    frames = {
+        name: pd.DataFrame(getattr(panel, name), columns=panel.symbols)
+        for name in ("open", "high", "low", "close", "volume")
+    }
     return FactorInputs.from_panel(panel), frames
 
 
@@ -152,12 +156,13 @@ def pandas_reference(name: str, f: dict[str, pd.DataFrame], **params: int) -> pd
         market_variance = market.rolling(lookback).var()
         if name == "beta":
             return covariance.div(market_variance, axis=0)
-        residual_variance = (returns.rolling(lookback).var()
-                             - covariance.pow(2).div(market_variance, axis=0))
+        residual_variance = returns.rolling(lookback).var() - covariance.pow(2).div(
+            market_variance, axis=0
+        )
         return (residual_variance.clip(lower=0.0) * (lookback - 1) / (lookback - 2)) ** 0.5
     if name == "range_volatility":
         log_range = np.log(f["high"] / f["low"])
-        return ((log_range ** 2).rolling(lookback).mean() / (4 * math.log(2))) ** 0.5
+        return ((log_range**2).rolling(lookback).mean() / (4 * math.log(2))) ** 0.5
     if name == "volume_trend":
         bar = pd.Series(np.arange(len(volume), dtype=float))
         slope = volume.rolling(lookback).cov(bar).div(bar.rolling(lookback).var(), axis=0)
@@ -183,9 +188,13 @@ def test_factor_matches_pandas_rolling_on_real_crypto_bars(name, crypto_slice):
 
 def test_real_crypto_bars_with_short_windows_match_the_per_asset_loop(crypto_slice):
     inputs, _ = crypto_slice
-    window = FactorInputs(close=inputs.close[:120, :12], open=inputs.open[:120, :12],
-                          high=inputs.high[:120, :12], low=inputs.low[:120, :12],
-                          volume=inputs.volume[:120, :12])
+    window = FactorInputs(
+        close=inputs.close[:120, :12],
+        open=inputs.open[:120, :12],
+        high=inputs.high[:120, :12],
+        low=inputs.low[:120, :12],
+        volume=inputs.volume[:120, :12],
+    )
     requests = [(name, name, SMALL_PARAMS[name]) for name in BUILT_IN]
     actual = compute_panel(requests, window)
     for name in BUILT_IN:

@@ -24,9 +24,13 @@ def test_window_reduce_equals_a_plain_loop(reducer, length):
     plain = np.sum if reducer == "sum" else np.max
     expected = np.full_like(values, np.nan)
     for t in range(length - 1, values.shape[0]):
-        expected[t] = plain(values[t - length + 1:t + 1], axis=0)  # NaN propagates
-    np.testing.assert_allclose(window_reduce(values, length, reducer), expected, rtol=1e-13,
-                               atol=1e-13 * np.nanmax(np.abs(values)))
+        expected[t] = plain(values[t - length + 1 : t + 1], axis=0)  # NaN propagates
+    np.testing.assert_allclose(
+        window_reduce(values, length, reducer),
+        expected,
+        rtol=1e-13,
+        atol=1e-13 * np.nanmax(np.abs(values)),
+    )
 
 
 @pytest.mark.parametrize("reducer", ["sum", "max"])
@@ -40,7 +44,7 @@ def test_window_state_pushed_row_by_row_is_identical_to_window_reduce(reducer, l
         if t == 30:
             state.add_columns(1)
         row = values[t] if t >= 30 else values[t, :3]
-        np.testing.assert_array_equal(state.push(row), full[t, :row.shape[0]])
+        np.testing.assert_array_equal(state.push(row), full[t, : row.shape[0]])
 
 
 def test_lag_buffer_returns_rows_k_bars_back_and_nan_before_the_first():

@@ -23,12 +23,12 @@ def bars_with_holes() -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
     panel = synthetic_panel(N_ASSETS, N_BARS, seed=5)
     values = {name: getattr(panel, name).copy() for name in COLUMNS}
     missing = np.zeros((N_BARS, N_ASSETS), dtype=bool)
-    missing[:40, 8] = True   # lists at bar 40
-    missing[:45, 2] = True   # lists at bar 45, after column 8
+    missing[:40, 8] = True  # lists at bar 40
+    missing[:45, 2] = True  # lists at bar 45, after column 8
     missing[:200, 6] = True  # lists late, long after the others
     missing[120:125, 4] = True
     missing[300:, 9] = True  # delists
-    missing[150] = True      # nobody traded at this bar time
+    missing[150] = True  # nobody traded at this bar time
     for matrix in values.values():
         matrix[missing] = np.nan
     return panel.symbols, values
@@ -38,8 +38,9 @@ def feed_bar_by_bar(engine: IncrementalFactors, symbols, values, t: int) -> np.n
     present = np.flatnonzero(~np.isnan(values["close"][t]))
     if len(present) == 0:
         return None  # no BarSet is published for a bar time without bars
-    return engine.update(tuple(symbols[j] for j in present),
-                         *(values[name][t, present] for name in COLUMNS))
+    return engine.update(
+        tuple(symbols[j] for j in present), *(values[name][t, present] for name in COLUMNS)
+    )
 
 
 def block_sizes(n_bars: int, seed: int) -> list[int]:
@@ -56,12 +57,16 @@ def assert_same(block_result: np.ndarray, expected: np.ndarray, where: str) -> N
     np.testing.assert_array_equal(block_result, expected, err_msg=where)  # NaN == NaN here
 
 
-@pytest.mark.parametrize("requests", [
-    [(name, name, {}) for name in FACTORS],
-    [(f"{name}_short", name, SMALL_PARAMS[name]) for name in FACTORS],
-    [("momentum_30_5", "momentum", {"lookback": 30, "skip": 5})],  # raw series only: no loop
-    [("momentum", "momentum", {})],
-], ids=["all-defaults", "all-short-windows", "momentum-short", "momentum-default"])
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [(name, name, {}) for name in FACTORS],
+        [(f"{name}_short", name, SMALL_PARAMS[name]) for name in FACTORS],
+        [("momentum_30_5", "momentum", {"lookback": 30, "skip": 5})],  # raw series only: no loop
+        [("momentum", "momentum", {})],
+    ],
+    ids=["all-defaults", "all-short-windows", "momentum-short", "momentum-default"],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_blocks_give_identical_exposures_and_state_to_bar_by_bar(requests, seed):
     symbols, values = bars_with_holes()
@@ -104,16 +109,20 @@ def feed_in_chunks(one, many, rows: np.ndarray, chunks: list[int]):
     after each chunk."""
     start = 0
     for size in chunks:
-        for row in rows[start:start + size]:
+        for row in rows[start : start + size]:
             one.push(row)
-        many.push_many(rows[start:start + size])
+        many.push_many(rows[start : start + size])
         start += size
         yield
 
 
 @settings(max_examples=60, deadline=None)
-@given(length=st.integers(1, 20), reducer=st.sampled_from(["sum", "max"]),
-       chunks=st.lists(st.integers(1, 45), min_size=1, max_size=8), seed=st.integers(0, 9))
+@given(
+    length=st.integers(1, 20),
+    reducer=st.sampled_from(["sum", "max"]),
+    chunks=st.lists(st.integers(1, 45), min_size=1, max_size=8),
+    seed=st.integers(0, 9),
+)
 def test_window_state_push_many_equals_pushing_rows_one_by_one(length, reducer, chunks, seed):
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(sum(chunks) + 1, 3)) * 10.0 ** rng.integers(-3, 4, 3)

@@ -11,27 +11,33 @@ from strategies.factors import FACTORS, FactorInputs, IncrementalFactors, comput
 from tests.unit.strategies.factor_references import SMALL_PARAMS
 
 N_ASSETS, N_BARS = 12, 420
-LATE, LISTED_AT = 3, 150         # absent from every bar set before LISTED_AT
-SKIPPER, SKIPPED_BAR = 5, 300    # absent from one bar set
-NAN_ASSET, NAN_BAR = 7, 200      # present in the bar set with NaN values
-DELISTED, LAST_BAR = 9, 380      # absent from every bar set after LAST_BAR
+LATE, LISTED_AT = 3, 150  # absent from every bar set before LISTED_AT
+SKIPPER, SKIPPED_BAR = 5, 300  # absent from one bar set
+NAN_ASSET, NAN_BAR = 7, 200  # present in the bar set with NaN values
+DELISTED, LAST_BAR = 9, 380  # absent from every bar set after LAST_BAR
 
 
 def market() -> tuple[FactorInputs, tuple[str, ...], list[list[int]]]:
     """Synthetic bars with holes, the symbols, and which assets each bar set carries (in a
     shuffled order)."""
     panel = synthetic_panel(N_ASSETS, N_BARS, seed=11)
-    arrays = {name: getattr(panel, name).copy() for name in ("close", "open", "high", "low", "volume")}
+    arrays = {
+        name: getattr(panel, name).copy() for name in ("close", "open", "high", "low", "volume")
+    }
     present = np.ones((N_BARS, N_ASSETS), dtype=bool)
     present[:LISTED_AT, LATE] = False
     present[SKIPPED_BAR, SKIPPER] = False
-    present[LAST_BAR + 1:, DELISTED] = False
+    present[LAST_BAR + 1 :, DELISTED] = False
     for array in arrays.values():
         array[~present] = np.nan
         array[NAN_BAR, NAN_ASSET] = np.nan
     rng = np.random.default_rng(0)
-    carried = [list(rng.permutation(np.flatnonzero(present[t]))) if t % 4 else
-               list(np.flatnonzero(present[t])) for t in range(N_BARS)]
+    carried = [
+        list(rng.permutation(np.flatnonzero(present[t])))
+        if t % 4
+        else list(np.flatnonzero(present[t]))
+        for t in range(N_BARS)
+    ]
     return FactorInputs(**arrays), panel.symbols, carried
 
 
@@ -42,16 +48,23 @@ def feed_and_compare(requests, inputs, symbols, carried) -> int:
     compared = 0
     for t, assets in enumerate(carried):
         exposures = incremental.update(
-            tuple(symbols[i] for i in assets), inputs.open[t, assets], inputs.high[t, assets],
-            inputs.low[t, assets], tuple(inputs.close[t, assets]), inputs.volume[t, assets])
+            tuple(symbols[i] for i in assets),
+            inputs.open[t, assets],
+            inputs.high[t, assets],
+            inputs.low[t, assets],
+            tuple(inputs.close[t, assets]),
+            inputs.volume[t, assets],
+        )
         columns = [symbols.index(s) for s in incremental.symbols]
         assert exposures.shape == (len(requests), len(incremental.symbols))
         for row, label in enumerate(incremental.labels):
             expected = full[label][t, columns]
-            np.testing.assert_array_equal(np.isnan(exposures[row]), np.isnan(expected),
-                                          err_msg=f"{label} at bar {t}")
-            np.testing.assert_allclose(exposures[row], expected, rtol=1e-9, atol=0,
-                                       err_msg=f"{label} at bar {t}")
+            np.testing.assert_array_equal(
+                np.isnan(exposures[row]), np.isnan(expected), err_msg=f"{label} at bar {t}"
+            )
+            np.testing.assert_allclose(
+                exposures[row], expected, rtol=1e-9, atol=0, err_msg=f"{label} at bar {t}"
+            )
             compared += int(np.isfinite(expected).sum())
     assert incremental.n_bars == len(carried)
     return compared
@@ -81,8 +94,13 @@ def test_universe_grows_in_order_of_first_appearance_and_the_newcomer_has_no_his
 
 
 def test_a_bar_without_volume_is_refused_when_a_factor_needs_it_and_nothing_is_appended():
-    incremental = IncrementalFactors([("amihud", "amihud", {"lookback": 2}),
-                                      ("dv", "dollar_volume", {}), ("rev", "reversal", {})])
+    incremental = IncrementalFactors(
+        [
+            ("amihud", "amihud", {"lookback": 2}),
+            ("dv", "dollar_volume", {}),
+            ("rev", "reversal", {}),
+        ]
+    )
     with pytest.raises(ValueError, match=r"factors \['amihud', 'dv'\] need volume"):
         incremental.update(("A",), (1.0,), (1.0,), (1.0,), (1.0,), None)
     assert incremental.n_bars == 0 and incremental.symbols == []

@@ -117,8 +117,9 @@ def test_winsorize_quantile_matches_numpy_quantiles_row_by_row(shape, lower, upp
         return np.clip(values, low, high)
 
     np.testing.assert_array_equal(quiet(winsorize_quantile, x, lower, upper), row_by_row(clip, x))
-    np.testing.assert_array_equal(quiet(winsorize_quantile, x[0], lower, upper),
-                                  row_by_row(clip, x[0]))
+    np.testing.assert_array_equal(
+        quiet(winsorize_quantile, x[0], lower, upper), row_by_row(clip, x[0])
+    )
 
 
 def test_winsorize_quantile_clips_to_the_row_quantiles():
@@ -174,15 +175,17 @@ def test_zscore_is_numpys_nanmean_and_nanstd_to_the_bit():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-NaN warnings
         expected = (x - np.nanmean(x, axis=1, keepdims=True)) / np.nanstd(x, axis=1, keepdims=True)
     varied = np.nanmax(np.where(np.isnan(x), -np.inf, x), axis=1) > np.nanmin(
-        np.where(np.isnan(x), np.inf, x), axis=1)
+        np.where(np.isnan(x), np.inf, x), axis=1
+    )
     assert varied.sum() > 30
     np.testing.assert_array_equal(zscore(x)[varied], expected[varied])
 
 
 def test_zscore_of_all_nan_and_constant_rows_is_quiet():
     x = np.array([[np.nan, np.nan, np.nan], [2.0, np.nan, 2.0], [np.nan, 5.0, np.nan]])
-    np.testing.assert_array_equal(quiet(zscore, x), [[np.nan] * 3, [0.0, np.nan, 0.0],
-                                                     [np.nan, 0.0, np.nan]])
+    np.testing.assert_array_equal(
+        quiet(zscore, x), [[np.nan] * 3, [0.0, np.nan, 0.0], [np.nan, 0.0, np.nan]]
+    )
     assert np.isnan(quiet(zscore, np.full(4, np.nan))).all()
 
 
@@ -212,8 +215,9 @@ def test_neutralize_against_one_factor_is_the_simple_regression_residual():
 
 
 def test_neutralize_with_too_few_assets_gives_nan():
-    assert np.isnan(neutralize(np.array([1.0, 2.0, 3.0]), np.array([[1.0, 0.0, 2.0],
-                                                                   [0.0, 1.0, 1.0]]))).all()
+    assert np.isnan(
+        neutralize(np.array([1.0, 2.0, 3.0]), np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]]))
+    ).all()
     with pytest.raises(ValueError, match=r"neutralize: x must be \(N,\) and against \(K, N\)"):
         neutralize(np.ones(3), np.ones((2, 4)))
 

@@ -54,8 +54,10 @@ def test_zscore_of_integers_returns_floats():
 # -- equal_factor_scores -------------------------------------------------------------------------
 def test_scores_are_the_mean_of_z_scored_factors_by_default():
     exposures = np.array([[0.1, 0.3, -0.2, 0.0], [5.0, 1.0, 2.0, 4.0]])
-    expected = [(a + b) / 2 for a, b in zip(zscore_by_hand(list(exposures[0])),
-                                            zscore_by_hand(list(exposures[1])))]
+    expected = [
+        (a + b) / 2
+        for a, b in zip(zscore_by_hand(list(exposures[0])), zscore_by_hand(list(exposures[1])))
+    ]
     np.testing.assert_allclose(equal_factor_scores(exposures), expected, rtol=1e-12)
 
 
@@ -64,16 +66,19 @@ def test_scores_apply_the_given_factor_weights():
     weights = [0.5, -0.2, 0.7]
     z = [zscore_by_hand(list(row)) for row in exposures]
     expected = [sum(w * z[j][i] for j, w in enumerate(weights)) for i in range(4)]
-    np.testing.assert_allclose(equal_factor_scores(exposures, np.array(weights)), expected,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        equal_factor_scores(exposures, np.array(weights)), expected, rtol=1e-12
+    )
 
 
 def test_an_asset_missing_any_factor_gets_a_nan_score():
     exposures = np.array([[0.1, NAN, -0.2, 0.0, 0.4], [5.0, 1.0, 2.0, NAN, 3.0]])
     scores = equal_factor_scores(exposures)
     assert np.isnan(scores[[1, 3]]).all()
-    expected = [(a + b) / 2 for a, b in zip(zscore_by_hand(list(exposures[0])),
-                                            zscore_by_hand(list(exposures[1])))]
+    expected = [
+        (a + b) / 2
+        for a, b in zip(zscore_by_hand(list(exposures[0])), zscore_by_hand(list(exposures[1])))
+    ]
     np.testing.assert_allclose(scores[[0, 2, 4]], np.array(expected)[[0, 2, 4]], rtol=1e-12)
 
 
@@ -97,8 +102,9 @@ def test_count_is_rounded_down_over_assets_with_a_score_only():
 
 def test_fraction_of_a_third_of_three_assets_holds_one():
     # 3 * (1/3) is 0.999... in floating point; it still means one asset.
-    np.testing.assert_array_equal(top_fraction_weights(np.array([1.0, 3.0, 2.0]), 1 / 3),
-                                  [0, 1.0, 0])
+    np.testing.assert_array_equal(
+        top_fraction_weights(np.array([1.0, 3.0, 2.0]), 1 / 3), [0, 1.0, 0]
+    )
 
 
 def test_ties_are_broken_by_position():
@@ -112,8 +118,11 @@ def test_too_small_a_universe_holds_cash(scores):
     assert weights.shape == scores.shape and not weights.any()
 
 
-@given(st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(NAN)), min_size=0, max_size=40),
-       st.floats(0.0, 1.0), st.floats(0.1, 2.0))
+@given(
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(NAN)), min_size=0, max_size=40),
+    st.floats(0.0, 1.0),
+    st.floats(0.1, 2.0),
+)
 def test_weights_are_long_only_equal_and_sum_to_gross_or_zero(scores, fraction, gross):
     array = np.array(scores, dtype=float)
     weights = top_fraction_weights(array, fraction, gross)

@@ -8,7 +8,7 @@ run as they do online. A few use a scripted exchange to reach behaviour the real
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import ccxt
@@ -29,13 +29,21 @@ from tests.fixtures.ccxt_router import (
 
 HOUR = 3_600_000
 # Binance errors.md, -1008 SERVER_BUSY (not among the recorded bodies).
-SERVER_BUSY = (503, {"code": -1008, "msg": "Server is currently overloaded with other requests. "
-                                           "Please try again in a few minutes."})
-T0 = int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+SERVER_BUSY = (
+    503,
+    {
+        "code": -1008,
+        "msg": "Server is currently overloaded with other requests. "
+        "Please try again in a few minutes.",
+    },
+)
+T0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
 NOW = T0 + 250 * HOUR + 30 * 60_000  # bar 250 is forming; bars 0..249 are closed
 
 needs_recordings = pytest.mark.skipif(
-    not recordings_available(), reason="../shared/data/exchange-recordings is not beside the checkout")
+    not recordings_available(),
+    reason="../shared/data/exchange-recordings is not beside the checkout",
+)
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -54,12 +62,14 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def make_source(router: BinanceRouter, sleeps: list[float]):
-    def make(symbols: tuple[str, ...] = ("BTC/USDT",), timeframe: str = "1h",
-             **options: Any) -> CcxtOhlcvSource:
+    def make(
+        symbols: tuple[str, ...] = ("BTC/USDT",), timeframe: str = "1h", **options: Any
+    ) -> CcxtOhlcvSource:
         options.setdefault("exchange", offline_binance(router))
         options.setdefault("clock", lambda: router.now_ms / 1000)
-        return CcxtOhlcvSource("binance", symbols, timeframe, sleep=sleeps.append, jitter=lambda: 0.5,
-                               **options)
+        return CcxtOhlcvSource(
+            "binance", symbols, timeframe, sleep=sleeps.append, jitter=lambda: 0.5, **options
+        )
 
     return make
 
@@ -73,10 +83,14 @@ def test_history_pages_forward_from_the_candle_after_the_last_one_received(route
 
     rows = source.history(T0)
 
-    assert [r["startTime"] for r in router.klines_requests] == [str(T0), str(T0 + 99 * HOUR + 1),
-                                                                str(T0 + 199 * HOUR + 1)]
+    assert [r["startTime"] for r in router.klines_requests] == [
+        str(T0),
+        str(T0 + 99 * HOUR + 1),
+        str(T0 + 199 * HOUR + 1),
+    ]
     assert {(r["symbol"], r["interval"], r["limit"]) for r in router.klines_requests} == {
-        ("BTCUSDT", "1h", "100")}
+        ("BTCUSDT", "1h", "100")
+    }
     assert rows["BTC/USDT"] == router.candles("BTCUSDT", "1h")
     assert len(rows["BTC/USDT"]) == 250 and rows["BTC/USDT"][-1].timestamp == T0 + 249 * HOUR
     assert source.counts.requests == 3 and source.counts.candles == 250
@@ -95,7 +109,12 @@ def test_history_pages_every_symbol_of_the_universe(router, make_source):
     rows = make_source(("BTC/USDT", "ETH/BTC"), page_limit=200).history(T0 + 10 * HOUR)
 
     assert list(rows) == ["BTC/USDT", "ETH/BTC"]
-    assert [r["symbol"] for r in router.klines_requests] == ["BTCUSDT", "BTCUSDT", "ETHBTC", "ETHBTC"]
+    assert [r["symbol"] for r in router.klines_requests] == [
+        "BTCUSDT",
+        "BTCUSDT",
+        "ETHBTC",
+        "ETHBTC",
+    ]
     for symbol, market_id in (("BTC/USDT", "BTCUSDT"), ("ETH/BTC", "ETHBTC")):
         assert rows[symbol] == router.candles(market_id, "1h")[10:]
 
@@ -119,8 +138,11 @@ def test_history_since_the_present_is_empty(router, make_source):
 
 
 @needs_recordings
-@pytest.mark.parametrize("now", [T0 + 250 * HOUR, T0 + 250 * HOUR + 1, T0 + 251 * HOUR - 1],
-                         ids=["at-the-close-of-249", "just-after", "just-before-the-close-of-250"])
+@pytest.mark.parametrize(
+    "now",
+    [T0 + 250 * HOUR, T0 + 250 * HOUR + 1, T0 + 251 * HOUR - 1],
+    ids=["at-the-close-of-249", "just-after", "just-before-the-close-of-250"],
+)
 def test_only_closed_candles_are_returned(now, make_source):
     router = BinanceRouter(now_ms=now, listed_ms=T0)
     source = make_source(exchange=offline_binance(router), clock=lambda: now / 1000)
@@ -131,7 +153,9 @@ def test_only_closed_candles_are_returned(now, make_source):
     assert served[-1][0] == T0 + 250 * HOUR  # Binance serves the bar still forming...
     assert rows["BTC/USDT"][-1].timestamp == T0 + 249 * HOUR  # ...and it is not published
     assert source.counts.unclosed == 1
-    assert len(router.klines_requests) == 1  # the forming bar ends the paging: nothing later is closed
+    assert (
+        len(router.klines_requests) == 1
+    )  # the forming bar ends the paging: nothing later is closed
 
 
 # -- hygiene -----------------------------------------------------------------------------
@@ -149,7 +173,9 @@ def test_duplicate_open_times_keep_the_last_copy(router, make_source):
     got = {c.timestamp: c for c in rows["BTC/USDT"]}
     assert len(rows["BTC/USDT"]) == len(expected) == len(got)
     assert got[T0 + 20 * HOUR].volume == pytest.approx(1.5 * expected[20][5], rel=1e-7)
-    assert [(e["symbol"], e["count"]) for e in events(logs, "data.duplicates_dropped")] == [("BTC/USDT", 2)]
+    assert [(e["symbol"], e["count"]) for e in events(logs, "data.duplicates_dropped")] == [
+        ("BTC/USDT", 2)
+    ]
     assert source.counts.duplicates == 2
 
 
@@ -170,9 +196,18 @@ def test_gap_is_logged_with_its_span_and_missing_bar_count(router, make_source):
     with capture_logs() as logs:
         rows = source.history(T0)
 
-    assert [e for e in events(logs, "data.gap")] == [{
-        "event": "data.gap", "log_level": "warning", "exchange": "binance", "symbol": "BTC/USDT",
-        "timeframe": "1h", "from": "2024-01-01T10:00:00Z", "to": "2024-01-01T12:00:00Z", "missing": 2}]
+    assert [e for e in events(logs, "data.gap")] == [
+        {
+            "event": "data.gap",
+            "log_level": "warning",
+            "exchange": "binance",
+            "symbol": "BTC/USDT",
+            "timeframe": "1h",
+            "from": "2024-01-01T10:00:00Z",
+            "to": "2024-01-01T12:00:00Z",
+            "missing": 2,
+        }
+    ]
     assert T0 + 10 * HOUR not in {c.timestamp for c in rows["BTC/USDT"]}
     assert (source.counts.gaps, source.counts.missing_bars) == (1, 2)
 
@@ -184,11 +219,14 @@ def test_gap_across_a_page_boundary_does_not_stop_the_paging(router, make_source
     with capture_logs() as logs:
         rows = make_source(page_limit=100).history(T0)
 
-    expected = [c for c in router.candles("BTCUSDT", "1h") if not T0 + 95 * HOUR <= c[0] < T0 + 130 * HOUR]
+    expected = [
+        c for c in router.candles("BTCUSDT", "1h") if not T0 + 95 * HOUR <= c[0] < T0 + 130 * HOUR
+    ]
     assert rows["BTC/USDT"] == expected
     assert [r["startTime"] for r in router.klines_requests][1] == str(T0 + 134 * HOUR + 1)
     assert [(e["from"], e["to"], e["missing"]) for e in events(logs, "data.gap")] == [
-        ("2024-01-04T23:00:00Z", "2024-01-06T10:00:00Z", 35)]
+        ("2024-01-04T23:00:00Z", "2024-01-06T10:00:00Z", 35)
+    ]
 
 
 REASONS = {
@@ -218,22 +256,28 @@ def test_bad_candle_is_rejected_with_its_reason(kind, router, make_source):
     assert T0 + 30 * HOUR not in {c.timestamp for c in rows["BTC/USDT"]}
     assert len(rows["BTC/USDT"]) == 249
     # A rejected candle leaves a hole, and the hole is reported like any other.
-    assert [(e["from"], e["missing"]) for e in events(logs, "data.gap")] == [("2024-01-02T06:00:00Z", 1)]
+    assert [(e["from"], e["missing"]) for e in events(logs, "data.gap")] == [
+        ("2024-01-02T06:00:00Z", 1)
+    ]
 
 
 # -- retries and errors ------------------------------------------------------------------
 
 
 @needs_recordings
-@pytest.mark.parametrize(("failure", "ccxt_error"), [
-    ("connection", "NetworkError"),
-    ("timeout", "RequestTimeout"),
-    ("-1003", "DDoSProtection"),  # HTTP 429 with Binance's TOO_MANY_REQUESTS body
-    (503, "ExchangeNotAvailable"),
-    (SERVER_BUSY, "OperationFailed"),  # not a NetworkError, yet "try again in a few minutes"
-])
-def test_transient_failures_are_retried_with_backoff_then_succeed(failure, ccxt_error, router, make_source,
-                                                                  sleeps):
+@pytest.mark.parametrize(
+    ("failure", "ccxt_error"),
+    [
+        ("connection", "NetworkError"),
+        ("timeout", "RequestTimeout"),
+        ("-1003", "DDoSProtection"),  # HTTP 429 with Binance's TOO_MANY_REQUESTS body
+        (503, "ExchangeNotAvailable"),
+        (SERVER_BUSY, "OperationFailed"),  # not a NetworkError, yet "try again in a few minutes"
+    ],
+)
+def test_transient_failures_are_retried_with_backoff_then_succeed(
+    failure, ccxt_error, router, make_source, sleeps
+):
     source = make_source(page_limit=100)
     router.fail(3, failure)
 
@@ -244,11 +288,18 @@ def test_transient_failures_are_retried_with_backoff_then_succeed(failure, ccxt_
     assert sleeps == [0.75, 1.5, 3.0]  # base 1 s doubling, jitter factor 0.75
     retries = events(logs, "data.fetch_retry")
     assert [(e["symbol"], e["attempt"], e["delay"]) for e in retries] == [
-        ("BTC/USDT", 1, 0.75), ("BTC/USDT", 2, 1.5), ("BTC/USDT", 3, 3.0)]
-    assert all(e["error"].startswith(ccxt_error + ":") and e["log_level"] == "warning" for e in retries)
+        ("BTC/USDT", 1, 0.75),
+        ("BTC/USDT", 2, 1.5),
+        ("BTC/USDT", 3, 3.0),
+    ]
+    assert all(
+        e["error"].startswith(ccxt_error + ":") and e["log_level"] == "warning" for e in retries
+    )
     # The failed request is repeated as it was, then paging carries on.
     assert [r["startTime"] for r in router.klines_requests] == [str(T0)] * 4 + [
-        str(T0 + 99 * HOUR + 1), str(T0 + 199 * HOUR + 1)]
+        str(T0 + 99 * HOUR + 1),
+        str(T0 + 199 * HOUR + 1),
+    ]
     assert source.counts.retries == 3
 
 
@@ -265,8 +316,9 @@ def test_backoff_grows_exponentially_up_to_its_cap(router, make_source, sleeps):
 def test_retries_exhausted_raise_data_error_naming_symbol_and_error(router, make_source, sleeps):
     router.fail(3, "connection")
 
-    with pytest.raises(DataError,
-                       match=r"binance fetch_ohlcv BTC/USDT 1h: gave up after 2 retries: NetworkError"):
+    with pytest.raises(
+        DataError, match=r"binance fetch_ohlcv BTC/USDT 1h: gave up after 2 retries: NetworkError"
+    ):
         make_source(max_retries=2).history(T0)
     assert len(sleeps) == 2 and len(router.klines_requests) == 3
 
@@ -288,7 +340,10 @@ def test_load_markets_is_retried_on_network_errors(router, make_source, sleeps):
         source = make_source()
 
     assert sleeps == [0.75, 1.5]
-    assert [e["action"] for e in events(logs, "data.fetch_retry")] == ["load_markets", "load_markets"]
+    assert [e["action"] for e in events(logs, "data.fetch_retry")] == [
+        "load_markets",
+        "load_markets",
+    ]
     assert source.history(T0)["BTC/USDT"] == router.candles("BTCUSDT", "1h")
 
 
@@ -305,8 +360,10 @@ def test_unknown_timeframe_is_refused_listing_the_valid_ones(make_source):
 
 
 def test_unknown_exchange_id_is_refused_pointing_at_ccxt_exchanges():
-    with pytest.raises(DataError,
-                       match=r"'binanse' is not a ccxt exchange id; ccxt.exchanges .*did you mean binance"):
+    with pytest.raises(
+        DataError,
+        match=r"'binanse' is not a ccxt exchange id; ccxt.exchanges .*did you mean binance",
+    ):
         CcxtOhlcvSource("binanse", ["BTC/USDT"], "1h")
 
 
@@ -326,18 +383,24 @@ def test_exchange_without_ohlcv_is_refused(router):
 
 
 @needs_recordings
-def test_production_constructor_enables_the_rate_limit_and_ccxt_throttles_every_request(router, monkeypatch):
+def test_production_constructor_enables_the_rate_limit_and_ccxt_throttles_every_request(
+    router, monkeypatch
+):
     routed = routed_binance_class(router)
     throttled: list[float] = []
     monkeypatch.setattr(routed, "throttle", lambda self, cost=None: throttled.append(cost))
     monkeypatch.setattr(ccxt, "binance", routed)
 
-    source = CcxtOhlcvSource("binance", ["BTC/USDT"], "1h", page_limit=100, clock=lambda: NOW / 1000)
+    source = CcxtOhlcvSource(
+        "binance", ["BTC/USDT"], "1h", page_limit=100, clock=lambda: NOW / 1000
+    )
     source.history(T0)
 
     assert routed.configs == [{"enableRateLimit": True}]
     assert source.exchange.enableRateLimit is True and source.exchange.rateLimit > 0
-    assert len(throttled) == len(router.requests) == 4  # exchangeInfo + 3 klines pages, each throttled
+    assert (
+        len(throttled) == len(router.requests) == 4
+    )  # exchangeInfo + 3 klines pages, each throttled
 
 
 # -- live polling ------------------------------------------------------------------------
@@ -357,7 +420,10 @@ def test_poll_closed_returns_each_closed_candle_once(router, make_source):
     assert [c.timestamp for c in second["BTC/USDT"]] == [T0 + 250 * HOUR, T0 + 251 * HOUR]
     assert third == {"BTC/USDT": []}
     assert [r["startTime"] for r in router.klines_requests] == [
-        str(T0 + 240 * HOUR), str(T0 + 249 * HOUR + 1), str(T0 + 251 * HOUR + 1)]
+        str(T0 + 240 * HOUR),
+        str(T0 + 249 * HOUR + 1),
+        str(T0 + 251 * HOUR + 1),
+    ]
 
 
 @needs_recordings
@@ -373,7 +439,8 @@ def test_poll_closed_reports_a_gap_between_polls(router, make_source):
 
     assert [c.timestamp for c in fresh["BTC/USDT"]] == [T0 + 251 * HOUR]
     assert [(e["from"], e["to"], e["missing"]) for e in events(logs, "data.gap")] == [
-        ("2024-01-11T10:00:00Z", "2024-01-11T11:00:00Z", 1)]
+        ("2024-01-11T10:00:00Z", "2024-01-11T11:00:00Z", 1)
+    ]
 
 
 # -- shapes ------------------------------------------------------------------------------
@@ -425,7 +492,9 @@ class ScriptedExchange:
     def load_markets(self) -> dict[str, dict]:
         return {"BTC/USDT": {}}
 
-    def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int | None) -> list[list[Any]]:
+    def fetch_ohlcv(
+        self, symbol: str, timeframe: str, since: int, limit: int | None
+    ) -> list[list[Any]]:
         self.calls.append(since)
         return self.pages.pop(0) if self.pages else []
 
@@ -434,9 +503,17 @@ def bar(hour: int, close: float = 100.0, volume: float = 1.0) -> list[Any]:
     return [T0 + hour * HOUR, close, close + 1, close - 1, close, volume]
 
 
-def scripted_source(exchange: ScriptedExchange, timeframe: str = "1h", now: int = NOW) -> CcxtOhlcvSource:
-    return CcxtOhlcvSource("scripted", ["BTC/USDT"], timeframe, exchange=exchange, clock=lambda: now / 1000,
-                           sleep=lambda s: None)
+def scripted_source(
+    exchange: ScriptedExchange, timeframe: str = "1h", now: int = NOW
+) -> CcxtOhlcvSource:
+    return CcxtOhlcvSource(
+        "scripted",
+        ["BTC/USDT"],
+        timeframe,
+        exchange=exchange,
+        clock=lambda: now / 1000,
+        sleep=lambda s: None,
+    )
 
 
 def test_rows_out_of_order_across_pages_are_sorted_and_duplicates_keep_the_last():
@@ -476,10 +553,10 @@ def test_missing_values_from_the_exchange_are_rejected():
 
 def test_monthly_candles_close_at_the_calendar_month_end():
     # ccxt's parse_timeframe counts a month as 30 days; January has 31.
-    january, february = (int(datetime(2024, m, 1, tzinfo=timezone.utc).timestamp() * 1000) for m in (1, 2))
+    january, february = (int(datetime(2024, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (1, 2))
     candles = [[january, 1.0, 2.0, 0.5, 1.5, 10.0], [february, 1.5, 2.0, 1.0, 1.2, 10.0]]
-    on_january_31 = int(datetime(2024, 1, 31, 12, tzinfo=timezone.utc).timestamp() * 1000)
-    on_march_1 = int(datetime(2024, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    on_january_31 = int(datetime(2024, 1, 31, 12, tzinfo=UTC).timestamp() * 1000)
+    on_march_1 = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
 
     early = scripted_source(ScriptedExchange(candles[:1]), "1M", now=on_january_31).history(january)
     later = scripted_source(ScriptedExchange(candles), "1M", now=on_march_1).history(january)
@@ -489,21 +566,25 @@ def test_monthly_candles_close_at_the_calendar_month_end():
 
 
 def test_monthly_gap_counts_calendar_months():
-    months = [int(datetime(2024, m, 1, tzinfo=timezone.utc).timestamp() * 1000) for m in (1, 4)]
+    months = [int(datetime(2024, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (1, 4)]
     exchange = ScriptedExchange([[t, 1.0, 2.0, 0.5, 1.5, 10.0] for t in months])
-    now = int(datetime(2024, 6, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    now = int(datetime(2024, 6, 1, tzinfo=UTC).timestamp() * 1000)
 
     with capture_logs() as logs:
         scripted_source(exchange, "1M", now=now).history(months[0])
 
     assert [(e["from"], e["to"], e["missing"]) for e in events(logs, "data.gap")] == [
-        ("2024-02-01T00:00:00Z", "2024-04-01T00:00:00Z", 2)]
+        ("2024-02-01T00:00:00Z", "2024-04-01T00:00:00Z", 2)
+    ]
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"page_limit": 0}, "page_limit must be a positive"),
-    ({"max_retries": -1}, "max_retries must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"page_limit": 0}, "page_limit must be a positive"),
+        ({"max_retries": -1}, "max_retries must be >= 0"),
+    ],
+)
 def test_bad_options_are_refused_naming_them(options, message):
     with pytest.raises(DataError, match=message):
         CcxtOhlcvSource("scripted", ["BTC/USDT"], "1h", exchange=ScriptedExchange(), **options)

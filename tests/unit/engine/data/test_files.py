@@ -24,8 +24,14 @@ def long_frame(times: list[str], symbols: list[str], *, volume: bool = True) -> 
     for t, stamp in enumerate(times):
         for s, symbol in enumerate(symbols):
             base = 100.0 * (s + 1) + t
-            row = {"timestamp": stamp, "symbol": symbol, "open": base, "high": base + 2,
-                   "low": base - 2, "close": base + 1}
+            row = {
+                "timestamp": stamp,
+                "symbol": symbol,
+                "open": base,
+                "high": base + 2,
+                "low": base - 2,
+                "close": base + 1,
+            }
             if volume:
                 row["volume"] = 10.0 * (t + 1) + s
             rows.append(row)
@@ -49,22 +55,26 @@ def rejected(logs: list[dict]) -> list[dict]:
 # -- long format ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["bars.csv", "bars.csv.gz", "bars.parquet"])
 def test_long_file_loads_bar_open_times_symbols_and_prices(tmp_path, name):
-    frame = long_frame(["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z"],
-                       ["ETH/USDT", "BTC/USDT"])
+    frame = long_frame(
+        ["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z"],
+        ["ETH/USDT", "BTC/USDT"],
+    )
     path = tmp_path / name
     if name.endswith(".parquet"):
         frame.to_parquet(path)
     else:
         frame.to_csv(path, index=False)
     panel = load_panel(path)
-    np.testing.assert_array_equal(panel.bar_open, [ms("2024-01-01"), ms("2024-01-02"),
-                                                   ms("2024-01-03")])
+    np.testing.assert_array_equal(
+        panel.bar_open, [ms("2024-01-01"), ms("2024-01-02"), ms("2024-01-03")]
+    )
     assert panel.bar_open.dtype == np.dtype("datetime64[ms]")
     assert panel.symbols == ("BTC/USDT", "ETH/USDT")  # sorted, whatever the file order
     for column in ("open", "high", "low", "close", "volume"):
         expected = frame.pivot(index="timestamp", columns="symbol", values=column)
-        np.testing.assert_array_equal(getattr(panel, column),
-                                      expected[["BTC/USDT", "ETH/USDT"]].to_numpy())
+        np.testing.assert_array_equal(
+            getattr(panel, column), expected[["BTC/USDT", "ETH/USDT"]].to_numpy()
+        )
     assert panel.timeframe_label == "1d"
     assert panel.source == str(path)
 
@@ -72,8 +82,9 @@ def test_long_file_loads_bar_open_times_symbols_and_prices(tmp_path, name):
 def test_long_file_rows_out_of_order_are_sorted_by_time(tmp_path):
     frame = long_frame(["2024-01-03", "2024-01-01", "2024-01-02"], ["A"])
     panel = load_panel(write_csv(tmp_path, frame))
-    np.testing.assert_array_equal(panel.bar_open, [ms("2024-01-01"), ms("2024-01-02"),
-                                                   ms("2024-01-03")])
+    np.testing.assert_array_equal(
+        panel.bar_open, [ms("2024-01-01"), ms("2024-01-02"), ms("2024-01-03")]
+    )
     np.testing.assert_array_equal(panel.close[:, 0], [102.0, 103.0, 101.0])
 
 
@@ -94,8 +105,9 @@ def test_a_symbol_without_a_bar_at_a_time_is_nan_there(tmp_path):
 
 
 def test_long_file_without_volume_has_volume_none(tmp_path):
-    panel = load_panel(write_csv(tmp_path, long_frame(["2024-01-01", "2024-01-02"], ["A"],
-                                                      volume=False)))
+    panel = load_panel(
+        write_csv(tmp_path, long_frame(["2024-01-01", "2024-01-02"], ["A"], volume=False))
+    )
     assert panel.volume is None
 
 
@@ -110,13 +122,19 @@ def test_five_minute_bars_infer_a_5m_timeframe(tmp_path):
     panel = load_panel(write_csv(tmp_path, long_frame(times, ["A"])))
     assert panel.timeframe == np.timedelta64(5, "m")
     assert panel.timeframe_label == "5m"
-    np.testing.assert_array_equal(panel.close_time - panel.bar_open,
-                                  np.full(12, np.timedelta64(300_000, "ms")))
+    np.testing.assert_array_equal(
+        panel.close_time - panel.bar_open, np.full(12, np.timedelta64(300_000, "ms"))
+    )
 
 
 def test_timeframe_is_the_most_common_step_despite_gaps(tmp_path):
-    times = ["2024-01-01T00:00Z", "2024-01-01T01:00Z", "2024-01-01T02:00Z", "2024-01-01T05:00Z",
-             "2024-01-01T06:00Z"]
+    times = [
+        "2024-01-01T00:00Z",
+        "2024-01-01T01:00Z",
+        "2024-01-01T02:00Z",
+        "2024-01-01T05:00Z",
+        "2024-01-01T06:00Z",
+    ]
     assert load_panel(write_csv(tmp_path, long_frame(times, ["A"]))).timeframe_label == "1h"
 
 
@@ -141,13 +159,19 @@ def test_intraday_data_scales_periods_per_year_by_bars_per_day(tmp_path):
 
 # -- wide close-only format ----------------------------------------------------------------------
 def test_wide_close_only_csv_loads_each_column_as_a_symbol(tmp_path):
-    frame = pd.DataFrame({"date": ["2024-01-02", "2024-01-03", "2024-01-04"],
-                          "MSFT": [370.0, 371.5, 368.25], "AAPL": [185.0, None, 181.9]})
+    frame = pd.DataFrame(
+        {
+            "date": ["2024-01-02", "2024-01-03", "2024-01-04"],
+            "MSFT": [370.0, 371.5, 368.25],
+            "AAPL": [185.0, None, 181.9],
+        }
+    )
     with capture_logs() as logs:
         panel = load_panel(write_csv(tmp_path, frame, "prices.csv"))
     assert panel.symbols == ("MSFT", "AAPL")  # file order
-    np.testing.assert_array_equal(panel.bar_open, [ms("2024-01-02"), ms("2024-01-03"),
-                                                   ms("2024-01-04")])
+    np.testing.assert_array_equal(
+        panel.bar_open, [ms("2024-01-02"), ms("2024-01-03"), ms("2024-01-04")]
+    )
     np.testing.assert_array_equal(panel.close, [[370.0, 185.0], [371.5, np.nan], [368.25, 181.9]])
     for column in ("open", "high", "low"):
         np.testing.assert_array_equal(getattr(panel, column), panel.close)
@@ -158,8 +182,9 @@ def test_wide_close_only_csv_loads_each_column_as_a_symbol(tmp_path):
 def test_wide_rows_out_of_order_are_sorted_with_their_prices(tmp_path):
     frame = pd.DataFrame({"Date": ["2024-01-04", "2024-01-02", "2024-01-03"], "X": [3.0, 1.0, 2.0]})
     panel = load_panel(write_csv(tmp_path, frame))
-    np.testing.assert_array_equal(panel.bar_open, [ms("2024-01-02"), ms("2024-01-03"),
-                                                   ms("2024-01-04")])
+    np.testing.assert_array_equal(
+        panel.bar_open, [ms("2024-01-02"), ms("2024-01-03"), ms("2024-01-04")]
+    )
     np.testing.assert_array_equal(panel.close[:, 0], [1.0, 2.0, 3.0])
 
 
@@ -217,18 +242,21 @@ def test_non_numeric_price_is_a_data_error_naming_column_row_and_value(tmp_path)
     frame.loc[2, "close"] = "n/a?"
     path = write_csv(tmp_path, frame)
     # Data row 2 is line 4 of the file (the header is line 1).
-    with pytest.raises(DataError, match=re.escape(f"{path}: column 'close' row 4 is not a number: "
-                                                  "'n/a?'")):
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}: column 'close' row 4 is not a number: 'n/a?'")
+    ):
         load_panel(path)
 
 
 def test_non_numeric_row_number_counts_file_lines_even_after_dropped_duplicates(tmp_path):
     path = tmp_path / "bars.csv"
-    path.write_text("timestamp,symbol,open,high,low,close\n"
-                    "2024-01-01,A,1,2,0.5,1\n"
-                    "2024-01-01,A,1,2,0.5,1\n"
-                    "2024-01-02,A,1,2,0.5,1\n"
-                    "2024-01-03,A,1,2,0.5,oops\n")
+    path.write_text(
+        "timestamp,symbol,open,high,low,close\n"
+        "2024-01-01,A,1,2,0.5,1\n"
+        "2024-01-01,A,1,2,0.5,1\n"
+        "2024-01-02,A,1,2,0.5,1\n"
+        "2024-01-03,A,1,2,0.5,oops\n"
+    )
     with pytest.raises(DataError, match="column 'close' row 5 is not a number: 'oops'"):
         load_panel(path)
 
@@ -250,16 +278,15 @@ def test_unparseable_timestamp_is_a_data_error_naming_the_column(tmp_path):
     frame = long_frame(["2024-01-01", "2024-01-02"], ["A"])
     frame.loc[1, "timestamp"] = "yesterday-ish"
     path = write_csv(tmp_path, frame)
-    with pytest.raises(DataError, match=re.escape(f"{path}: column 'timestamp' holds values "
-                                                  "that are not times")):
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}: column 'timestamp' holds values that are not times")
+    ):
         load_panel(path)
 
 
 def test_empty_timestamp_is_a_data_error_naming_column_and_row(tmp_path):
     path = tmp_path / "bars.csv"
-    path.write_text("timestamp,symbol,open,high,low,close\n"
-                    "2024-01-01,A,1,2,0.5,1\n"
-                    ",A,1,2,0.5,1\n")
+    path.write_text("timestamp,symbol,open,high,low,close\n2024-01-01,A,1,2,0.5,1\n,A,1,2,0.5,1\n")
     expected = f"{path}: column 'timestamp' row 3 is not a time"
     with pytest.raises(DataError, match=re.escape(expected)):
         load_panel(path)
@@ -273,11 +300,14 @@ def test_wide_file_with_duplicated_dates_is_a_data_error_naming_the_date_column(
 
 
 def test_wide_file_with_a_text_column_is_a_data_error_naming_the_column(tmp_path):
-    frame = pd.DataFrame({"date": ["2024-01-01", "2024-01-02"], "X": [1.0, 2.0],
-                          "Y": ["1.0", "suspended"]})
+    frame = pd.DataFrame(
+        {"date": ["2024-01-01", "2024-01-02"], "X": [1.0, 2.0], "Y": ["1.0", "suspended"]}
+    )
     path = write_csv(tmp_path, frame)
-    with pytest.raises(DataError, match=re.escape(f"{path}: wide format needs numeric close "
-                                                  "columns; not numeric: ['Y']")):
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"{path}: wide format needs numeric close columns; not numeric: ['Y']"),
+    ):
         load_panel(path)
 
 
@@ -289,13 +319,16 @@ def test_wide_file_with_an_unparseable_date_is_a_data_error_naming_the_column(tm
 
 
 # -- bad bars and duplicates ---------------------------------------------------------------------
-@pytest.mark.parametrize(("column", "value", "reason"), [
-    ("open", 0.0, "non-positive open"),
-    ("high", -1.0, "non-positive high"),
-    ("low", 0.0, "non-positive low"),
-    ("close", -5.0, "non-positive close"),
-    ("volume", -1.0, "negative volume"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("open", 0.0, "non-positive open"),
+        ("high", -1.0, "non-positive high"),
+        ("low", 0.0, "non-positive low"),
+        ("close", -5.0, "non-positive close"),
+        ("volume", -1.0, "negative volume"),
+    ],
+)
 def test_bad_bar_becomes_nan_in_every_column_and_is_logged(tmp_path, column, value, reason):
     frame = long_frame(["2024-01-01", "2024-01-02", "2024-01-03"], ["A", "B"])
     bad_row = (frame["symbol"] == "B") & (frame["timestamp"] == "2024-01-02")
@@ -307,9 +340,16 @@ def test_bad_bar_becomes_nan_in_every_column_and_is_logged(tmp_path, column, val
         values = getattr(panel, name)
         assert np.isnan(values[1, 1]), name
         assert np.isfinite(np.delete(values.ravel(), 3)).all(), name
-    assert rejected(logs) == [{"event": "data.rejected", "log_level": "warning",
-                               "source": str(path), "symbol": "B",
-                               "timestamp": "2024-01-02T00:00:00.000", "reason": reason}]
+    assert rejected(logs) == [
+        {
+            "event": "data.rejected",
+            "log_level": "warning",
+            "source": str(path),
+            "symbol": "B",
+            "timestamp": "2024-01-02T00:00:00.000",
+            "reason": reason,
+        }
+    ]
 
 
 def test_high_below_low_becomes_nan_and_is_logged_with_symbol_and_reason(tmp_path):
@@ -343,15 +383,16 @@ def test_wide_file_non_positive_close_becomes_nan_and_is_logged(tmp_path):
 
 def test_duplicated_timestamp_symbol_rows_are_dropped_keeping_the_last(tmp_path):
     frame = long_frame(["2024-01-01", "2024-01-02"], ["A", "B"])
-    again = frame.iloc[[1, 2]].assign(close=[555.0, 666.0], high=[700.0, 700.0])  # (01-01, B), (01-02, A)
+    again = frame.iloc[[1, 2]].assign(
+        close=[555.0, 666.0], high=[700.0, 700.0]
+    )  # (01-01, B), (01-02, A)
     path = write_csv(tmp_path, pd.concat([frame, again], ignore_index=True))
     with capture_logs() as logs:
         panel = load_panel(path)
-    np.testing.assert_array_equal(panel.close, [[101.0, 555.0],
-                                                [666.0, 202.0]])
+    np.testing.assert_array_equal(panel.close, [[101.0, 555.0], [666.0, 202.0]])
     assert [e for e in logs if e["event"] == "data.duplicates_dropped"] == [
-        {"event": "data.duplicates_dropped", "log_level": "warning", "source": str(path),
-         "rows": 2}]
+        {"event": "data.duplicates_dropped", "log_level": "warning", "source": str(path), "rows": 2}
+    ]
 
 
 def test_clean_file_logs_nothing(tmp_path):
@@ -370,8 +411,9 @@ def test_real_binance_daily_file_loads_43_symbols_from_2017_to_2026():
     assert panel.volume is not None
     assert panel.periods_per_year() == 365.0
     raw = pd.read_csv(CRYPTO_DAILY)
-    expected = raw.loc[(raw["symbol"] == "BTC/USDT")
-                       & (raw["timestamp"].str.startswith("2020-03-12")), "close"]
+    expected = raw.loc[
+        (raw["symbol"] == "BTC/USDT") & (raw["timestamp"].str.startswith("2020-03-12")), "close"
+    ]
     assert len(expected) == 1
     row = int(np.flatnonzero(panel.bar_open == ms("2020-03-12"))[0])
     assert panel.close[row, panel.symbols.index("BTC/USDT")] == float(expected.iloc[0])
@@ -386,5 +428,6 @@ def test_real_stock_close_only_file_loads_19_symbols_without_volume():
     assert panel.volume is None
     assert panel.timeframe_label == "1d"
     assert panel.periods_per_year() == 252.0
-    np.testing.assert_array_equal(panel.close[:, panel.symbols.index("AAPL")],
-                                  raw["AAPL"].to_numpy(dtype=float))
+    np.testing.assert_array_equal(
+        panel.close[:, panel.symbols.index("AAPL")], raw["AAPL"].to_numpy(dtype=float)
+    )

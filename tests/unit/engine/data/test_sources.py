@@ -25,9 +25,14 @@ def test_file_and_synthetic_sources_give_their_loaders_panels():
 @pytest.mark.skipif(not RECORDINGS.is_dir(), reason="exchange recordings absent")
 def test_ccxt_history_source_gives_a_panel_of_closed_candles():
     router = BinanceRouter(now_ms=T0 + 10 * 3_600_000 + 5, listed_ms=T0)
-    ccxt_source = CcxtOhlcvSource("binance", ["BTC/USDT", "ETH/BTC"], "1h",
-                                  exchange=offline_binance(router), sleep=lambda s: None,
-                                  clock=lambda: router.now_ms / 1000)
+    ccxt_source = CcxtOhlcvSource(
+        "binance",
+        ["BTC/USDT", "ETH/BTC"],
+        "1h",
+        exchange=offline_binance(router),
+        sleep=lambda s: None,
+        clock=lambda: router.now_ms / 1000,
+    )
     panel = CcxtHistorySource(ccxt_source, since_ms=T0).panel()
     assert panel.symbols == ("BTC/USDT", "ETH/BTC") and panel.close.shape == (10, 2)
     assert panel.timeframe_label == "1h"

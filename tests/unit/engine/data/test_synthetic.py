@@ -30,8 +30,13 @@ def test_shape_symbols_times_and_source():
     panel = synthetic_panel(5, 40, seed=3, start="2021-06-01", timeframe="4h")
     for column in COLUMNS:
         assert getattr(panel, column).shape == (40, 5)
-    assert panel.symbols == ("SYN000/USDT", "SYN001/USDT", "SYN002/USDT", "SYN003/USDT",
-                             "SYN004/USDT")
+    assert panel.symbols == (
+        "SYN000/USDT",
+        "SYN001/USDT",
+        "SYN002/USDT",
+        "SYN003/USDT",
+        "SYN004/USDT",
+    )
     expected = np.datetime64("2021-06-01T00:00", "ms") + np.arange(40) * np.timedelta64(4, "h")
     np.testing.assert_array_equal(panel.bar_open, expected)
     assert panel.timeframe_label == "4h"
@@ -70,6 +75,7 @@ def test_each_bar_opens_near_the_previous_close():
 
 @pytest.mark.parametrize(("n_assets", "n_bars"), [(0, 10), (3, 0)])
 def test_empty_market_is_refused_naming_the_sizes(n_assets, n_bars):
-    with pytest.raises(ValueError, match=f"n_assets >= 1 and n_bars >= 1, received {n_assets} "
-                                         f"and {n_bars}"):
+    with pytest.raises(
+        ValueError, match=f"n_assets >= 1 and n_bars >= 1, received {n_assets} and {n_bars}"
+    ):
         synthetic_panel(n_assets, n_bars)
