@@ -41,5 +41,10 @@ class BusUnavailableError(BusError):
     """Redis stayed unreachable for longer than the caller was willing to wait."""
 
 
+class UsageError(DeepfactorError):
+    """A command-line argument is unusable (an output path that cannot be written, a negative
+    count); the message names the option and the value."""
+
+
 class DataError(DeepfactorError):
     """Market data is malformed; the message names the file, the row or symbol, and why."""

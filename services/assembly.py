@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from apscheduler.triggers.base import BaseTrigger
@@ -10,6 +12,7 @@ from brokers.simulated import SimulatedBroker
 from engine.bus import Bus, MemoryBus
 from engine.clock import Clock, WallClock
 from engine.config import Config
+from engine.errors import ConfigError
 from engine.scheduling import build_trigger
 from services.execution import ExecutionService
 from services.factor_update import FactorUpdateService
@@ -17,6 +20,7 @@ from services.rebalance import RebalanceService
 from services.recorder import RecorderService
 from services.runtime import Service
 from services.signal import SignalService
+from strategies.weighting import top_fraction_count
 
 
 @dataclass
@@ -49,6 +53,28 @@ def validate(config: Config) -> None:
     """
     schedule_trigger(config)
     FactorUpdateService(MemoryBus(), WallClock(), config.strategy)
+
+
+def check_universe(config: Config, symbols: Sequence[str], where: str) -> None:
+    """Refuse a universe in which ``[portfolio] top_fraction`` can never select an asset.
+
+    The count held is rounded down, so 0.25 of three symbols holds nothing: such a run would
+    go to its end without an order and without saying why.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the universe's size and what would be needed.
+    """
+    fraction = config.portfolio.top_fraction
+    if top_fraction_count(fraction, len(symbols)) > 0:
+        return
+    needed = math.ceil(1.0 / fraction - 1e-9)
+    raise ConfigError(
+        f"[portfolio] top_fraction {fraction} selects no asset from the {len(symbols)} "
+        f"symbol(s) of {where} (the count held is rounded down): it needs at least {needed} "
+        f"symbols, or a top_fraction >= {1.0 / max(len(symbols), 1):.4g}"
+    )
 
 
 def build_services(config: Config, bus: Bus, clock: Clock) -> Services:

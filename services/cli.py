@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -36,11 +37,27 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _load(arguments: argparse.Namespace, service: str):  # -> Config
+def _validated_config(arguments: argparse.Namespace):  # -> Config
+    # The schema, then every check start-up makes against the libraries (factor names and
+    # parameters, the schedule, neutralisers, factor files), all naming the file.
     from engine.config import load_config
-    from engine.logging import configure_logging
+    from engine.errors import ConfigError
+    from services.assembly import validate
 
     config = load_config(arguments.config)
+    try:
+        validate(config)
+    except ConfigError as error:
+        if arguments.config is None:
+            raise
+        raise ConfigError(f"config {arguments.config}: {error}") from None
+    return config
+
+
+def _load(arguments: argparse.Namespace, service: str):  # -> Config
+    from engine.logging import configure_logging
+
+    config = _validated_config(arguments)
     configure_logging(service, config.log.level, config.log.format)
     return config
 
@@ -48,12 +65,11 @@ def _load(arguments: argparse.Namespace, service: str):  # -> Config
 def _config_check(arguments: argparse.Namespace) -> int:
     import msgspec
 
-    from engine.config import load_config
     from engine.errors import ConfigError
     from engine.logging import redact_secrets
 
     try:
-        config = load_config(arguments.config)
+        config = _validated_config(arguments)
     except ConfigError as error:
         return _error(str(error))
     shown = redact_secrets(None, "info", msgspec.to_builtins(config))
@@ -81,22 +97,24 @@ def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
 
 def _backtest(arguments: argparse.Namespace) -> int:
     from engine.data.sources import FileSource
-    from engine.errors import ConfigError, DataError
+    from engine.errors import ConfigError, DataError, UsageError
+    from services.preflight import check_output_dir
 
     if arguments.strategy not in STRATEGIES:
         return _error(
             f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}"
         )
     try:
+        check_output_dir(Path(arguments.out))
         config = _load(arguments, "backtest")
-        from services.assembly import validate
+        from services.assembly import check_universe
 
-        validate(config)
         panel = FileSource(Path(arguments.data)).panel()
+        check_universe(config, panel.symbols, f"--data {arguments.data}")
         from services.backtest import run_backtest
 
         summary = run_backtest(config, panel, Path(arguments.out))
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, UsageError) as error:
         return _error(str(error))
     _print_summary("backtest", summary, Path(arguments.out))
     return EXIT_OK
@@ -105,8 +123,11 @@ def _backtest(arguments: argparse.Namespace) -> int:
 def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
     from engine.data import SAMPLE_PATH
     from engine.data.sources import BarSource, FileSource, SyntheticSource
+    from engine.errors import UsageError
 
     bars = config.paper.bars if arguments.bars is None else arguments.bars
+    if bars < 0:
+        raise UsageError(f"--bars must be a number of bars >= 0 (0: all), received {bars}")
     source: BarSource
     if arguments.synthetic:
         market = config.market
@@ -124,6 +145,9 @@ def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
 
 
 def _parse_speed(text: str | None, default: float) -> float:
+    # 0 and "max" both mean no cap, as in [paper] speed.
+    from engine.errors import UsageError
+
     if text is None:
         return default
     if text == "max":
@@ -131,39 +155,48 @@ def _parse_speed(text: str | None, default: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--speed must be a number of bars per second or 'max', received {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--speed must be positive or 'max', received {text!r}")
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise UsageError(
+            f"--speed must be bars per second >= 0, or 'max' (0 and max: no cap), received {text!r}"
+        )
     return value
 
 
 def _paper(arguments: argparse.Namespace) -> int:
     import os
 
-    from engine.errors import BusError, ConfigError, DataError
+    from engine.errors import BusError, ConfigError, DataError, UsageError
+    from services.preflight import check_output_dir
 
+    symbols = [s.strip() for s in (arguments.symbols or "").split(",") if s.strip()]
     try:
         if arguments.redis_url:
             os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
+        if arguments.warmup_bars < 0:
+            raise UsageError(f"--warmup-bars must be >= 0, received {arguments.warmup_bars}")
+        if arguments.exchange and not symbols:
+            raise UsageError("--exchange needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT")
         config = _load(arguments, "paper")
-        from services.assembly import validate
+        from services.assembly import check_universe
 
-        validate(config)
         speed = _parse_speed(arguments.speed, config.paper.speed)
-        panel = None if arguments.exchange else _paper_panel(arguments, config)
-    except (ConfigError, DataError, argparse.ArgumentTypeError) as error:
+        out_dir = Path(arguments.out or config.run.run_dir)
+        check_output_dir(out_dir, "--out" if arguments.out else "[run] run_dir")
+        if arguments.exchange:
+            panel = None
+            check_universe(config, symbols, "--symbols")
+        else:
+            panel = _paper_panel(arguments, config)
+            where = f"--data {arguments.data}" if arguments.data else "the data"
+            check_universe(config, panel.symbols, where)
+    except (ConfigError, DataError, UsageError) as error:
         return _error(str(error))
-    out_dir = Path(arguments.out or config.run.run_dir)
     stop = threading.Event()
     source = None
     if arguments.exchange:
         from engine.data.ccxt_source import CcxtOhlcvSource
 
-        symbols = [s.strip() for s in (arguments.symbols or "").split(",") if s.strip()]
-        if not symbols:
-            return _error("--exchange needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT")
         try:
             source = CcxtOhlcvSource(arguments.exchange, symbols, arguments.timeframe)
         except DataError as error:
@@ -201,30 +234,39 @@ def _paper(arguments: argparse.Namespace) -> int:
 
 def _factors_report(arguments: argparse.Namespace) -> int:
     from engine.data import load_panel
-    from engine.errors import ConfigError, DataError
+    from engine.errors import ConfigError, DataError, UsageError
     from engine.logging import configure_logging
+    from services.preflight import check_output_dir
 
     if arguments.horizon < 1:
         return _error(f"--horizon must be a positive number of bars, received {arguments.horizon}")
+    if arguments.quantiles < 2:
+        return _error(f"--quantiles must be >= 2, received {arguments.quantiles}")
     configure_logging("factors", "info", "auto")
     try:
+        check_output_dir(Path(arguments.out))
         panel = load_panel(arguments.data)
         from services.factor_report import run_factor_report
 
         run_factor_report(panel, Path(arguments.out), arguments.horizon, arguments.quantiles)
-    except (ConfigError, DataError, ValueError) as error:
+    except (ConfigError, DataError, UsageError, ValueError) as error:
         return _error(str(error))
     return EXIT_OK
 
 
 def _data_fetch(arguments: argparse.Namespace) -> int:
-    from engine.errors import DataError
+    from engine.errors import DataError, UsageError
     from engine.logging import configure_logging
+    from services.preflight import check_output_file
 
     configure_logging("data-fetch", "info", "auto")
     symbols = [s.strip() for s in arguments.symbols.split(",") if s.strip()]
     if not symbols:
         return _error("--symbols must list at least one symbol, e.g. BTC/USDT,ETH/USDT")
+    try:
+        check_output_file(Path(arguments.out))
+    except UsageError as error:
+        return _error(str(error))
     try:
         from services.data_fetch import fetch_to_file
 
@@ -283,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="live: closed bars fetched first so factor windows start full",
     )
     paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
-    paper.add_argument("--speed", metavar="X|max", help="bars per second, or max")
+    paper.add_argument("--speed", metavar="X|max", help="bars per second; 0 or max: no cap")
     paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")
     paper.add_argument(
         "--redis-url",

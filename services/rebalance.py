@@ -223,11 +223,37 @@ class RebalanceService(Service):
             self.pending.pop(0)
             self._rebalance(tick, corr, bar, signal)
 
+    def _log_nothing_selected(self, tick: RebalanceDue, scores: np.ndarray) -> None:
+        # Holding nothing must say why: still warming up is normal, a universe too small for
+        # top_fraction is not.
+        scored = int(np.count_nonzero(~np.isnan(scores)))
+        fields = {
+            "rebalance_id": tick.rebalance_id,
+            "decision_time": tick.decision_time.isoformat(),
+            "scored_assets": scored,
+            "top_fraction": self.config.top_fraction,
+        }
+        if scored == 0:
+            log.info(
+                "rebalance.nothing_selected",
+                reason="no asset has a score yet (factor lookbacks still filling, or no bar)",
+                **fields,
+            )
+        else:
+            log.warning(
+                "rebalance.nothing_selected",
+                reason=f"top_fraction {self.config.top_fraction} of {scored} scored assets "
+                "rounds down to 0",
+                **fields,
+            )
+
     def _rebalance(self, tick: RebalanceDue, corr: str, bar: _Bar, signal: Signal) -> None:
         scores = np.array(signal.scores, dtype=float)
         priced = np.array([s in bar.index for s in signal.symbols])
         scores[~priced] = np.nan  # no bar now: cannot be bought at a known price
         weights = top_fraction_weights(scores, self.config.top_fraction, self.config.gross_exposure)
+        if not weights.any():
+            self._log_nothing_selected(tick, scores)
         prices = {s: bar.close[bar.index[s]] for s in signal.symbols if s in bar.index}
         for symbol in self.book.positions:
             if symbol not in prices and symbol in bar.index:

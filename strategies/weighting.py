@@ -6,7 +6,7 @@ import numpy as np
 
 from strategies.preprocessing import zscore
 
-__all__ = ["equal_factor_scores", "top_fraction_weights", "zscore"]
+__all__ = ["equal_factor_scores", "top_fraction_count", "top_fraction_weights", "zscore"]
 
 
 def equal_factor_scores(exposures: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -21,6 +21,12 @@ def equal_factor_scores(exposures: np.ndarray, weights: np.ndarray | None = None
     return weights @ standardised
 
 
+def top_fraction_count(fraction: float, n_assets: int) -> int:
+    """Return how many of ``n_assets`` the top ``fraction`` holds: rounded down, with a
+    tolerance so that 0.25 of 4 is 1 despite binary fractions."""
+    return int(np.floor(fraction * n_assets + 1e-9))
+
+
 def top_fraction_weights(scores: np.ndarray, fraction: float, gross: float = 1.0) -> np.ndarray:
     """Return equal weights summing to ``gross`` on the top ``fraction`` of assets with a score
     (the count is rounded down, so too small a universe holds cash); zero elsewhere.
@@ -29,7 +35,7 @@ def top_fraction_weights(scores: np.ndarray, fraction: float, gross: float = 1.0
     """
     weights = np.zeros(len(scores))
     valid = np.flatnonzero(~np.isnan(scores))
-    count = int(np.floor(fraction * len(valid) + 1e-9))
+    count = top_fraction_count(fraction, len(valid))
     if count == 0:
         return weights
     order = valid[np.argsort(-scores[valid], kind="stable")]

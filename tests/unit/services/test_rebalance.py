@@ -157,3 +157,36 @@ def test_target_portfolio_is_published_with_the_weights():
     # three scored assets: floor(0.25 * 3) = 0 holdings, all cash
     assert targets[0].weights == (0.0, 0.0, 0.0, 0.0) and targets[0].cash_weight == 1.0
     assert harness.new_orders() == []
+
+
+def test_a_universe_too_small_for_top_fraction_warns_why_nothing_is_held():
+    harness = Harness(top_fraction=0.5)
+    harness.send(bars(T0, (10.0, 20.0, 30.0, 40.0)))
+    harness.send(signal(T0, (1.0, float("nan"), float("nan"), float("nan"))))
+    with capture_logs() as logs:
+        harness.send(tick(T0))
+    assert harness.new_orders() == []
+    [warning] = [log for log in logs if log["event"] == "rebalance.nothing_selected"]
+    assert warning["log_level"] == "warning" and warning["scored_assets"] == 1
+    assert "top_fraction 0.5 of 1 scored assets rounds down to 0" in warning["reason"]
+
+
+def test_a_rebalance_before_any_score_says_it_is_warming_up():
+    harness = Harness(top_fraction=0.5)
+    harness.send(bars(T0, (10.0, 20.0, 30.0, 40.0)))
+    harness.send(signal(T0, (float("nan"),) * 4))
+    with capture_logs() as logs:
+        harness.send(tick(T0))
+    [note] = [log for log in logs if log["event"] == "rebalance.nothing_selected"]
+    assert note["log_level"] == "info" and note["scored_assets"] == 0
+    assert "no asset has a score yet" in note["reason"]
+
+
+def test_a_rebalance_that_holds_something_logs_no_reason():
+    harness = Harness(top_fraction=0.5)
+    harness.send(bars(T0, (10.0, 20.0, 30.0, 40.0)))
+    harness.send(signal(T0, (1.0, 2.0, float("nan"), float("nan"))))
+    with capture_logs() as logs:
+        harness.send(tick(T0))
+    assert [o.symbol for o in harness.new_orders()] == ["B"]
+    assert not [log for log in logs if log["event"] == "rebalance.nothing_selected"]
