@@ -143,7 +143,7 @@ class MarketDataService:
             log.warning(
                 "data.rejected",
                 symbol=self._all_symbols[column],
-                timestamp=self._bar_open[index].isoformat(),
+                bar_time=self._bar_open[index].isoformat().replace("+00:00", "Z"),
                 reason=reason,
             )
         self.rejected += len(reasons)

@@ -411,7 +411,7 @@ class CcxtOhlcvSource:
             "data.rejected",
             exchange=self.exchange_id,
             symbol=symbol,
-            timestamp=None if timestamp_ms is None else iso_utc(timestamp_ms),
+            bar_time=None if timestamp_ms is None else iso_utc(timestamp_ms),
             reason=reason,
         )
 
