@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         metavar="F",
         help="replay this market-data file (default: the bundled real sample, "
-        "16 Binance USDT pairs, daily 2021-2024)",
+        "19 US stocks, daily closes 2014-2024)",
     )
     source.add_argument(
         "--synthetic",

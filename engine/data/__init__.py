@@ -7,11 +7,11 @@ from engine.data.files import load_panel
 from engine.data.panel import Panel
 from engine.data.synthetic import synthetic_panel
 
-SAMPLE_PATH = Path(__file__).parent / "sample" / "binance_usdt_1d_2021-2024.csv.gz"
+SAMPLE_PATH = Path(__file__).parent / "sample" / "us_stocks_1d_2014-2024.csv.gz"
 
 
 def sample_panel() -> Panel:
-    """Return the bundled real sample: 16 Binance USDT pairs, daily, 2021-2024."""
+    """Return the bundled real sample: 19 US stocks, daily adjusted closes, 2014-2024."""
     return load_panel(SAMPLE_PATH)
 
 
