@@ -7,17 +7,13 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from engine.bus import RedisBus
 from engine.config import load_config
 from engine.data.ccxt_source import CcxtOhlcvSource
 from services.paper import run_live_paper
 from tests.audit import read_ledger, rebuild_and_compare, terminal_updates_per_order
 from tests.conftest import delete_namespace
-from tests.fixtures.ccxt_router import RECORDINGS, BinanceRouter, offline_binance
-
-pytestmark = pytest.mark.skipif(not RECORDINGS.is_dir(), reason="exchange recordings absent")
+from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
 
 
 class WallClockRouter(BinanceRouter):

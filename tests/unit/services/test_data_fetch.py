@@ -21,7 +21,6 @@ from services.data_fetch import fetch_to_file, parse_utc_ms
 from tests.fixtures.ccxt_router import (
     BinanceRouter,
     offline_binance,
-    recordings_available,
     routed_binance_class,
 )
 
@@ -30,11 +29,6 @@ DAY = 24 * HOUR
 T0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
 NOW = T0 + 250 * HOUR + 30 * 60_000
 SYMBOLS = {"BTC/USDT": "BTCUSDT", "ETH/BTC": "ETHBTC"}
-
-needs_recordings = pytest.mark.skipif(
-    not recordings_available(),
-    reason="../shared/data/exchange-recordings is not beside the checkout",
-)
 
 
 @pytest.fixture
@@ -56,7 +50,6 @@ def fetch(router: BinanceRouter, out, since: Any = "2024-01-01", **options: Any)
     )
 
 
-@needs_recordings
 @pytest.mark.parametrize("name", ["bars.parquet", "bars.csv", "bars.csv.gz"])
 def test_written_file_loads_back_with_the_same_values(tmp_path, router, name):
     out = tmp_path / "nested" / name
@@ -83,7 +76,6 @@ def test_written_file_loads_back_with_the_same_values(tmp_path, router, name):
     assert list(out.parent.iterdir()) == [out]  # no partial file left beside it
 
 
-@needs_recordings
 def test_file_holds_the_long_format_columns_in_utc(tmp_path, router):
     out = tmp_path / "bars.parquet"
     fetch(router, out, until="2024-01-01T03:00Z")
@@ -95,7 +87,6 @@ def test_file_holds_the_long_format_columns_in_utc(tmp_path, router):
     assert list(frame["symbol"]) == ["BTC/USDT", "ETH/BTC"] * 3
 
 
-@needs_recordings
 def test_summary_counts_what_the_hygiene_found(tmp_path, router):
     router.drop("ETHBTC", T0 + 5 * HOUR, T0 + 6 * HOUR)
     router.duplicate("BTCUSDT", T0 + 7 * HOUR)
@@ -125,7 +116,6 @@ def test_summary_counts_what_the_hygiene_found(tmp_path, router):
     assert np.isnan(panel.close[5:7, 1]).all() and np.isnan(panel.close[9, 0])
 
 
-@needs_recordings
 def test_symbols_may_be_one_comma_separated_string(tmp_path, router):
     summary = fetch_to_file(
         "binance",
@@ -141,7 +131,6 @@ def test_symbols_may_be_one_comma_separated_string(tmp_path, router):
     assert summary["rows_per_symbol"] == {"BTC/USDT": 5, "ETH/BTC": 5}
 
 
-@needs_recordings
 def test_the_cli_call_builds_a_rate_limited_exchange(tmp_path, monkeypatch):
     # Exactly the call the CLI makes: no exchange, clock or sleep injected.
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -204,7 +193,6 @@ def test_unknown_output_type_is_refused_before_any_download(tmp_path, monkeypatc
         fetch_to_file("binance", ["BTC/USDT"], "1h", "2024-01-01", tmp_path / "bars.xlsx")
 
 
-@needs_recordings
 def test_nothing_to_write_is_an_error_and_writes_no_file(tmp_path, router):
     out = tmp_path / "bars.parquet"
 

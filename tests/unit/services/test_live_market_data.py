@@ -8,9 +8,8 @@ import pytest
 from engine.bus import MemoryBus
 from engine.data.ccxt_source import CcxtOhlcvSource
 from services.live_market_data import LiveMarketDataService
-from tests.fixtures.ccxt_router import RECORDINGS, BinanceRouter, offline_binance
+from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
 
-pytestmark = pytest.mark.skipif(not RECORDINGS.is_dir(), reason="exchange recordings absent")
 MINUTE = 60_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 

@@ -23,7 +23,6 @@ from tests.fixtures.ccxt_router import (
     CORRUPTION_KINDS,
     BinanceRouter,
     offline_binance,
-    recordings_available,
     routed_binance_class,
 )
 
@@ -39,11 +38,6 @@ SERVER_BUSY = (
 )
 T0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
 NOW = T0 + 250 * HOUR + 30 * 60_000  # bar 250 is forming; bars 0..249 are closed
-
-needs_recordings = pytest.mark.skipif(
-    not recordings_available(),
-    reason="../shared/data/exchange-recordings is not beside the checkout",
-)
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -77,7 +71,6 @@ def make_source(router: BinanceRouter, sleeps: list[float]):
 # -- paging ------------------------------------------------------------------------------
 
 
-@needs_recordings
 def test_history_pages_forward_from_the_candle_after_the_last_one_received(router, make_source):
     source = make_source(page_limit=100)
 
@@ -96,7 +89,6 @@ def test_history_pages_forward_from_the_candle_after_the_last_one_received(route
     assert source.counts.requests == 3 and source.counts.candles == 250
 
 
-@needs_recordings
 def test_history_stops_at_until_and_leaves_it_out(router, make_source):
     rows = make_source(page_limit=100).history(T0, T0 + 150 * HOUR)
 
@@ -104,7 +96,6 @@ def test_history_stops_at_until_and_leaves_it_out(router, make_source):
     assert rows["BTC/USDT"] == router.candles("BTCUSDT", "1h")[:150]
 
 
-@needs_recordings
 def test_history_pages_every_symbol_of_the_universe(router, make_source):
     rows = make_source(("BTC/USDT", "ETH/BTC"), page_limit=200).history(T0 + 10 * HOUR)
 
@@ -119,7 +110,6 @@ def test_history_pages_every_symbol_of_the_universe(router, make_source):
         assert rows[symbol] == router.candles(market_id, "1h")[10:]
 
 
-@needs_recordings
 def test_history_before_the_listing_starts_at_the_first_bar_without_a_gap(router, make_source):
     with capture_logs() as logs:
         rows = make_source().history(T0 - 1000 * HOUR)
@@ -128,7 +118,6 @@ def test_history_before_the_listing_starts_at_the_first_bar_without_a_gap(router
     assert events(logs, "data.gap") == []
 
 
-@needs_recordings
 def test_history_since_the_present_is_empty(router, make_source):
     assert make_source().history(NOW + HOUR) == {"BTC/USDT": []}
     assert router.klines_requests == []
@@ -137,7 +126,6 @@ def test_history_since_the_present_is_empty(router, make_source):
 # -- closed candles only -----------------------------------------------------------------
 
 
-@needs_recordings
 @pytest.mark.parametrize(
     "now",
     [T0 + 250 * HOUR, T0 + 250 * HOUR + 1, T0 + 251 * HOUR - 1],
@@ -161,7 +149,6 @@ def test_only_closed_candles_are_returned(now, make_source):
 # -- hygiene -----------------------------------------------------------------------------
 
 
-@needs_recordings
 def test_duplicate_open_times_keep_the_last_copy(router, make_source):
     router.duplicate("BTCUSDT", T0 + 20 * HOUR, T0 + 21 * HOUR)
     source = make_source()
@@ -179,7 +166,6 @@ def test_duplicate_open_times_keep_the_last_copy(router, make_source):
     assert source.counts.duplicates == 2
 
 
-@needs_recordings
 def test_out_of_order_rows_within_pages_come_out_sorted(router, make_source):
     router.shuffle_pages = True
 
@@ -188,7 +174,6 @@ def test_out_of_order_rows_within_pages_come_out_sorted(router, make_source):
     assert rows["BTC/USDT"] == router.candles("BTCUSDT", "1h")
 
 
-@needs_recordings
 def test_gap_is_logged_with_its_span_and_missing_bar_count(router, make_source):
     router.drop("BTCUSDT", T0 + 10 * HOUR, T0 + 11 * HOUR)
     source = make_source()
@@ -212,7 +197,6 @@ def test_gap_is_logged_with_its_span_and_missing_bar_count(router, make_source):
     assert (source.counts.gaps, source.counts.missing_bars) == (1, 2)
 
 
-@needs_recordings
 def test_gap_across_a_page_boundary_does_not_stop_the_paging(router, make_source):
     router.drop("BTCUSDT", *(T0 + h * HOUR for h in range(95, 130)))
 
@@ -240,7 +224,6 @@ REASONS = {
 }
 
 
-@needs_recordings
 @pytest.mark.parametrize("kind", CORRUPTION_KINDS)
 def test_bad_candle_is_rejected_with_its_reason(kind, router, make_source):
     router.corrupt("BTCUSDT", T0 + 30 * HOUR, kind)
@@ -250,7 +233,7 @@ def test_bad_candle_is_rejected_with_its_reason(kind, router, make_source):
         rows = source.history(T0)
 
     [rejected] = events(logs, "data.rejected")
-    assert (rejected["symbol"], rejected["timestamp"]) == ("BTC/USDT", "2024-01-02T06:00:00Z")
+    assert (rejected["symbol"], rejected["bar_time"]) == ("BTC/USDT", "2024-01-02T06:00:00Z")
     assert REASONS[kind] in rejected["reason"]
     assert source.counts.rejected == 1
     assert T0 + 30 * HOUR not in {c.timestamp for c in rows["BTC/USDT"]}
@@ -264,7 +247,6 @@ def test_bad_candle_is_rejected_with_its_reason(kind, router, make_source):
 # -- retries and errors ------------------------------------------------------------------
 
 
-@needs_recordings
 @pytest.mark.parametrize(
     ("failure", "ccxt_error"),
     [
@@ -303,7 +285,6 @@ def test_transient_failures_are_retried_with_backoff_then_succeed(
     assert source.counts.retries == 3
 
 
-@needs_recordings
 def test_backoff_grows_exponentially_up_to_its_cap(router, make_source, sleeps):
     router.fail(6, "connection")
 
@@ -312,7 +293,6 @@ def test_backoff_grows_exponentially_up_to_its_cap(router, make_source, sleeps):
     assert sleeps == [0.75, 1.5, 3.0, 6.0, 6.0, 6.0]
 
 
-@needs_recordings
 def test_retries_exhausted_raise_data_error_naming_symbol_and_error(router, make_source, sleeps):
     router.fail(3, "connection")
 
@@ -323,7 +303,6 @@ def test_retries_exhausted_raise_data_error_naming_symbol_and_error(router, make
     assert len(sleeps) == 2 and len(router.klines_requests) == 3
 
 
-@needs_recordings
 def test_bad_symbol_from_the_exchange_is_not_retried(router, make_source, sleeps):
     router.fail(1, "-1121")
 
@@ -332,7 +311,6 @@ def test_bad_symbol_from_the_exchange_is_not_retried(router, make_source, sleeps
     assert sleeps == [] and len(router.klines_requests) == 1
 
 
-@needs_recordings
 def test_load_markets_is_retried_on_network_errors(router, make_source, sleeps):
     router.fail(2, "timeout", path="/api/v3/exchangeInfo")
 
@@ -347,13 +325,11 @@ def test_load_markets_is_retried_on_network_errors(router, make_source, sleeps):
     assert source.history(T0)["BTC/USDT"] == router.candles("BTCUSDT", "1h")
 
 
-@needs_recordings
 def test_unknown_symbol_is_refused_naming_it(make_source):
     with pytest.raises(DataError, match=r"no market 'BTC/USD'; did you mean BTC/USDT"):
         make_source(("BTC/USDT", "BTC/USD"))
 
 
-@needs_recordings
 def test_unknown_timeframe_is_refused_listing_the_valid_ones(make_source):
     with pytest.raises(DataError, match=r"timeframe '7h'; valid timeframes: 1s, 1m, .*1h, 2h, 4h"):
         make_source(timeframe="7h")
@@ -372,7 +348,6 @@ def test_ccxt_attributes_that_are_not_exchanges_are_refused():
         CcxtOhlcvSource("Exchange", ["BTC/USDT"], "1h")
 
 
-@needs_recordings
 def test_exchange_without_ohlcv_is_refused(router):
     exchange = offline_binance(router)
     exchange.has = {**exchange.has, "fetchOHLCV": False}
@@ -382,7 +357,6 @@ def test_exchange_without_ohlcv_is_refused(router):
     assert router.requests == []
 
 
-@needs_recordings
 def test_production_constructor_enables_the_rate_limit_and_ccxt_throttles_every_request(
     router, monkeypatch
 ):
@@ -406,7 +380,6 @@ def test_production_constructor_enables_the_rate_limit_and_ccxt_throttles_every_
 # -- live polling ------------------------------------------------------------------------
 
 
-@needs_recordings
 def test_poll_closed_returns_each_closed_candle_once(router, make_source):
     clock = {"now": NOW}
     source = make_source(clock=lambda: clock["now"] / 1000)
@@ -426,7 +399,6 @@ def test_poll_closed_returns_each_closed_candle_once(router, make_source):
     ]
 
 
-@needs_recordings
 def test_poll_closed_reports_a_gap_between_polls(router, make_source):
     clock = {"now": NOW}
     source = make_source(clock=lambda: clock["now"] / 1000)
@@ -446,7 +418,6 @@ def test_poll_closed_reports_a_gap_between_polls(router, make_source):
 # -- shapes ------------------------------------------------------------------------------
 
 
-@needs_recordings
 def test_to_panel_aligns_symbols_on_the_union_of_times(router, make_source):
     router.drop("ETHBTC", T0 + 5 * HOUR)
     source = make_source(("BTC/USDT", "ETH/BTC"))
@@ -464,7 +435,6 @@ def test_to_panel_aligns_symbols_on_the_union_of_times(router, make_source):
     np.testing.assert_array_equal(panel.volume[:, 0], [c[5] for c in btc])
 
 
-@needs_recordings
 def test_to_frame_is_the_long_file_format(make_source):
     source = make_source(("BTC/USDT", "ETH/BTC"))
     frame = source.to_frame(source.history(T0, T0 + 3 * HOUR))

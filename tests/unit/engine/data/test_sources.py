@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from engine.data import SAMPLE_PATH, load_panel, synthetic_panel
 from engine.data.ccxt_source import CcxtOhlcvSource
 from engine.data.sources import BarSource, CcxtHistorySource, FileSource, SyntheticSource
-from tests.fixtures.ccxt_router import RECORDINGS, BinanceRouter, offline_binance
+from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 
@@ -22,7 +21,6 @@ def test_file_and_synthetic_sources_give_their_loaders_panels():
         np.testing.assert_array_equal(got.close, panel.close)
 
 
-@pytest.mark.skipif(not RECORDINGS.is_dir(), reason="exchange recordings absent")
 def test_ccxt_history_source_gives_a_panel_of_closed_candles():
     router = BinanceRouter(now_ms=T0 + 10 * 3_600_000 + 5, listed_ms=T0)
     ccxt_source = CcxtOhlcvSource(
