@@ -4,6 +4,9 @@ The server is ``REDIS_URL`` if set, else 127.0.0.1:6379 (database 9) if it answe
 private redis-server this fixture starts under a temporary directory, so the suite passes on
 a machine with no Redis at all. ``DEEPFACTOR_TEST_REDIS=private`` forces the private server
 (CI runs the bus suites that way too).
+
+``tests/skip_policy.py`` makes CI (``DEEPFACTOR_FORBID_SKIPS=1``) fail on a skip for anything
+but missing hardware or network.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from engine.bus import EmbeddedRedis
 from engine.bus.keys import namespace_pattern
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/9"
+pytest_plugins = ["tests.skip_policy"]
 
 
 def _answers(url: str) -> bool:
