@@ -15,18 +15,29 @@ cuts a buy larger than the cash to what the cash pays for, fees included: deepfa
 
 Data sets: a seeded synthetic 500 x 2,520 panel, the 19 US stocks of ../shared/data (daily,
 1990-2024: few assets, many bars, the hardest case for a per-event design) and the 43 Binance
-USDT pairs (daily, 2017-2026, listed over the years).
+USDT pairs (daily, 2017-2026, listed over the years). The files are --equities and --crypto;
+by default they are read from ../shared/data beside the checkout when it is there; otherwise the
+equities set falls back to the bundled sample (engine/data/sample: the same 19 stocks,
+2014-2024) and the crypto set, which nothing in the repository stands in for, is skipped.
 
-Timings exclude imports and data loading and are the best of ``--repeat`` runs. vectorbt's time
-includes building its weight matrix (also reported alone as vectorbt_signal_s); its numba
-compilation is paid by a warm-up call on a small slice first (vectorbt_warmup_s). The whole-process
-time of ``deepfactor backtest`` (imports and file loading included) is reported as cli_s.
+In-process timings exclude imports and data loading and are the best of ``--repeat`` runs.
+vectorbt's time includes building its weight matrix (also reported alone as vectorbt_signal_s);
+its numba compilation is paid by a warm-up call on a small slice first (vectorbt_warmup_s).
+
+Whole-process timings (best of ``--repeat``, the two tools interleaved) start a fresh interpreter
+each: deepfactor_process_s (also cli_s) is ``deepfactor backtest --data F --config ... --out DIR``;
+vectorbt_process_s is this script with ``--vectorbt-only F``, which imports vectorbt, loads the
+same file (with deepfactor's file loader, so both read identical closes), runs the same job and
+writes its equity curve, and imports nothing else of deepfactor. numba's on-disk cache is warm
+for it (filled by this script's own vectorbt runs first): a first-ever start also pays
+vectorbt_warmup_s. The synthetic panel goes to both as a long OHLCV Parquet file.
 
 After timing, one untimed run of each tool is compared in detail: decision dates, the assets
 held after each rebalance, the number of orders and fills, per-fill quantities, and the equity
 path, with the first point where they diverge. Results go to benchmarks/results/backtest.json.
 
     python benchmarks/backtest_vs_vectorbt.py [--repeat 3] [--no-cli] [--numba-cache]
+        [--equities FILE] [--crypto FILE]
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +74,18 @@ if "--numba-cache" not in sys.argv and "NUMBA_CACHE_DIR" not in os.environ:
 
 import vectorbt as vbt  # noqa: E402
 
-import services.backtest as backtest_module  # noqa: E402
-from engine.bus import MemoryBus  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.data import Panel, load_panel, synthetic_panel  # noqa: E402
-from engine.events import Fill, TargetPortfolio  # noqa: E402
-from services.backtest import run_backtest  # noqa: E402
+# Only the file loader of deepfactor is imported here: the --vectorbt-only process (timed as a
+# whole) must not pay for deepfactor's services. Those are imported where they are used.
+from engine.data import SAMPLE_PATH, Panel, load_panel, synthetic_panel  # noqa: E402
+
+if TYPE_CHECKING:
+    from engine.events import Fill, TargetPortfolio
 
 CONFIG = ROOT / "deploy" / "configs" / "peer-momentum.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "backtest.json"
-EQUITIES = Path("/work/shared/data/equities/pypfopt_cookbook_stock_prices_1990-2024.csv.gz")
-CRYPTO = Path("/work/shared/data/crypto/cdd_binance_usdt_spot_1d_2017-2026.csv.gz")
+SHARED_DATA = ROOT.parent / "shared" / "data"  # beside the checkout, when there is one
+EQUITIES = SHARED_DATA / "equities" / "pypfopt_cookbook_stock_prices_1990-2024.csv.gz"
+CRYPTO = SHARED_DATA / "crypto" / "cdd_binance_usdt_spot_1d_2017-2026.csv.gz"
 CLI = Path(sys.executable).with_name("deepfactor")
 TARGETS = {"equity_rel_diff_max": 0.001, "time_ratio_max": 2}
 DAY = np.timedelta64(1, "D")
@@ -164,6 +176,19 @@ def vectorbt_warmup() -> float:
     return time.perf_counter() - started
 
 
+def vectorbt_job(data: Path, out_dir: Path | None = None) -> dict[str, Any]:
+    """The whole job as a vectorbt user runs it: load ``data``, run, write the equity curve.
+
+    This is what the ``--vectorbt-only`` process does; that process is timed from the outside.
+    """
+    panel = load_panel(data)
+    close = close_frame(panel)
+    _, final_equity, portfolio = run_vectorbt(close, panel.bar_open)
+    if out_dir is not None:
+        portfolio.value().rename("equity").rename_axis("timestamp").to_csv(out_dir / "equity.csv")
+    return {"final_equity": final_equity, "orders": int(portfolio.orders.count())}
+
+
 # -- deepfactor side -------------------------------------------------------------------------
 def silence_logs() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -175,39 +200,47 @@ def timed(function, *args) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-class _TappedBus(MemoryBus):
+def tapped_bus_class() -> Any:
     """The backtest's in-memory bus, keeping the targets and fills it carries (diagnostics only)."""
+    from engine.bus import MemoryBus
+    from engine.events import Fill, TargetPortfolio
 
-    last: _TappedBus | None = None
+    class TappedBus(MemoryBus):
+        last: TappedBus | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.targets: list[TargetPortfolio] = []
-        self.fills: list[Fill] = []
-        _TappedBus.last = self
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.targets: list[TargetPortfolio] = []
+            self.fills: list[Fill] = []
+            TappedBus.last = self
 
-    def _keep(self, event: Any) -> None:
-        payload = getattr(event, "payload", None)
-        if isinstance(payload, TargetPortfolio):
-            self.targets.append(payload)
-        elif isinstance(payload, Fill):
-            self.fills.append(payload)
+        def _keep(self, event: Any) -> None:
+            payload = getattr(event, "payload", None)
+            if isinstance(payload, TargetPortfolio):
+                self.targets.append(payload)
+            elif isinstance(payload, Fill):
+                self.fills.append(payload)
 
-    def publish(self, topic, event):  # type: ignore[no-untyped-def]
-        self._keep(event)
-        return super().publish(topic, event)
-
-    def publish_many(self, topic, events):  # type: ignore[no-untyped-def]
-        for event in events:
+        def publish(self, topic, event):  # type: ignore[no-untyped-def]
             self._keep(event)
-        return super().publish_many(topic, events)
+            return super().publish(topic, event)
+
+        def publish_many(self, topic, events):  # type: ignore[no-untyped-def]
+            for event in events:
+                self._keep(event)
+            return super().publish_many(topic, events)
+
+    return TappedBus
 
 
 def deepfactor_trace(config: Any, panel: Panel, out_dir: Path) -> dict[str, Any]:
     """One untimed deepfactor run that keeps its targets, fills and equity curve."""
-    with mock.patch.object(backtest_module, "MemoryBus", _TappedBus):
-        summary = run_backtest(config, panel, out_dir)
-    bus = _TappedBus.last
+    import services.backtest as backtest_module
+
+    bus_class = tapped_bus_class()
+    with mock.patch.object(backtest_module, "MemoryBus", bus_class):
+        summary = backtest_module.run_backtest(config, panel, out_dir)
+    bus = bus_class.last
     assert bus is not None
     equity = pd.read_csv(out_dir / "equity.csv")
     return {"summary": summary, "targets": bus.targets, "fills": bus.fills, "equity": equity}
@@ -427,7 +460,7 @@ def compare(panel: Panel, trace: dict[str, Any], portfolio: Any) -> dict[str, An
     return out
 
 
-# -- CLI -------------------------------------------------------------------------------------
+# -- whole processes -------------------------------------------------------------------------
 def write_long_file(panel: Panel, path: Path) -> Path:
     """Write ``panel`` as a long OHLCV Parquet file that ``deepfactor backtest --data`` reads
     back."""
@@ -447,51 +480,113 @@ def write_long_file(panel: Panel, path: Path) -> Path:
     return path
 
 
-def time_cli(data: Path, repeat: int) -> dict[str, Any]:
-    """Best whole-process wall time of ``deepfactor backtest`` on ``data`` (None if it fails)."""
+def process_commands(data: Path, out_dir: Path) -> dict[str, list[str]]:
+    """The two whole-process runs on ``data``: deepfactor's CLI and a fresh vectorbt process."""
+    return {
+        "deepfactor": [
+            str(CLI),
+            "backtest",
+            "--data",
+            str(data),
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(out_dir / "deepfactor"),
+        ],
+        "vectorbt": [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--vectorbt-only",
+            str(data),
+            "--out",
+            str(out_dir / "vectorbt"),
+            "--numba-cache",  # numba's cache as this process has it (NUMBA_CACHE_DIR inherited)
+        ],
+    }
+
+
+def _final_equity(tool: str, out_dir: Path, stdout: str) -> float | None:
+    if tool == "deepfactor":
+        summary = out_dir / "deepfactor" / "summary.json"
+        return json.loads(summary.read_text()).get("final_equity") if summary.exists() else None
+    lines = stdout.strip().splitlines()
+    return json.loads(lines[-1]).get("final_equity") if lines else None
+
+
+def time_processes(data: Path, repeat: int) -> dict[str, Any]:
+    """Best whole-process wall times of both tools on ``data``, interleaved (None if one fails).
+
+    Each run is a fresh interpreter: imports, data loading, the backtest and writing its
+    results are all in the time. numba's on-disk cache is inherited (NUMBA_CACHE_DIR), warm.
+    """
+    times: dict[str, list[float]] = {"deepfactor": [], "vectorbt": []}
+    finals: dict[str, float | None] = {"deepfactor": None, "vectorbt": None}
+    errors: dict[str, str] = {}
     if not CLI.exists():
-        return {"cli_s": None, "cli_error": f"{CLI} not found"}
-    best, final_equity, error = math.inf, None, None
+        errors["deepfactor"] = f"{CLI.name} not found beside {Path(sys.executable).name}"
     for _ in range(repeat):
-        out_dir = Path(tempfile.mkdtemp(prefix="df-bench-cli-"))
-        try:
-            started = time.perf_counter()
-            process = subprocess.run(
-                [
-                    str(CLI),
-                    "backtest",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(out_dir),
-                    "--config",
-                    str(CONFIG),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            elapsed = time.perf_counter() - started
-            if process.returncode != 0:
-                output = (process.stderr or process.stdout).strip()
-                error = f"exit {process.returncode}: {output[-300:]}"
-                break
-            best = min(best, elapsed)
-            summary = out_dir / "summary.json"
-            if summary.exists():
-                final_equity = json.loads(summary.read_text()).get("final_equity")
-        except (OSError, subprocess.SubprocessError) as failure:
-            error = str(failure)
-            break
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
-    if error is not None:
-        return {"cli_s": None, "cli_error": error}
-    return {"cli_s": round(best, 4), "cli_final_equity": final_equity}
+        for tool in times:
+            if tool in errors:
+                continue
+            out_dir = Path(tempfile.mkdtemp(prefix="df-bench-process-"))
+            (out_dir / tool).mkdir()
+            try:
+                started = time.perf_counter()
+                process = subprocess.run(
+                    process_commands(data, out_dir)[tool],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                elapsed = time.perf_counter() - started
+                if process.returncode != 0:
+                    output = (process.stderr or process.stdout).strip()
+                    errors[tool] = f"exit {process.returncode}: {output[-300:]}"
+                    continue
+                times[tool].append(elapsed)
+                finals[tool] = _final_equity(tool, out_dir, process.stdout)
+            except (OSError, subprocess.SubprocessError, ValueError) as failure:
+                errors[tool] = str(failure)
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
+    best = {
+        tool: None if tool in errors or not runs else round(min(runs), 4)
+        for tool, runs in times.items()
+    }
+    result: dict[str, Any] = {
+        "cli_s": best["deepfactor"],
+        "cli_final_equity": finals["deepfactor"],
+        "deepfactor_process_s": best["deepfactor"],
+        "vectorbt_process_s": best["vectorbt"],
+        "process_ratio": None
+        if best["deepfactor"] is None or best["vectorbt"] is None
+        else round(best["deepfactor"] / best["vectorbt"], 3),
+        "vectorbt_process_final_equity": finals["vectorbt"],
+        "deepfactor_process_all_s": [round(t, 4) for t in times["deepfactor"]],
+        "vectorbt_process_all_s": [round(t, 4) for t in times["vectorbt"]],
+    }
+    if "deepfactor" in errors:
+        result["cli_error"] = errors["deepfactor"]
+    if "vectorbt" in errors:
+        result["vectorbt_process_error"] = errors["vectorbt"]
+    return result
 
 
 # -- main ------------------------------------------------------------------------------------
+def shown(path: Path) -> str:
+    """``path`` relative to the repository root when it is inside the checkout or beside it
+    (never an absolute machine path); otherwise only its file name."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(ROOT) or resolved.is_relative_to(ROOT.parent):
+        return Path(os.path.relpath(resolved, ROOT)).as_posix()
+    return path.name
+
+
+def default_data(preferred: Path, fallback: Path | None) -> Path | None:
+    return preferred if preferred.is_file() else fallback
+
+
 def bench_dataset(
     name: str,
     panel: Panel,
@@ -501,6 +596,8 @@ def bench_dataset(
     workdir: Path,
     cli: bool = True,
 ) -> dict[str, Any]:
+    from services.backtest import run_backtest
+
     close = close_frame(panel)
     df_times, vbt_times, signal_times = [], [], []
     summary: dict[str, Any] = {}
@@ -519,6 +616,7 @@ def bench_dataset(
     checks = compare(panel, trace, portfolio)
 
     result: dict[str, Any] = {
+        "data_file": None if data_file is None else shown(data_file),
         "bars": panel.n_bars,
         "assets": len(panel.symbols),
         "deepfactor_s": round(deepfactor_s, 4),
@@ -536,12 +634,12 @@ def bench_dataset(
         "vectorbt_all_s": [round(t, 4) for t in vbt_times],
     }
     if not cli:
-        result["cli_s"] = None
+        result.update(cli_s=None, deepfactor_process_s=None, vectorbt_process_s=None)
     else:
         if data_file is None:
             data_file = write_long_file(panel, workdir / f"{name}.parquet")
             result["cli_data"] = "the same panel written as long OHLCV Parquet"
-        result.update(time_cli(data_file, repeat))
+        result.update(time_processes(data_file, repeat))
     result["comparison"] = checks
     return result
 
@@ -549,31 +647,80 @@ def bench_dataset(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the best is kept")
-    parser.add_argument("--no-cli", action="store_true", help="skip the whole-process CLI timing")
+    parser.add_argument(
+        "--no-cli",
+        action="store_true",
+        help="skip the whole-process timings (deepfactor's CLI and a fresh vectorbt process)",
+    )
     parser.add_argument(
         "--numba-cache",
         action="store_true",
         help="reuse numba's on-disk cache (vectorbt_warmup_s then times a cache load)",
     )
+    parser.add_argument(
+        "--equities",
+        type=Path,
+        metavar="FILE",
+        default=default_data(EQUITIES, SAMPLE_PATH),
+        help="US stocks, wide daily closes (default: ../shared/data/equities/"
+        f"{EQUITIES.name} beside the checkout, else the bundled {shown(SAMPLE_PATH)})",
+    )
+    parser.add_argument(
+        "--crypto",
+        type=Path,
+        metavar="FILE",
+        default=default_data(CRYPTO, None),
+        help=f"Binance USDT pairs, long daily OHLCV (default: ../shared/data/crypto/{CRYPTO.name}"
+        " beside the checkout; skipped when it is not there)",
+    )
+    parser.add_argument(
+        "--vectorbt-only",
+        type=Path,
+        metavar="FILE",
+        help="run only vectorbt's job on FILE, print its result as JSON (the process timed as "
+        "vectorbt_process_s)",
+    )
+    parser.add_argument("--out", type=Path, help="with --vectorbt-only: write equity.csv here")
     arguments = parser.parse_args()
     try:
-        run(arguments)
+        if arguments.vectorbt_only is not None:
+            silence_logs()
+            print(json.dumps(vectorbt_job(arguments.vectorbt_only, arguments.out)))
+        else:
+            run(arguments)
     finally:
         if _PRIVATE_NUMBA_CACHE:
             shutil.rmtree(_PRIVATE_NUMBA_CACHE, ignore_errors=True)
 
 
 def run(arguments: argparse.Namespace) -> None:
+    from engine.config import load_config
 
     silence_logs()
     config = load_config(CONFIG, environ={})
     warmup_s = vectorbt_warmup()
     datasets: dict[str, tuple[Panel, Path | None]] = {
         "synthetic_500x2520": (synthetic_panel(500, 2520, seed=7), None),
-        "equities_19x8796": (load_panel(EQUITIES), EQUITIES),
     }
-    crypto = load_panel(CRYPTO)  # late listings: assets join the universe over the years
-    datasets[f"crypto_{len(crypto.symbols)}x{crypto.n_bars}"] = (crypto, CRYPTO)
+    skipped: dict[str, str] = {}
+    print("synthetic: seeded 500 x 2,520 panel (written as Parquet for the process runs)")
+    equities = load_panel(arguments.equities)
+    datasets[f"equities_{len(equities.symbols)}x{equities.n_bars}"] = (
+        equities,
+        arguments.equities,
+    )
+    print(f"equities: {shown(arguments.equities)}")
+    if arguments.crypto is None:
+        skipped["crypto"] = (
+            f"../shared/data/crypto/{CRYPTO.name} not found beside the checkout and no "
+            "crypto file ships with the repository; pass --crypto FILE (deepfactor data fetch "
+            "writes one)"
+        )
+        print(f"crypto: skipped ({skipped['crypto']})")
+    else:
+        crypto = load_panel(arguments.crypto)  # late listings: assets join over the years
+        datasets[f"crypto_{len(crypto.symbols)}x{crypto.n_bars}"] = (crypto, arguments.crypto)
+        print(f"crypto: {shown(arguments.crypto)}")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="df-bench-") as workdir:
         for name, (panel, data_file) in datasets.items():
@@ -593,9 +740,19 @@ def run(arguments: argparse.Namespace) -> None:
 
     document = {
         "datasets": results,
+        "data_files": {name: results[name]["data_file"] for name in results},
+        "skipped": skipped,
         "job": "deploy/configs/peer-momentum.toml",
         "timing": (
             f"best of {arguments.repeat}; imports and data loading excluded (cli_s includes them)"
+        ),
+        "process_timing": (
+            f"best of {arguments.repeat}, the two tools interleaved, each a fresh interpreter "
+            "timed as a whole (imports, loading the data file, the backtest, writing the equity "
+            "curve): deepfactor_process_s (= cli_s) is `deepfactor backtest --data F --config "
+            "deploy/configs/peer-momentum.toml --out DIR`; vectorbt_process_s is "
+            "`python benchmarks/backtest_vs_vectorbt.py --vectorbt-only F --out DIR` (vectorbt, "
+            "deepfactor's file loader, no other deepfactor import), numba's on-disk cache warm"
         ),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, python {platform.python_version()}",
         "vectorbt_version": vbt.__version__,
@@ -620,9 +777,13 @@ def run(arguments: argparse.Namespace) -> None:
         "time_ratio",
         "vectorbt_signal_s",
         "cli_s",
+        "vectorbt_process_s",
+        "process_ratio",
         "deepfactor_us_per_bar",
         "deepfactor_final_equity",
         "vectorbt_final_equity",
+        "cli_final_equity",
+        "vectorbt_process_final_equity",
         "equity_rel_diff",
         "rebalances",
         "deepfactor_orders",
@@ -654,7 +815,7 @@ def run(arguments: argparse.Namespace) -> None:
             f"{'met' if ok_time else 'MISSED'}; equity path max rel diff "
             f"{path['max_rel_diff']:.2e} (first > 1e-6: {path['first_rel_diff_over_1e-6']})"
         )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {shown(RESULTS)}")
 
 
 if __name__ == "__main__":
