@@ -20,8 +20,34 @@ from engine.bus import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "fixtures" / "data"
-CRYPTO = DATA / "binance_usdt_1d_2020-2021.csv.gz"  # long OHLCV, 10 pairs, 400 days
+# long OHLCV, 10 pairs, 1,152 five-minute bars (four days)
+CRYPTO = DATA / "freqtrade_binance_btc_5m_2018-01-14_17.csv.gz"
 EQUITIES = DATA / "stock_prices_2012-2013.csv.gz"  # wide close-only, 7 tickers, 502 days
+PEER_MOMENTUM = ROOT / "deploy" / "configs" / "peer-momentum.toml"
+# The peer-momentum job scaled to four days of 5-minute bars: every 4 hours, the return from a
+# day (288 bars) to an hour (12 bars) before the decision bar, top 25%, filled at its close.
+INTRADAY_MOMENTUM = """
+[schedule]
+name = "four-hourly"
+cron = ""
+interval = "4h"
+
+[strategy]
+compute_on = "rebalance"
+winsorize = "none"
+
+[[strategy.factors]]
+name = "momentum"
+params = { lookback = 288, skip = 12 }
+
+[portfolio]
+top_fraction = 0.25
+
+[broker]
+fee_rate = 0.001
+fill_price = "close"
+quote_currency = "BTC"
+"""
 SUMMARY_KEYS = {
     "start",
     "end",
@@ -53,28 +79,38 @@ def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedPro
     )
 
 
+def decision_times(times: pd.DatetimeIndex, step: str, every: str) -> pd.DatetimeIndex:
+    """An ``every`` schedule's fire times within bars opening at ``times``: from the first bar's
+    close to the last one's, where a bar closes one ``step`` after it opens."""
+    first_close, last_close = times.min() + pd.Timedelta(step), times.max() + pd.Timedelta(step)
+    return pd.date_range(first_close.ceil(every), last_close, freq=every)
+
+
 @pytest.mark.parametrize(
-    ("data", "periods_per_year"),
-    [(CRYPTO, 365.0), (EQUITIES, 252.0)],
-    ids=["long-crypto", "wide-equities"],
+    ("data", "config", "step", "days_per_year", "schedule"),
+    [
+        (CRYPTO, INTRADAY_MOMENTUM, "5min", 365, ("4h", 288)),
+        (EQUITIES, PEER_MOMENTUM, "1D", 252, None),
+    ],
+    ids=["long-crypto-5m", "wide-equities-1d"],
 )
-def test_backtest_on_a_real_file_writes_the_contract_files(tmp_path, data, periods_per_year):
+def test_backtest_on_a_real_file_writes_the_contract_files(
+    tmp_path, data, config, step, days_per_year, schedule
+):
+    if isinstance(config, str):
+        (tmp_path / "config.toml").write_text(config)
+        config = tmp_path / "config.toml"
     out = tmp_path / "out"
-    result = deepfactor(
-        "backtest",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--config",
-        str(ROOT / "deploy" / "configs" / "peer-momentum.toml"),
-    )
+    result = deepfactor("backtest", "--data", str(data), "--out", str(out), "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
-    assert summary["periods_per_year"] == periods_per_year
+    times = pd.to_datetime(pd.read_csv(data).iloc[:, 0].unique())
+    assert pd.Series(times).diff().mode()[0] == pd.Timedelta(step)  # the file's bar step
+    # Bars a year: trading days a year times bars a day.
+    assert summary["periods_per_year"] == days_per_year * (pd.Timedelta("1D") / pd.Timedelta(step))
     assert summary["orders"] > 0 and summary["fills"] > 0
-    assert summary["bars"] == pd.read_csv(data).iloc[:, 0].nunique()  # every day of the file
+    assert summary["bars"] == len(times)  # every bar time of the file
     with (out / "equity.csv").open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == EQUITY_COLUMNS
@@ -83,6 +119,17 @@ def test_backtest_on_a_real_file_writes_the_contract_files(tmp_path, data, perio
     log_lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     rebalances = [line for line in log_lines if line["event"] == "rebalance.done"]
     assert rebalances and all(line["service"] == "rebalance" for line in rebalances)
+    if schedule is not None:
+        every, lookback = schedule
+        # One rebalance at each fire time within the bars, deciding on the bar closing then.
+        expected = decision_times(times, step, every)
+        assert len(expected) > 10
+        assert [pd.Timestamp(line["decision_time"]) for line in rebalances] == list(expected)
+        # Nothing is held until the decision bar has `lookback` bars before it; then some is.
+        first_scored = times.min() + (lookback + 1) * pd.Timedelta(step)
+        for line in rebalances:
+            warm = pd.Timestamp(line["decision_time"]) >= first_scored
+            assert (line["holdings"] > 0) == warm, line
     assert all(line["corr"] == line["rebalance_id"] for line in rebalances)
     assert all({"service", "event", "corr"} <= set(line) for line in log_lines)
 

@@ -1,6 +1,7 @@
 """Every built-in factor equals an independent computation: per-asset loops on random data with
 holes (late listing, delisting, missing bar, a bar without trading), and pandas rolling
-windows on real daily crypto bars (a slice committed under tests/fixtures/data)."""
+windows on real 5-minute crypto bars with missing bars (a slice committed under
+tests/fixtures/data)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ from tests.unit.strategies.factor_references import (
     reference,
 )
 
-# 400 daily bars of 10 Binance pairs from 2020-01-01, two of them listed inside the window.
+# 1,152 five-minute bars (2018-01-14..17) of 10 Binance */BTC pairs, one with 40 missing bars.
 CRYPTO = (
-    Path(__file__).resolve().parents[2] / "fixtures" / "data" / "binance_usdt_1d_2020-2021.csv.gz"
+    Path(__file__).resolve().parents[2]
+    / "fixtures"
+    / "data"
+    / "freqtrade_binance_btc_5m_2018-01-14_17.csv.gz"
 )
 BUILT_IN = sorted(SMALL_PARAMS)
 
@@ -122,8 +126,10 @@ def crypto_slice() -> tuple[FactorInputs, dict[str, pd.DataFrame]]:
     from engine.data import load_panel
 
     panel = load_panel(CRYPTO)
-    listed_late = np.isnan(panel.close[0]) & np.isfinite(panel.close[-1])
-    assert listed_late.sum() >= 2  # the NaN-before-listing path is part of the comparison
+    # Missing bars inside a pair's history are part of the comparison: NaN between prices.
+    priced_before = np.logical_or.accumulate(np.isfinite(panel.close), axis=0)
+    priced_after = np.logical_or.accumulate(np.isfinite(panel.close)[::-1], axis=0)[::-1]
+    assert (np.isnan(panel.close) & priced_before & priced_after).sum() >= 10
     frames = {
         name: pd.DataFrame(getattr(panel, name), columns=panel.symbols)
         for name in ("open", "high", "low", "close", "volume")
@@ -184,17 +190,18 @@ def test_factor_matches_pandas_rolling_on_real_crypto_bars(name, crypto_slice):
     inputs, frames = crypto_slice
     actual = compute_panel([(name, name, {})], inputs)[name]
     expected = pandas_reference(name, frames).to_numpy()
-    assert np.isfinite(expected).sum() > 1000
+    assert np.isfinite(expected).sum() > 5000
     # pandas' rolling moments are online updates, accurate to ~1e-10 rather than to rounding.
     assert_same_values(actual, expected, rtol=1e-6 if name == "skewness" else 1e-8)
 
 
 def test_real_crypto_bars_with_short_windows_match_the_per_asset_loop(crypto_slice):
     inputs, _ = crypto_slice
-    # 120 bars around the last listing inside the slice, so windows fill after it here too.
-    last_listing = int(np.isfinite(inputs.close).argmax(axis=0).max())
-    assert last_listing > 0
-    bars = slice(max(last_listing - 40, 0), last_listing + 80)
+    # The bars around the slice's missing bars: 40 before the first hole, 80 after the last, so
+    # windows fill before the holes, empty over them and fill again after them.
+    holes = np.flatnonzero(np.isnan(inputs.close).any(axis=1))
+    assert holes.size and holes[0] >= 40 and holes[-1] + 80 <= len(inputs.close)
+    bars = slice(holes[0] - 40, holes[-1] + 80)
     window = FactorInputs(
         close=inputs.close[bars],
         open=inputs.open[bars],

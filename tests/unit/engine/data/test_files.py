@@ -15,7 +15,7 @@ from engine.errors import DataError
 
 # Slices of real files, committed with the tests (tests/fixtures/README.md says what and whence).
 FIXTURE_DATA = Path(__file__).resolve().parents[3] / "fixtures" / "data"
-CRYPTO_DAILY = FIXTURE_DATA / "binance_usdt_1d_2020-2021.csv.gz"
+CRYPTO_5M = FIXTURE_DATA / "freqtrade_binance_btc_5m_2018-01-14_17.csv.gz"
 STOCKS_DAILY = FIXTURE_DATA / "stock_prices_2012-2013.csv.gz"
 
 
@@ -410,40 +410,62 @@ def test_clean_file_logs_nothing(tmp_path):
 
 # -- real files (slices committed under tests/fixtures/data) --------------------------------------
 # Every expectation below is pandas' own reading of the same file, not a number copied from a run.
-def test_real_binance_daily_slice_loads_every_symbol_and_bar_as_pandas_reads_them():
-    panel = load_panel(CRYPTO_DAILY)
-    raw = pd.read_csv(CRYPTO_DAILY)
+def read_long(path: Path) -> pd.DataFrame:
+    raw = pd.read_csv(path)
     raw["timestamp"] = pd.to_datetime(raw["timestamp"], utc=True)
+    return raw
+
+
+def test_real_binance_5m_slice_loads_every_symbol_and_bar_as_pandas_reads_them():
+    with capture_logs() as logs:
+        panel = load_panel(CRYPTO_5M)
+    raw = read_long(CRYPTO_5M)
     symbols = sorted(raw["symbol"].unique())
     assert panel.symbols == tuple(symbols) and len(symbols) >= 8
-    days = pd.DatetimeIndex(sorted(raw["timestamp"].unique()))
-    np.testing.assert_array_equal(panel.bar_open, days.tz_localize(None).to_numpy("datetime64[ms]"))
-    assert (days[1:] - days[:-1] == pd.Timedelta("1D")).all()  # every calendar day, no gap
+    times = pd.DatetimeIndex(sorted(raw["timestamp"].unique()))
+    np.testing.assert_array_equal(
+        panel.bar_open, times.tz_localize(None).to_numpy("datetime64[ms]")
+    )
+    # Some pair trades in every 5 minutes of the slice: the union of bars has no gap.
+    assert (times[1:] - times[:-1] == pd.Timedelta("5min")).all()
     for column in ("open", "high", "low", "close", "volume"):
         expected = raw.pivot(index="timestamp", columns="symbol", values=column)
         np.testing.assert_array_equal(getattr(panel, column), expected[symbols].to_numpy())
-    assert panel.timeframe_label == "1d"
-    assert panel.periods_per_year() == 365.0
+    assert panel.timeframe == np.timedelta64(5, "m") and panel.timeframe_label == "5m"
+    # Crypto trades every day: 365 days a year of 24 * 60 / 5 bars each.
+    assert panel.periods_per_year() == 365 * (24 * 60 // 5) == 105_120
+    # Real bars pass the bar checks, flat ones (high == low) included: nothing is rejected.
+    assert logs == []
+    flat = raw.loc[raw["high"] == raw["low"]]
+    assert not flat.empty
+    for _, bar in flat.iterrows():
+        row = int(np.flatnonzero(times == bar["timestamp"])[0])
+        column = panel.symbols.index(bar["symbol"])
+        assert panel.high[row, column] == panel.low[row, column] == bar["low"]
 
 
-def test_real_binance_daily_slice_holds_the_2020_03_12_crash_and_a_late_listing():
-    panel = load_panel(CRYPTO_DAILY)
-    raw = pd.read_csv(CRYPTO_DAILY)
-    btc = raw.loc[raw["symbol"] == "BTC/USDT"].set_index("timestamp")["close"]
-    crash = btc["2020-03-12T00:00:00Z"]
-    assert crash / btc["2020-03-11T00:00:00Z"] - 1 < -0.3  # the slice holds the crash day
-    row = int(np.flatnonzero(panel.bar_open == ms("2020-03-12"))[0])
-    assert panel.close[row, panel.symbols.index("BTC/USDT")] == crash
-    # A symbol listed inside the window is NaN before its first row and priced from it on.
-    listed = raw.groupby("symbol")["timestamp"].min()
-    late = listed[listed > listed.min()]
-    assert not late.empty
-    for symbol, first in late.items():
-        column = panel.close[:, panel.symbols.index(symbol)]
-        first_row = int(np.flatnonzero(panel.bar_open == ms(first[:10]))[0])
-        assert first_row > 0
-        assert np.isnan(column[:first_row]).all() and np.isfinite(column[first_row:]).all()
-        assert np.isnan(panel.volume[:first_row, panel.symbols.index(symbol)]).all()
+def test_real_binance_5m_slice_is_nan_exactly_at_the_missing_bars():
+    panel = load_panel(CRYPTO_5M)
+    raw = read_long(CRYPTO_5M)
+    times = pd.DatetimeIndex(sorted(raw["timestamp"].unique()))
+    present = (
+        pd.crosstab(raw["timestamp"], raw["symbol"])
+        .reindex(index=times, columns=list(panel.symbols), fill_value=0)
+        .to_numpy()
+        > 0
+    )
+    missing = ~present
+    assert missing.any()  # the slice holds holes
+    for column in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(np.isnan(getattr(panel, column)), missing)
+    # Each hole lies inside its symbol's history (priced before and after it): a gap, not a
+    # listing or a delisting, and pandas has a row for every other (time, symbol).
+    for column in np.flatnonzero(missing.any(axis=0)):
+        rows = np.flatnonzero(missing[:, column])
+        assert 0 < rows.min() and rows.max() < len(times) - 1
+        assert np.isfinite(panel.close[rows.min() - 1, column])
+        assert np.isfinite(panel.close[rows.max() + 1, column])
+    assert int(present.sum()) == len(raw)
 
 
 def test_real_stock_close_only_slice_loads_each_ticker_without_volume():
