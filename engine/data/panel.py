@@ -58,13 +58,16 @@ class Panel:
 
     def periods_per_year(self) -> float:
         """Bars per year inferred from the data: 252 trading days when weekends are absent,
-        365 calendar days otherwise, scaled by bars per day for intraday data."""
+        365 calendar days otherwise, scaled by bars per day for intraday data; bars longer
+        than a day are calendar spans, so weekly bars give 365.25 / 7."""
         bars_per_day = _DAY / self.timeframe
+        if bars_per_day < 1:
+            return 365.25 * bars_per_day
         days = self.bar_open.astype("datetime64[D]")
         weekday = (days.view("int64") + 3) % 7  # 1970-01-01 was a Thursday; Monday == 0
         weekend_share = float(np.mean(weekday >= 5)) if len(days) else 0.0
         trading_days = 252 if weekend_share < 0.01 and self.timeframe >= _DAY else 365
-        return float(trading_days * bars_per_day) if bars_per_day >= 1 else float(trading_days)
+        return float(trading_days * bars_per_day)
 
     def slice(self, start: int, stop: int) -> Panel:
         """Return bars ``start:stop`` as a new panel."""

@@ -152,6 +152,12 @@ def test_daily_data_with_weekends_has_365_periods_per_year(tmp_path):
     assert panel.periods_per_year() == 365.0
 
 
+def test_weekly_data_has_calendar_weeks_per_year_not_trading_days(tmp_path):
+    weeks = pd.date_range("2020-01-06", periods=60, freq="7D").strftime("%Y-%m-%d").tolist()
+    panel = load_panel(write_csv(tmp_path, long_frame(weeks, ["A"])))
+    assert panel.periods_per_year() == pytest.approx(365.25 / 7)
+
+
 def test_intraday_data_scales_periods_per_year_by_bars_per_day(tmp_path):
     times = [f"2024-01-06T00:{m:02d}:00Z" for m in range(0, 60, 5)]
     panel = load_panel(write_csv(tmp_path, long_frame(times, ["A"])))
