@@ -6,6 +6,13 @@ close of the decision bar itself (``close``, what classic vectorised backtesters
 Fees are a fraction of traded notional, paid in the quote currency. Like an exchange's spot
 account it never lends: a buy larger than the cash is cut to what the cash pays for, a sell
 larger than the position is cut to the position; the rest is cancelled with the reason.
+
+Client order ids are idempotency keys, as on an exchange: an order trades at most once per
+``client_order_id``. A duplicate submit is answered with the existing order's state (one
+OrderUpdate with its current status, filled quantity and average price, the reason starting
+``duplicate submit: order already known``); its fills are not sent again, they went out the
+first time. Binance answers a duplicate ``newClientOrderId`` with an error naming it instead;
+reporting the state is what a caller re-running a handler needs to close its books.
 """
 
 from __future__ import annotations
@@ -18,12 +25,22 @@ from typing import Literal
 
 import structlog
 
-from engine.events import BarBlock, BarSet, EventPayload, Fill, OrderRequest, OrderUpdate
+from engine.events import (
+    TERMINAL_ORDER_STATUSES,
+    BarBlock,
+    BarSet,
+    EventPayload,
+    Fill,
+    OrderRequest,
+    OrderUpdate,
+)
+from engine.events.trading import OrderStatus
 
 FillPrice = Literal["next_open", "close"]
 log = structlog.get_logger("brokers.simulated")
 _QUANTITY_EPSILON = 1e-12
 _BARS_KEPT = 8
+DUPLICATE_SUBMIT = "duplicate submit: order already known"
 
 
 @dataclass
@@ -33,6 +50,39 @@ class _Bar:
     index: dict[str, int]
     open: tuple[float, ...]
     close: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class _Order:
+    """What the broker knows of one client order id: the request and its current state."""
+
+    request: OrderRequest
+    status: OrderStatus = "accepted"
+    filled_quantity: float = 0.0
+    average_price: float | None = None
+    reason: str | None = None
+    fills: int = 0
+
+    def update(
+        self,
+        status: OrderStatus,
+        *,
+        filled_quantity: float = 0.0,
+        average_price: float | None = None,
+        reason: str | None = None,
+    ) -> OrderUpdate:
+        """Move to ``status`` and return the OrderUpdate that says so."""
+        self.status = status
+        self.filled_quantity = filled_quantity
+        self.average_price = average_price
+        self.reason = reason
+        return OrderUpdate(
+            client_order_id=self.request.client_order_id,
+            status=status,
+            filled_quantity=filled_quantity,
+            average_price=average_price,
+            reason=reason,
+        )
 
 
 @dataclass
@@ -46,10 +96,9 @@ class SimulatedBroker:
     fee_currency: str = "USDT"
     cash: float = field(init=False)
     positions: dict[str, float] = field(default_factory=dict)
-    _seen_orders: set[str] = field(default_factory=set)
-    _queued: list[OrderRequest] = field(default_factory=list)
+    _orders: dict[str, _Order] = field(default_factory=dict)
+    _queued: list[_Order] = field(default_factory=list)
     _bars: OrderedDict[datetime, _Bar] = field(default_factory=OrderedDict)
-    _fill_sequence: int = 0
     _last_symbols: tuple[str, ...] | None = None
     _last_index: dict[str, int] = field(default_factory=dict)
 
@@ -62,28 +111,56 @@ class SimulatedBroker:
 
     # -- inputs ----------------------------------------------------------------------------
     def submit(self, order: OrderRequest) -> list[EventPayload]:
-        """Accept an order (once per client order id) and fill it if its bar is known."""
-        if order.client_order_id in self._seen_orders:
-            log.info("broker.duplicate_order_ignored", client_order_id=order.client_order_id)
-            return []
-        self._seen_orders.add(order.client_order_id)
+        """Accept an order and fill it if its bar is known; a known client order id is
+        answered with that order's current state and trades nothing."""
+        known = self._orders.get(order.client_order_id)
+        if known is not None:
+            return [self._duplicate(order, known)]
+        state = self._orders[order.client_order_id] = _Order(order)
         if order.order_type != "market":
-            return [
-                OrderUpdate(
-                    client_order_id=order.client_order_id,
-                    status="rejected",
-                    reason="simulated broker fills market orders only",
-                )
-            ]
-        out: list[EventPayload] = [
-            OrderUpdate(client_order_id=order.client_order_id, status="accepted")
-        ]
+            return [state.update("rejected", reason="simulated broker fills market orders only")]
+        out: list[EventPayload] = [state.update("accepted")]
         bar = self._bar_for(order)
         if bar is None:
-            self._queued.append(order)
+            self._queued.append(state)
         else:
-            out += self._execute(order, bar)
+            out += self._execute(state, bar)
         return out
+
+    def reject(self, order: OrderRequest, reason: str) -> list[EventPayload]:
+        """Refuse ``order`` without trading it (trading halted), remembering its client order
+        id so that a later submit of it trades nothing either; a known id is answered with
+        its order's current state, as by ``submit``."""
+        known = self._orders.get(order.client_order_id)
+        if known is not None:
+            return [self._duplicate(order, known)]
+        state = self._orders[order.client_order_id] = _Order(order)
+        return [state.update("rejected", reason=reason)]
+
+    def _duplicate(self, order: OrderRequest, known: _Order) -> OrderUpdate:
+        fields = {
+            "client_order_id": order.client_order_id,
+            "status": known.status,
+            "filled_quantity": known.filled_quantity,
+        }
+        if order == known.request:
+            log.info("broker.duplicate_submit", **fields)
+        else:  # the same id for a different order: a caller bug, the first order stands
+            log.warning(
+                "broker.duplicate_submit",
+                differs_from_original=True,
+                original=f"{known.request.side} {known.request.quantity} {known.request.symbol}",
+                received=f"{order.side} {order.quantity} {order.symbol}",
+                **fields,
+            )
+        reason = DUPLICATE_SUBMIT if known.reason is None else f"{DUPLICATE_SUBMIT}; {known.reason}"
+        return OrderUpdate(
+            client_order_id=order.client_order_id,
+            status=known.status,
+            filled_quantity=known.filled_quantity,
+            average_price=known.average_price,
+            reason=reason,
+        )
 
     def on_bar(self, bars: BarSet, close_time: datetime) -> list[EventPayload]:
         """Record a bar and fill every queued order it is the fill bar of, in arrival order."""
@@ -101,12 +178,14 @@ class SimulatedBroker:
             self._bars.popitem(last=False)
         out: list[EventPayload] = []
         still_queued = []
-        for order in self._queued:
-            bar = self._bar_for(order)
+        for state in self._queued:
+            if state.status in TERMINAL_ORDER_STATUSES:
+                continue  # executed by an earlier call that raised before updating the queue
+            bar = self._bar_for(state.request)
             if bar is None:
-                still_queued.append(order)
+                still_queued.append(state)
             else:
-                out += self._execute(order, bar)
+                out += self._execute(state, bar)
         self._queued = still_queued
         return out
 
@@ -126,8 +205,9 @@ class SimulatedBroker:
     def cancel_open_orders(self, reason: str) -> list[EventPayload]:
         """Cancel every order still waiting for its fill bar (halt, end of data)."""
         out: list[EventPayload] = [
-            OrderUpdate(client_order_id=o.client_order_id, status="cancelled", reason=reason)
-            for o in self._queued
+            state.update("cancelled", reason=reason)
+            for state in self._queued
+            if state.status not in TERMINAL_ORDER_STATUSES
         ]
         self._queued = []
         return out
@@ -142,15 +222,14 @@ class SimulatedBroker:
             return self._bars.get(order.asof)
         return next((bar for bar in self._bars.values() if bar.bar_open >= order.asof), None)
 
-    def _execute(self, order: OrderRequest, bar: _Bar) -> list[EventPayload]:
+    def _execute(self, state: _Order, bar: _Bar) -> list[EventPayload]:
+        order = state.request
         column = bar.index.get(order.symbol)
         prices = bar.close if self.fill_price == "close" else bar.open
         if column is None:
             return [
-                OrderUpdate(
-                    client_order_id=order.client_order_id,
-                    status="rejected",
-                    reason=f"no bar for {order.symbol} at {bar.close_time.isoformat()}",
+                state.update(
+                    "rejected", reason=f"no bar for {order.symbol} at {bar.close_time.isoformat()}"
                 )
             ]
         price = prices[column]
@@ -171,13 +250,7 @@ class SimulatedBroker:
         if not self.fractional:
             quantity = math.floor(quantity + _QUANTITY_EPSILON)
         if quantity <= _QUANTITY_EPSILON:
-            return [
-                OrderUpdate(
-                    client_order_id=order.client_order_id,
-                    status="rejected",
-                    reason=reason or "quantity rounds to zero",
-                )
-            ]
+            return [state.update("rejected", reason=reason or "quantity rounds to zero")]
         notional = quantity * price
         fee = notional * self.fee_rate
         if order.side == "buy":
@@ -190,10 +263,12 @@ class SimulatedBroker:
                 self.positions.pop(order.symbol, None)
             else:
                 self.positions[order.symbol] = remaining
-        self._fill_sequence += 1
+        # Numbered within the order: the same execution of the same order always has the same
+        # id, whatever else this broker did before (a book dedupes fills by it).
+        state.fills += 1
         executed_at = bar.close_time if self.fill_price == "close" else bar.bar_open
         fill = Fill(
-            fill_id=f"{order.client_order_id}-f{self._fill_sequence}",
+            fill_id=f"{order.client_order_id}-f{state.fills}",
             client_order_id=order.client_order_id,
             symbol=order.symbol,
             side=order.side,
@@ -204,9 +279,8 @@ class SimulatedBroker:
             executed_at=executed_at,
         )
         complete = quantity >= requested * (1 - 1e-9)
-        update = OrderUpdate(
-            client_order_id=order.client_order_id,
-            status="filled" if complete else "cancelled",
+        update = state.update(
+            "filled" if complete else "cancelled",
             filled_quantity=quantity,
             average_price=price,
             reason=None if complete else f"rest cancelled: {reason}",

@@ -1,5 +1,9 @@
 """Execution service: hands OrderRequests to the broker adapter and publishes what comes back
-(OrderUpdate, Fill). The simulated broker is fed the same bars the strategy sees."""
+(OrderUpdate, Fill). The simulated broker is fed the same bars the strategy sees.
+
+A request delivered again (the bus delivers at least once; a rebalance run again publishes the
+same client order ids) trades nothing: the broker answers it with the order's current state.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from engine.events import (
     Envelope,
     EventPayload,
     OrderRequest,
-    OrderUpdate,
 )
 from services.runtime import Handler, Service
 
@@ -37,17 +40,11 @@ class ExecutionService(Service):
     def on_order(self, event: Envelope) -> None:
         order = event.payload
         assert isinstance(order, OrderRequest)
+        # Both calls are idempotent by client order id: an order handled before (this handler
+        # run again, or the request published again) is answered with its current state, and
+        # trades nothing. The answer is passed on as it is.
         if self.halted:
-            self.emit(
-                [
-                    OrderUpdate(
-                        client_order_id=order.client_order_id,
-                        status="rejected",
-                        reason="trading halted",
-                    )
-                ],
-                corr=event.corr,
-            )
+            self.emit(self.broker.reject(order, "trading halted"), corr=event.corr)
             return
         self.emit(self.broker.submit(order), corr=event.corr)
 

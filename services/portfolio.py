@@ -1,5 +1,10 @@
 """The account as the rebalancer sees it: cash and positions built from fills alone, marked to
-the latest closes. Fills are the ledger; this is derived state (event sourcing)."""
+the latest closes. Fills are the ledger; this is derived state (event sourcing).
+
+A fill is booked once by its ``fill_id``: the bus delivers at least once, and a handler that
+runs again publishes the same fill under a new event id, which the bus's event-id dedupe does
+not catch.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+import structlog
 
 from engine.data.fill import carry_forward
 from engine.events import Fill, PortfolioMarks, PortfolioSnapshot
+
+log = structlog.get_logger("services.portfolio")
+# Fill ids remembered to refuse a second booking. A duplicate comes from a handler run again
+# (in place, or after XAUTOCLAIM takes a dead consumer's message): minutes later, a few
+# rebalances at most. The last 2**16 fills cover that many times over, in a few MiB.
+FILL_IDS_KEPT = 1 << 16
 
 
 @dataclass
@@ -25,11 +37,21 @@ class PortfolioBook:
     marks: dict[str, float] = field(default_factory=dict)
     fills_applied: int = 0
     high_water_mark: float = 0.0
+    fill_ids_kept: int = FILL_IDS_KEPT
+    _fill_ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered: oldest first
     _bar_index: dict[str, int] = field(default_factory=dict)
     _bar_close: tuple[float, ...] = ()
 
-    def apply_fill(self, fill: Fill) -> None:
-        """Move cash and position by one fill (fees in the quote currency)."""
+    def apply_fill(self, fill: Fill) -> bool:
+        """Move cash and position by one fill (fees in the quote currency); return False, with
+        no effect, for a fill whose ``fill_id`` is already booked."""
+        if fill.fill_id in self._fill_ids:
+            log.warning(
+                "fill.duplicate_ignored",
+                fill_id=fill.fill_id,
+                client_order_id=fill.client_order_id,
+            )
+            return False
         notional = fill.quantity * fill.price
         if fill.side == "buy":
             self.cash -= notional + fill.fee
@@ -44,6 +66,10 @@ class PortfolioBook:
         if fill.symbol not in self.marks:
             self.marks[fill.symbol] = fill.price
         self.fills_applied += 1
+        self._fill_ids[fill.fill_id] = None  # last: nothing above can leave it half booked
+        if len(self._fill_ids) > self.fill_ids_kept:
+            del self._fill_ids[next(iter(self._fill_ids))]
+        return True
 
     def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
         """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""

@@ -7,6 +7,18 @@ One rebalance at a time: the next waits until every order of the last has ended.
 
 Every bar is marked: a BarSet gives a PortfolioSnapshot; a BarBlock, sent only while nothing is
 in flight, gives PortfolioMarks for its bars but the last and a PortfolioSnapshot for the last.
+
+Every input may come twice (the bus delivers at least once, and a handler run again publishes
+under new event ids), so each effect is keyed by its business id:
+
+- a ``rebalance_id`` runs once. A schedule's ids are time-sortable (``rb-{schedule}-{due}``),
+  so the service keeps, per schedule, the latest ``due`` it has run or skipped and acknowledges
+  any tick at or before it with no orders (``rebalance.already_done``): O(schedules) memory, and
+  a late tick can never trade after a newer decision. A tick whose id is already waiting is
+  dropped (``rebalance.duplicate_tick``).
+- a fill is booked once by ``fill_id`` (PortfolioBook), and only a booked fill counts towards
+  its order's filled quantity.
+- an order's first terminal update counts; a repeat, or one for an order not open, is ignored.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from strategies.weighting import top_fraction_weights
 
 log = structlog.get_logger("services.rebalance")
 _KEPT = 16  # recent bars and signals kept to match late ticks against
+_UNMATCHED_KEPT = 4096  # orders whose fills came while the order was not open
 
 
 @dataclass
@@ -65,6 +78,12 @@ class RebalanceService(Service):
         self.book = PortfolioBook(cash=portfolio.initial_cash)
         self.open_orders: dict[str, _OpenOrder] = {}
         self.pending: list[tuple[RebalanceDue, str]] = []
+        # Per schedule, the latest ``due`` whose tick was run (or skipped): ticks at or before
+        # it are done. Set once the tick's orders are published.
+        self.last_due: dict[str, datetime] = {}
+        # Booked fills of orders not open: an order placed again (its rebalance run again after
+        # a restart lost ``last_due``) starts from them, as the broker does not send them again.
+        self._unmatched_fills: OrderedDict[str, float] = OrderedDict()
         self._bars: OrderedDict[datetime, _Bar] = OrderedDict()
         self._signals: OrderedDict[datetime, Signal] = OrderedDict()
         self._last_bar_time: datetime | None = None
@@ -138,23 +157,68 @@ class RebalanceService(Service):
     def on_rebalance_due(self, event: Envelope) -> None:
         tick = event.payload
         assert isinstance(tick, RebalanceDue)
-        self.pending.append((tick, event.corr))
-        self._try_pending()
+        if self._already_done(tick):
+            return
+        if any(waiting.rebalance_id == tick.rebalance_id for waiting, _ in self.pending):
+            log.info(
+                "rebalance.duplicate_tick",
+                rebalance_id=tick.rebalance_id,
+                reason="this rebalance is already waiting to run",
+            )
+        else:
+            self.pending.append((tick, event.corr))
+        self._try_pending()  # also for a duplicate: it may be this tick's handler run again
 
     def on_fill(self, event: Envelope) -> None:
         fill = event.payload
         assert isinstance(fill, Fill)
-        self.book.apply_fill(fill)
+        if not self.book.apply_fill(fill):
+            # Booked and counted already (the book logs it). Only see whether its order can
+            # close: a handler that raised after booking it may not have got that far.
+            if fill.client_order_id in self.open_orders:
+                self._close_if_done(fill.client_order_id, event)
+            return
         order = self.open_orders.get(fill.client_order_id)
-        if order is not None:
-            order.quantity_filled += fill.quantity
-            self._close_if_done(fill.client_order_id, event)
+        if order is None:
+            unmatched = self._unmatched_fills
+            unmatched[fill.client_order_id] = (
+                unmatched.get(fill.client_order_id, 0.0) + fill.quantity
+            )
+            while len(unmatched) > _UNMATCHED_KEPT:
+                unmatched.popitem(last=False)
+            return
+        order.quantity_filled += fill.quantity
+        self._close_if_done(fill.client_order_id, event)
 
     def on_order_update(self, event: Envelope) -> None:
         update = event.payload
         assert isinstance(update, OrderUpdate)
+        if not update.is_terminal:
+            return
         order = self.open_orders.get(update.client_order_id)
-        if order is None or not update.is_terminal:
+        if order is None:
+            # Closed already (a repeated terminal update, or the broker's answer to a
+            # duplicate submit), or never ours: nothing left to count.
+            log.debug(
+                "order.update_ignored",
+                client_order_id=update.client_order_id,
+                status=update.status,
+                reason="order not open",
+            )
+            return
+        if order.terminal_quantity is not None:
+            # A repeat of the terminal update while the fills are still on their way.
+            if abs(update.filled_quantity - order.terminal_quantity) > 1e-9 * max(
+                1.0, order.terminal_quantity
+            ):
+                log.warning(
+                    "order.conflicting_terminal_update",
+                    client_order_id=update.client_order_id,
+                    status=update.status,
+                    filled_quantity=update.filled_quantity,
+                    kept_filled_quantity=order.terminal_quantity,
+                )
+            self._close_if_done(update.client_order_id, event)  # as for a duplicate fill
             return
         if update.status == "rejected":
             log.warning(
@@ -173,6 +237,25 @@ class RebalanceService(Service):
             self.pending.clear()
 
     # -- decisions -------------------------------------------------------------------------
+    def _already_done(self, tick: RebalanceDue) -> bool:
+        """Return True, logging it, when ``tick``'s schedule has run a tick due at or after it."""
+        last = self.last_due.get(tick.schedule)
+        if last is None or tick.due > last:
+            return False
+        log.info(
+            "rebalance.already_done",
+            rebalance_id=tick.rebalance_id,
+            due=tick.due.isoformat(),
+            last_due=last.isoformat(),
+            reason="this schedule already ran a rebalance due at or after this one",
+        )
+        return True
+
+    def _done(self, tick: RebalanceDue) -> None:
+        last = self.last_due.get(tick.schedule)
+        if last is None or tick.due > last:
+            self.last_due[tick.schedule] = tick.due
+
     @staticmethod
     def _remember(store: OrderedDict, key: datetime, value: object) -> None:
         store[key] = value
@@ -190,15 +273,22 @@ class RebalanceService(Service):
             < order.terminal_quantity
         ):
             return
-        del self.open_orders[client_order_id]
-        if not self.open_orders:
+        last = len(self.open_orders) == 1
+        if last:
+            # The post-trade snapshot goes out before the order leaves the table: should this
+            # raise, the handler run again (the fill or update is then a duplicate) gets here.
             assert self._last_bar_time is not None
             self.emit([self.book.snapshot(self._last_bar_time)], corr=event.corr, ts=event.ts)
+        del self.open_orders[client_order_id]
+        if last:
             self._try_pending()
 
     def _try_pending(self) -> None:
         while self.pending and not self.open_orders and not self.halted:
             tick, corr = self.pending[0]
+            if self._already_done(tick):  # a later tick of its schedule ran while it waited
+                self.pending.pop(0)
+                continue
             bar = self._bars.get(tick.decision_time)
             signal = self._signals.get(tick.decision_time)
             if bar is None or signal is None:
@@ -213,6 +303,7 @@ class RebalanceService(Service):
                 if not (bar_lost or signal_lost):
                     return  # the decision bar or its signal is still on its way
                 self.pending.pop(0)
+                self._done(tick)
                 log.warning(
                     "rebalance.skipped",
                     rebalance_id=tick.rebalance_id,
@@ -220,8 +311,12 @@ class RebalanceService(Service):
                     reason="no bar or signal for the decision time",
                 )
                 continue
-            self.pending.pop(0)
             self._rebalance(tick, corr, bar, signal)
+            # Only once it ran: a handler that raises leaves the tick waiting, to run again.
+            self.pending.pop(0)
+            # Ticks of its schedule due at or before it are done now: drop them at once, so
+            # that nothing looks waiting while its orders are out.
+            self.pending[:] = [(t, c) for t, c in self.pending if not self._already_done(t)]
 
     def _log_nothing_selected(self, tick: RebalanceDue, scores: np.ndarray) -> None:
         # Holding nothing must say why: still warming up is normal, a universe too small for
@@ -294,8 +389,6 @@ class RebalanceService(Service):
         # first arrived in (vectorbt's call_seq="auto" keeps column order, alphabetical here).
         orders.sort(key=lambda item: item[0])
         requests = [request for _, request in orders]
-        for request in requests:
-            self.open_orders[request.client_order_id] = _OpenOrder()
         target = TargetPortfolio(
             rebalance_id=tick.rebalance_id,
             asof=tick.decision_time,
@@ -304,6 +397,12 @@ class RebalanceService(Service):
             cash_weight=max(0.0, 1.0 - float(weights.sum())),
         )
         self.emit([target, *requests], corr=corr, ts=self.clock.now())
+        # Recorded once published: nothing above changes state, so a raise before here leaves
+        # the tick to run again from scratch. The answers cannot come before this handler ends.
+        self._done(tick)
+        for request in requests:
+            booked = self._unmatched_fills.pop(request.client_order_id, 0.0)
+            self.open_orders[request.client_order_id] = _OpenOrder(quantity_filled=booked)
         log.info(
             "rebalance.done",
             rebalance_id=tick.rebalance_id,

@@ -29,14 +29,15 @@ _Row = tuple[float, float, float, float]  # equity, cash, gross exposure, drawdo
 
 class RecorderService(Service):
     """Keeps the account's last marks per bar (from snapshots and marks), and counts orders,
-    fills, fees and traded notional."""
+    fills, fees and traded notional, each order and fill once by its business id (a handler
+    run again after a crash publishes them again under new event ids)."""
 
     name = "recorder"
 
     def __init__(self, bus: Bus, clock: Clock) -> None:
         self.rows: dict[datetime, _Row] = {}
-        self.orders = 0
-        self.fills = 0
+        self.order_ids: set[str] = set()
+        self.fill_ids: set[str] = set()
         self.fees = 0.0
         self.traded_notional = 0.0
         super().__init__(bus, clock)
@@ -63,12 +64,16 @@ class RecorderService(Service):
         )
 
     def on_order(self, event: Envelope) -> None:
-        self.orders += 1
+        order = event.payload
+        assert isinstance(order, OrderRequest)
+        self.order_ids.add(order.client_order_id)
 
     def on_fill(self, event: Envelope) -> None:
         fill = event.payload
         assert isinstance(fill, Fill)
-        self.fills += 1
+        if fill.fill_id in self.fill_ids:
+            return
+        self.fill_ids.add(fill.fill_id)
         self.fees += fill.fee
         self.traded_notional += fill.quantity * fill.price
 
@@ -86,8 +91,8 @@ class RecorderService(Service):
             "initial_equity": initial_equity,
             "final_equity": float(equity[-1]),
             **figures,
-            "orders": self.orders,
-            "fills": self.fills,
+            "orders": len(self.order_ids),
+            "fills": len(self.fill_ids),
             "fees": self.fees,
             "turnover": self.traded_notional / average_equity if average_equity > 0 else 0.0,
             "periods_per_year": periods_per_year,

@@ -1,4 +1,5 @@
-"""The paper broker fills at the right bar and price, never lends and never trades twice."""
+"""The paper broker fills at the right bar and price, never lends and never trades twice: a
+duplicate submit is answered with the existing order's state."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from brokers.simulated import SimulatedBroker
+from brokers.simulated import DUPLICATE_SUBMIT, SimulatedBroker
 from engine.events import BarSet, Fill, OrderRequest, OrderUpdate
 
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -215,28 +216,114 @@ def test_sell_without_a_position_is_rejected_and_changes_nothing():
 
 
 # -- idempotence and rejections ------------------------------------------------------------------
-def test_a_resubmitted_client_order_id_never_trades_twice():
+def test_a_resubmitted_filled_order_answers_its_state_and_never_trades_twice():
     broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
     feed(broker, BAR1)
     first = order("BTC/USDT", "buy", 1.0, client_order_id="rb-1-BTC")
     assert fills(broker.submit(first))
     with capture_logs() as logs:
-        assert broker.submit(first) == []
-        assert broker.submit(order("BTC/USDT", "buy", 5.0, client_order_id="rb-1-BTC")) == []
+        again = broker.submit(first)
+        other = broker.submit(order("BTC/USDT", "buy", 5.0, client_order_id="rb-1-BTC"))
+    for answer in (again, other):
+        # One update with the state it is in, and no fill: the fill went out the first time.
+        [update] = answer
+        assert isinstance(update, OrderUpdate) and update.is_terminal
+        assert (update.status, update.filled_quantity, update.average_price) == (
+            "filled",
+            1.0,
+            120.0,
+        )
+        assert update.reason == DUPLICATE_SUBMIT == "duplicate submit: order already known"
     assert broker.positions == {"BTC/USDT": 1.0}
-    assert broker.cash == pytest.approx(10_000.0 - 120.0)
-    assert [(e["event"], e["client_order_id"]) for e in logs] == [
-        ("broker.duplicate_order_ignored", "rb-1-BTC")
-    ] * 2
+    assert broker.cash == 10_000.0 - 120.0
+    assert [(e["event"], e["log_level"], e["client_order_id"]) for e in logs] == [
+        ("broker.duplicate_submit", "info", "rb-1-BTC"),
+        ("broker.duplicate_submit", "warning", "rb-1-BTC"),  # another quantity: a caller bug
+    ]
+    assert logs[1]["original"] == "buy 1.0 BTC/USDT" and logs[1]["received"] == "buy 5.0 BTC/USDT"
 
 
-def test_a_resubmitted_queued_order_is_queued_once():
+def test_a_resubmitted_queued_order_answers_accepted_and_stays_one_order():
     broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
     request = order("BTC/USDT", "buy", 1.0)
-    broker.submit(request)
-    broker.submit(request)
+    assert [(u.status, u.reason) for u in updates(broker.submit(request))] == [("accepted", None)]
+    [answer] = broker.submit(request)
+    assert isinstance(answer, OrderUpdate)
+    assert (answer.status, answer.filled_quantity, answer.average_price, answer.reason) == (
+        "accepted",
+        0.0,
+        None,
+        DUPLICATE_SUBMIT,
+    )
     assert broker.open_order_count == 1
     assert len(fills(feed(broker, BAR1))) == 1
+    assert broker.positions == {"BTC/USDT": 1.0} and broker.cash == 10_000.0 - 120.0
+    # Asked again once filled: its new state, still no fill.
+    [answer] = broker.submit(request)
+    assert (answer.status, answer.filled_quantity, answer.average_price) == ("filled", 1.0, 120.0)
+    assert feed(broker, BAR2) == [] and broker.positions == {"BTC/USDT": 1.0}
+
+
+def test_a_resubmitted_partly_filled_order_reports_the_quantity_and_why_the_rest_went():
+    broker = SimulatedBroker(initial_cash=600.0, fee_rate=0.0)
+    feed(broker, BAR1)
+    request = order("BTC/USDT", "buy", 10.0)
+    [fill] = fills(broker.submit(request))
+    assert fill.quantity == 5.0  # 600 / 120
+    [answer] = broker.submit(request)
+    assert (answer.status, answer.filled_quantity, answer.average_price) == (
+        "cancelled",
+        5.0,
+        120.0,
+    )
+    assert answer.reason == f"{DUPLICATE_SUBMIT}; rest cancelled: cash covers only part"
+    assert broker.cash == 0.0 and broker.positions == {"BTC/USDT": 5.0}
+
+
+def test_a_resubmitted_rejected_or_cancelled_order_stays_so():
+    broker = SimulatedBroker(initial_cash=0.0)
+    feed(broker, BAR1)
+    rejected = order("BTC/USDT", "buy", 1.0, client_order_id="poor")
+    broker.submit(rejected)
+    [answer] = broker.submit(rejected)
+    assert (answer.status, answer.filled_quantity) == ("rejected", 0.0)
+    assert answer.reason == f"{DUPLICATE_SUBMIT}; no cash"
+    queued = order("ETH/USDT", "sell", 1.0, asof=day(5), client_order_id="late")
+    broker.submit(queued)
+    broker.cancel_open_orders("end of data")
+    [answer] = broker.submit(queued)
+    assert (answer.status, answer.reason) == ("cancelled", f"{DUPLICATE_SUBMIT}; end of data")
+    assert broker.open_order_count == 0
+
+
+def test_an_order_refused_while_halted_is_not_traded_when_submitted_again():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0)
+    feed(broker, BAR1)
+    request = order("BTC/USDT", "buy", 1.0)
+    [refused] = broker.reject(request, "trading halted")
+    assert (refused.status, refused.reason) == ("rejected", "trading halted")
+    [answer] = broker.submit(request)
+    assert (answer.status, answer.reason) == ("rejected", f"{DUPLICATE_SUBMIT}; trading halted")
+    assert broker.positions == {} and broker.cash == 10_000.0
+    # ... and an order known before the halt keeps its own state, not "rejected".
+    filled = order("ETH/USDT", "buy", 2.0, client_order_id="before-halt")
+    broker.submit(filled)
+    [answer] = broker.reject(filled, "trading halted")
+    assert (answer.status, answer.filled_quantity) == ("filled", 2.0)
+
+
+def test_a_fill_id_depends_on_its_order_alone():
+    # A broker that lost its state (a restarted process) names the same execution the same,
+    # so a book that dedupes by fill id does not book it twice.
+    busy = SimulatedBroker(initial_cash=10_000.0)
+    fresh = SimulatedBroker(initial_cash=10_000.0)
+    for broker in (busy, fresh):
+        feed(broker, BAR1)
+    busy.submit(order("ETH/USDT", "buy", 1.0, client_order_id="o1"))
+    request = order("BTC/USDT", "buy", 1.0, client_order_id="o2")
+    [from_busy] = fills(busy.submit(request))
+    [from_fresh] = fills(fresh.submit(request))
+    assert from_busy.fill_id == from_fresh.fill_id == "o2-f1"
 
 
 def test_symbol_missing_from_the_fill_bar_is_rejected_naming_it():

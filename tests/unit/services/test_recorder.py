@@ -1,0 +1,61 @@
+"""The recorder counts each order and fill once by its business id, whatever the bus repeats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from engine.bus import MemoryBus
+from engine.clock import SimulatedClock
+from engine.events import Fill, OrderRequest, PortfolioSnapshot, make_event
+from services.recorder import RecorderService
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def order(symbol: str) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=f"rb-1-{symbol}",
+        rebalance_id="rb-1",
+        asof=T0,
+        symbol=symbol,
+        side="buy",
+        quantity=2.0,
+    )
+
+
+def fill(symbol: str, price: float, fee: float) -> Fill:
+    return Fill(
+        fill_id=f"rb-1-{symbol}-f1",
+        client_order_id=f"rb-1-{symbol}",
+        symbol=symbol,
+        side="buy",
+        quantity=2.0,
+        price=price,
+        fee=fee,
+        fee_currency="USDT",
+        executed_at=T0,
+    )
+
+
+def test_orders_and_fills_published_again_under_new_event_ids_count_once():
+    recorder = RecorderService(MemoryBus(), SimulatedClock(T0))
+    payloads = [order("A"), order("B"), fill("A", 10.0, 0.02), fill("B", 30.0, 0.06)]
+    for _ in range(3):  # each handled three times, each time as a new event
+        for payload in payloads:
+            recorder.handle(make_event(payload, source="test", ts=T0))
+    snapshot = PortfolioSnapshot(
+        asof=T0,
+        cash=1000.0 - 80.0 - 0.08,
+        positions={"A": 2.0, "B": 2.0},
+        prices={"A": 10.0, "B": 30.0},
+        equity=999.92,
+        gross_exposure=80.0 / 999.92,
+        high_water_mark=1000.0,
+        drawdown=0.00008,
+        fills_applied=2,
+    )
+    recorder.handle(make_event(snapshot, source="test", ts=T0))
+    summary = recorder.summary(1000.0, 252.0, bars=1)
+    assert (summary["orders"], summary["fills"]) == (2, 2)
+    assert summary["fees"] == 0.02 + 0.06
+    assert summary["turnover"] == (2 * 10.0 + 2 * 30.0) / ((1000.0 + 999.92) / 2)
