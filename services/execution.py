@@ -29,6 +29,7 @@ class ExecutionService(Service):
     """Routes orders to a broker; refuses new orders while halted."""
 
     name = "execution"
+    commit_each_message = True  # its handlers publish orders or trade: no batch replay
 
     def __init__(self, bus: Bus, clock: Clock, broker: SimulatedBroker) -> None:
         self.broker = broker

@@ -76,7 +76,9 @@ def _daemons(
     with open_redis_bus(config, run_dir=out_dir) as bus:
         services = build_services(config, bus, clock)
         runners = [
-            ServiceRunner(s, consume_settings(config), config.paper.heartbeat_s)
+            ServiceRunner(
+                s, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+            )
             for s in services.all()
         ]
         threads = [

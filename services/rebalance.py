@@ -72,6 +72,7 @@ class RebalanceService(Service):
     """Holds the portfolio view and turns rebalance ticks into orders."""
 
     name = "rebalance"
+    commit_each_message = True  # its handlers publish orders or trade: no batch replay
 
     def __init__(self, bus: Bus, clock: Clock, portfolio: PortfolioConfig) -> None:
         self.config = portfolio

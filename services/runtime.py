@@ -9,6 +9,7 @@ and commits the batch in hand, then returns.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import os
 import socket
 import threading
@@ -42,6 +43,10 @@ class Service:
     """
 
     name: ClassVar[str] = "service"
+    # True for services whose handlers have effects outside the process (orders sent to a
+    # broker): each message is then committed as soon as its handler returned, so a crash
+    # re-runs at most the message in hand, instead of the whole batch.
+    commit_each_message: ClassVar[bool] = False
 
     def __init__(self, bus: Bus, clock: Clock) -> None:
         self.bus = bus
@@ -101,18 +106,28 @@ class Service:
 
 
 class ServiceRunner:
-    """Run one service as a daemon loop on a bus, with heartbeats, until told to stop."""
+    """Run one service as a daemon loop on a bus, with heartbeats, until told to stop.
+
+    Its consumer is named ``{service}-{instance}``: ``instance`` is ``[run] instance``, the host
+    name when empty, and never the pid, so a restarted process is the same group member and
+    reads its own pending messages first, at once, instead of waiting ``claim_idle_ms`` for
+    another member to reclaim them. Two instances of one service on one host need distinct
+    instance names.
+    """
 
     def __init__(
         self,
         service: Service,
         settings: ConsumeSettings,
         heartbeat_s: float = 5.0,
-        instance: str | None = None,
+        instance: str = "",
     ) -> None:
         self.service = service
-        self.instance = instance or f"{service.name}-{socket.gethostname()}-{os.getpid()}"
-        consumer = service.bus.consumer(service.name, self.instance, service.topics)
+        self.instance = instance or socket.gethostname()
+        self.consumer_name = f"{service.name}-{self.instance}"
+        if service.commit_each_message and not settings.commit_each_message:
+            settings = dataclasses.replace(settings, commit_each_message=True)
+        consumer = service.bus.consumer(service.name, self.consumer_name, service.topics)
         self.loop = ConsumerLoop(consumer, service.handle, settings)
         self.heartbeat_s = heartbeat_s
         self._started = time.monotonic()
@@ -121,7 +136,7 @@ class ServiceRunner:
         stats = self.loop.stats
         heartbeat = Heartbeat(
             service=self.service.name,
-            instance=self.instance,
+            instance=self.consumer_name,
             pid=os.getpid(),
             status=status,
             processed=stats.processed,
@@ -131,9 +146,11 @@ class ServiceRunner:
         self.service.bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self.service.name))
 
     def run(self, stop: threading.Event) -> ConsumeStats:
-        """Consume until ``stop`` is set; the batch in hand is finished and committed first."""
+        """Consume until ``stop`` is set; the batch in hand is finished and committed first
+        (a failed message waiting for its retry stays pending, for the next start)."""
         # Services can share a process (one thread each): every log line names its own.
         structlog.contextvars.bind_contextvars(service=self.service.name)
+        self.loop.stop = stop  # a retry backoff ends at once when asked to stop
         self._heartbeat("starting")
         self.service.start()
         last_beat = time.monotonic()
@@ -148,6 +165,7 @@ class ServiceRunner:
             "service.stopped",
             service=self.service.name,
             instance=self.instance,
+            consumer=self.consumer_name,
             processed=stats.processed,
             failed=stats.failed,
             duplicates=stats.duplicates,
@@ -161,6 +179,7 @@ class Pump:
     """Deliver events to services in one process until nothing moves: the backtest's loop.
 
     Deterministic: services are polled in a fixed order and each reads everything available.
+    One attempt per message (``max_deliveries=1``): a failure is not retried but stops the run.
     """
 
     def __init__(self, services: Sequence[Service], batch_size: int = 4096) -> None:

@@ -2,9 +2,11 @@
 
 A bus is a set of append-only topics. Consumers join a group per service: a group sees every
 message of its topics once, its members split the work, and a message stays pending with the
-member that read it until that member acknowledges it. Pending messages of a member that died
-are reclaimed by another member after ``claim_idle_ms``. Those are Redis Streams' semantics;
-the in-memory bus reproduces them in one process so backtests exercise the same paths.
+member that read it until that member acknowledges it. A member's name is stable across
+restarts: a member created again under a name that holds pending messages reads those first,
+in order, before anything new. Pending messages of a member that died for good are reclaimed
+by another member after ``claim_idle_ms``. Those are Redis Streams' semantics; the in-memory
+bus reproduces them in one process so backtests exercise the same paths.
 """
 
 from __future__ import annotations
@@ -73,7 +75,14 @@ class Consumer(ABC):
     @abstractmethod
     def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
         """Return up to ``count`` messages never delivered to this group, waiting up to
-        ``block_ms`` for the first (0: do not wait)."""
+        ``block_ms`` for the first (0: do not wait).
+
+        The first reads of a member return instead the messages already pending under its
+        name (an earlier member of that name died holding them), in order per topic and each
+        counted as one more delivery, until none is left; only then come new messages (the
+        read that hands out the last of them fills the rest of ``count`` with new ones, without
+        waiting).
+        """
 
     @abstractmethod
     def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
@@ -130,7 +139,8 @@ class Bus(ABC):
         """Return member ``name`` of ``group`` on ``topics``, creating the group if needed.
 
         A new group starts at the beginning of each topic, so nothing published before the
-        first consumer joined is missed.
+        first consumer joined is missed. ``name`` should be stable across restarts of one
+        instance (never a pid), so a restarted member picks up its own pending messages first.
         """
 
     @abstractmethod

@@ -3,7 +3,8 @@
 Deterministic: message ids are a global sequence, reads return in publish order, and nothing
 happens in the background. Events are stored as the immutable objects they are (no encoding on
 the hot path of a backtest); raw bytes published with ``publish_raw`` are decoded on delivery,
-exactly as the Redis bus does.
+exactly as the Redis bus does. A member created again under the name of one that left messages
+pending reads those first, in order, as Redis' ``XREADGROUP ... 0`` gives them back.
 """
 
 from __future__ import annotations
@@ -147,6 +148,11 @@ class MemoryConsumer(Consumer):
     Topic logs, group states and the group's processed set are created once (by
     ``MemoryBus.consumer``) and never replaced, so the member keeps direct references to them
     instead of looking them up by ``(topic, group)`` on every read and acknowledgement.
+
+    Its first reads return the entries pending under its name (a previous member of that name
+    died holding them), in order per topic, each counted as one more delivery; only when none
+    is left does it read new messages (the read that hands out the last of them fills the rest
+    of its ``count`` with new ones).
     """
 
     def __init__(self, bus: MemoryBus, group: str, name: str, topics: tuple[str, ...]):
@@ -158,6 +164,36 @@ class MemoryConsumer(Consumer):
         self._sources = tuple((t, bus._topics[t], bus._groups[(t, group)]) for t in topics)
         self._pending = {topic: state.pending for topic, _, state in self._sources}
         self._processed = bus._processed[group]
+        # Per topic still being replayed: index of the last own pending entry handed out.
+        self._history: dict[str, int] | None = {topic: -1 for topic in topics}
+
+    def _take_own(self, count: int) -> list[Delivery]:
+        """Hand out up to ``count`` per topic of this member's pending entries after the
+        cursor, in order (what Redis returns for ``XREADGROUP ... STREAMS key <cursor>``)."""
+        history = self._history
+        assert history is not None
+        now = self._bus._clock()
+        out: list[Delivery] = []
+        for topic, log, group in self._sources:
+            cursor = history.get(topic)
+            if cursor is None:
+                continue
+            own = sorted(
+                (index, message_id, record)
+                for message_id, (record, index) in group.pending.items()
+                if record.consumer == self.name and index > cursor
+            )[:count]
+            if len(own) < count:
+                del history[topic]  # all handed out: this topic reads new messages from now on
+            else:
+                history[topic] = own[-1][0]
+            for index, message_id, record in own:
+                attempts = record.attempts + 1
+                group.pending[message_id] = (_Delivered(self.name, now, attempts), index)
+                out.append(_delivery(topic, message_id, log[index][1], attempts))
+        if not history:
+            self._history = None
+        return out
 
     def _take_new(self, count: int) -> list[Delivery]:
         out: list[Delivery] = []
@@ -185,6 +221,13 @@ class MemoryConsumer(Consumer):
         return out
 
     def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
+        if self._history is not None:
+            with self._lock:
+                own = self._take_own(count)
+                if own and self._history is None and len(own) < count:
+                    own += self._take_new(count - len(own))  # the rest: new, without waiting
+            if own:
+                return own
         if not block_ms:
             # Lock-free answer for the common idle poll of an in-process run.
             for _, log, group in self._sources:

@@ -1,5 +1,8 @@
 """The consume loop shared by every bus: read, skip duplicates, handle, commit, retry, and
-dead-letter what cannot succeed, so each bus only supplies the primitives."""
+dead-letter what cannot succeed, so each bus only supplies the primitives.
+
+Order is kept: a message whose handler raises is retried in place, with a short capped backoff,
+until it is applied or dead-lettered, and nothing after it is handled before that."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from engine.bus.base import Consumer, Delivery
@@ -42,13 +46,23 @@ SERVICE = LogContextField("service")
 
 @dataclass(frozen=True, slots=True)
 class ConsumeSettings:
-    """How a consumer loop paces itself; see ``engine.config.BusConfig`` for the meanings."""
+    """How a consumer loop paces itself; see ``engine.config.BusConfig`` for the meanings.
+
+    ``retry_backoff_s`` is the wait before the first in-place retry of a failed handler; it
+    doubles per retry up to ``retry_backoff_max_s`` (0: retry at once, what tests use).
+    ``commit_each_message`` commits (marks processed and acknowledges) each message as soon as
+    its handler returned instead of once per batch: for services whose handlers have effects
+    outside the process, so a crash re-runs at most the message in hand.
+    """
 
     batch_size: int = 256
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     reclaim_interval_ms: int = 5_000
     max_deliveries: int = 5
+    retry_backoff_s: float = 0.05
+    retry_backoff_max_s: float = 1.0
+    commit_each_message: bool = False
 
 
 @dataclass(slots=True)
@@ -62,12 +76,18 @@ class ConsumeStats:
     reclaimed: int = 0
 
 
+_APPLIED, _DEAD_LETTERED, _INTERRUPTED = range(3)
+
+
 @dataclass
 class ConsumerLoop:
-    """Run ``handler`` on every event a consumer receives, at least once, effect once.
+    """Run ``handler`` on every event a consumer receives, at least once, effect once, in order.
 
-    A handler that raises leaves its message pending; it comes back through reclaim after
-    ``claim_idle_ms`` and is dead-lettered once it has been delivered ``max_deliveries`` times.
+    A handler that raises is retried in place, after a short capped backoff, up to
+    ``max_deliveries`` attempts in all (a redelivered message has used some already); then the
+    message is dead-lettered with the reason. Nothing after it is handled before it was applied
+    or dead-lettered. When ``stop`` is set during a backoff, the message and the rest of its
+    batch stay pending (unacknowledged): a restarted consumer of the same name reads them first.
     Events this group already applied (same event id, e.g. a publisher's retry) are
     acknowledged without calling the handler again.
     """
@@ -77,10 +97,13 @@ class ConsumerLoop:
     settings: ConsumeSettings = field(default_factory=ConsumeSettings)
     clock: Callable[[], float] = time.monotonic
     stats: ConsumeStats = field(default_factory=ConsumeStats)
+    stop: threading.Event = field(default_factory=threading.Event)
     _last_reclaim: float | None = None
+    # What a stop during a retry left unhandled, in order; handled before anything else.
+    _held: list[Delivery] = field(default_factory=list)
 
     def process(self, deliveries: Sequence[Delivery]) -> int:
-        """Handle one batch; return how many events were applied."""
+        """Handle one batch, in order; return how many events were applied."""
         candidates = self._screen(deliveries)
         if not candidates:
             return 0
@@ -91,10 +114,12 @@ class ConsumerLoop:
             len(event_ids) > 1 and len(set(event_ids)) < len(event_ids)
         )
         applied, duplicates = self._apply(candidates, seen, check_duplicates)
-        if applied:
-            self.consumer.commit(applied)
+        if not self.settings.commit_each_message:
+            if applied:
+                self.consumer.commit(applied)
+            if duplicates:
+                self.consumer.ack(duplicates)
         if duplicates:
-            self.consumer.ack(duplicates)
             self.stats.duplicates += len(duplicates)
             log.info(
                 "bus.duplicates_skipped",
@@ -133,10 +158,13 @@ class ConsumerLoop:
     ) -> tuple[list[Delivery], list[Delivery]]:
         """Run the handler on each candidate not applied before; return (applied, duplicates).
 
+        With ``commit_each_message`` each applied delivery is committed, and each duplicate
+        acknowledged, as soon as it is known; otherwise the caller does both once per batch.
         ``corr`` is bound only when it changes (bursts share one) and the caller's context is
         restored once per batch.
         """
         handler = self.handler
+        commit_each = self.settings.commit_each_message
         corr_var = CORR.var
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
@@ -149,6 +177,8 @@ class ConsumerLoop:
                 assert event is not None
                 if check_duplicates and (was_seen or event.id in applied_ids):
                     duplicates.append(delivery)
+                    if commit_each:
+                        self.consumer.ack([delivery])
                     continue
                 if event.corr != bound_corr:
                     token = corr_var.set(event.corr)
@@ -158,9 +188,16 @@ class ConsumerLoop:
                 try:
                     handler(event)
                 except Exception as error:  # a handler bug must not stop the service
-                    self._handle_failure(delivery, error)
-                    continue
+                    outcome = self._retry_in_place(delivery, error)
+                    if outcome == _DEAD_LETTERED:
+                        continue
+                    if outcome == _INTERRUPTED:  # rare: find where, keep the rest in order
+                        position = next(i for i, d in enumerate(candidates) if d is delivery)
+                        self._held.extend(candidates[position + 1 :])
+                        break
                 applied.append(delivery)
+                if commit_each:
+                    self.consumer.commit([delivery])
                 if check_duplicates:
                     applied_ids.add(event.id)
         finally:
@@ -168,26 +205,62 @@ class ConsumerLoop:
                 corr_var.reset(outer)
         return applied, duplicates
 
-    def _handle_failure(self, delivery: Delivery, error: Exception) -> None:
-        self.stats.failed += 1
-        reason = f"handler raised {type(error).__name__}: {error}"
-        if delivery.attempts >= self.settings.max_deliveries:
-            self._dead_letter(
-                delivery,
-                f"{reason} (attempt {delivery.attempts} of {self.settings.max_deliveries})",
+    def _retry_in_place(self, delivery: Delivery, error: Exception) -> int:
+        """Run the handler of ``delivery`` again until it succeeds, it has had
+        ``max_deliveries`` attempts (then dead-letter it), or ``stop`` is set during a backoff
+        (then leave it pending). Return ``_APPLIED``, ``_DEAD_LETTERED`` or ``_INTERRUPTED``."""
+        settings = self.settings
+        event = delivery.event
+        assert event is not None
+        attempt = delivery.attempts
+        delay = min(settings.retry_backoff_s, settings.retry_backoff_max_s)
+        while True:
+            self.stats.failed += 1
+            reason = f"handler raised {type(error).__name__}: {error}"
+            last = attempt >= settings.max_deliveries
+            log.warning(
+                "bus.handler_failed",
+                group=self.consumer.group,
+                topic=delivery.topic,
+                message_id=delivery.message_id,
+                event_type=event.type,
+                attempt=attempt,
+                max_deliveries=settings.max_deliveries,
+                error=reason,
+                retry_in_s=None if last else round(delay, 3),
             )
-            return
-        log.warning(
-            "bus.handler_failed",
-            group=self.consumer.group,
-            topic=delivery.topic,
-            message_id=delivery.message_id,
-            event_type=delivery.event.type if delivery.event else None,
-            attempt=delivery.attempts,
-            max_deliveries=self.settings.max_deliveries,
-            error=reason,
-            retry_after_ms=self.settings.claim_idle_ms,
-        )
+            if last:
+                self._dead_letter(
+                    msgspec.structs.replace(delivery, attempts=attempt),
+                    f"{reason} (attempt {attempt} of {settings.max_deliveries})",
+                )
+                return _DEAD_LETTERED
+            if self.stop.wait(delay) if delay > 0 else self.stop.is_set():
+                log.warning(
+                    "bus.retry_interrupted",
+                    group=self.consumer.group,
+                    topic=delivery.topic,
+                    message_id=delivery.message_id,
+                    attempt=attempt,
+                    hint="left pending: a restart of this consumer retries it first",
+                )
+                self._held = [msgspec.structs.replace(delivery, attempts=attempt + 1)]
+                return _INTERRUPTED
+            attempt += 1
+            delay = min(delay * 2, settings.retry_backoff_max_s)
+            try:
+                self.handler(event)
+            except Exception as again:  # the same guard as the first attempt
+                error = again
+                continue
+            log.info(
+                "bus.handler_recovered",
+                group=self.consumer.group,
+                topic=delivery.topic,
+                message_id=delivery.message_id,
+                attempt=attempt,
+            )
+            return _APPLIED
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.consumer.dead_letter(delivery, reason)
@@ -202,7 +275,7 @@ class ConsumerLoop:
         )
 
     def reclaim(self) -> int:
-        """Take over messages pending too long (dead members, failed handlers) and run them."""
+        """Take over messages pending too long (members that died or stalled) and run them."""
         self._last_reclaim = self.clock()
         deliveries = self.consumer.reclaim(self.settings.claim_idle_ms, self.settings.batch_size)
         if deliveries:
@@ -216,18 +289,32 @@ class ConsumerLoop:
         return self.process(deliveries)
 
     def run_once(self, block_ms: int | None = None) -> int:
-        """Reclaim if it is time, then read and handle one batch; return events applied."""
+        """Handle one batch, then reclaim if it is time; return events applied.
+
+        What a stop left unhandled comes first; then the consumer's read, which starts with
+        this member's own pending entries (a restart's unfinished work) before anything new.
+        """
         applied = 0
-        interval_s = self.settings.reclaim_interval_ms / 1000
-        if self._last_reclaim is None or self.clock() - self._last_reclaim >= interval_s:
-            applied += self.reclaim()
+        if self._held:
+            held, self._held = self._held, []
+            applied += self.process(held)
+            if self._held:
+                return applied  # stopped again: nothing may overtake it
         deliveries = self.consumer.read(
             self.settings.batch_size, self.settings.block_ms if block_ms is None else block_ms
         )
-        return applied + self.process(deliveries)
+        applied += self.process(deliveries)
+        if self._held:
+            return applied
+        interval_s = self.settings.reclaim_interval_ms / 1000
+        if self._last_reclaim is None or self.clock() - self._last_reclaim >= interval_s:
+            applied += self.reclaim()
+        return applied
 
     def run(self, stop: threading.Event) -> ConsumeStats:
-        """Loop until ``stop`` is set; the batch in hand is finished and committed first."""
+        """Loop until ``stop`` is set; the batch in hand is finished and committed first, but a
+        retry waiting on its backoff is abandoned (its message stays pending)."""
+        self.stop = stop
         while not stop.is_set():
             self.run_once()
         log.info(

@@ -4,7 +4,11 @@ exponential backoff when Redis goes away.
 
 Round trips are what cost, so the hot paths batch: ``publish_many`` is one pipeline, a consumer
 reads up to ``batch_size`` messages per XREADGROUP, checks them for duplicates with one ZMSCORE,
-and marks and acknowledges the whole batch in one MULTI.
+and marks and acknowledges the whole batch in one MULTI (or each message in its own, for
+services whose handlers have effects outside the process).
+
+A consumer's name is stable across restarts, so a restarted member first reads its own pending
+entries (``XREADGROUP ... STREAMS key 0``) and only then anything new (``>``).
 """
 
 from __future__ import annotations
@@ -246,7 +250,13 @@ class RedisBus(Bus):
 
 
 class RedisConsumer(Consumer):
-    """One member of a consumer group on a ``RedisBus``."""
+    """One member of a consumer group on a ``RedisBus``.
+
+    Its first reads return the entries pending under its name in the group (a previous process
+    of that name died holding them), in order per stream; only when none is left does it read
+    new messages (the read that hands out the last of them fills the rest of its ``count``
+    with new ones). Redis counts each of those reads as one more delivery.
+    """
 
     def __init__(self, bus: RedisBus, group: str, name: str, topics: tuple[str, ...]):
         self._bus = bus
@@ -257,6 +267,8 @@ class RedisConsumer(Consumer):
         self._stream_keys = {keys.stream(bus.namespace, t): t for t in topics}
         self._topic_of_key = {key.encode(): topic for key, topic in self._stream_keys.items()}
         self._processed_key = keys.processed(bus.namespace, group)
+        # Per stream still being replayed: id of the last own pending entry handed out.
+        self._history: dict[str, str] | None = dict.fromkeys(self._stream_keys, "0")
 
     def ensure_groups(self) -> None:
         """Create this group on every topic (from the start of the stream) if missing."""
@@ -284,6 +296,9 @@ class RedisConsumer(Consumer):
 
     def _delivery(self, key: bytes, message_id: bytes, fields: Any, attempts: int) -> Delivery:
         topic = self._topic_of_key[key]
+        if fields is None:  # a pending entry trimmed away: its history read says nil
+            error = EventDecodeError("<message>", "stream entry was trimmed before its ack")
+            return Delivery(topic, message_id.decode(), attempts, None, error=error, data=b"")
         if isinstance(fields, dict):  # parsed by redis-py (reclaim path)
             data = fields.get(_EVENT_FIELD)
         elif len(fields) == 2 and fields[0] == _EVENT_FIELD:  # raw [field, value]: the norm
@@ -299,6 +314,14 @@ class RedisConsumer(Consumer):
             return Delivery(topic, message_id.decode(), attempts, None, error=error, data=data)
 
     def read(self, count: int, block_ms: int = 0) -> list[Delivery]:
+        own: list[Delivery] = []
+        if self._history is not None:
+            own = self._read_own(count)
+            if own and (self._history is not None or len(own) >= count):
+                return own
+            # The last of them: fill the rest with new messages, without waiting.
+            count -= len(own)
+            block_ms = 0 if own else block_ms
         command: tuple[Any, ...] = (
             "XREADGROUP",
             "GROUP",
@@ -315,11 +338,61 @@ class RedisConsumer(Consumer):
         # Raw reply: {key: [[id, [field, value, ...]], ...]} under RESP3, a list of
         # [key, entries] pairs under RESP2, None when nothing arrived.
         streams = response.items() if isinstance(response, dict) else response or ()
-        return [
+        new = [
             self._delivery(key, message_id, fields, 1)
             for key, entries in streams
             for message_id, fields in entries
         ]
+        return own + new if own else new
+
+    def _read_own(self, count: int) -> list[Delivery]:
+        """Return up to ``count`` per stream of this member's pending entries after the cursor,
+        in order, with their delivery counts (which this read raised by one)."""
+        history = self._history
+        assert history is not None
+        command: tuple[Any, ...] = (
+            "XREADGROUP",
+            "GROUP",
+            self.group,
+            self.name,
+            "COUNT",
+            count,
+            "STREAMS",
+            *history,
+            *history.values(),
+        )
+        (response,) = self._call_grouped("xreadgroup", lambda: self._bus.roundtrip([command]))
+        streams = response.items() if isinstance(response, dict) else response or ()
+        out: list[Delivery] = []
+        replayed: set[str] = set()
+        for raw_key, entries in streams:
+            key = _text(raw_key)
+            replayed.add(key)
+            if len(entries) < count:
+                history.pop(key, None)  # all handed out: this stream reads new messages now
+            else:
+                history[key] = _text(entries[-1][0])
+            if not entries:
+                continue
+            attempts = self._attempts(key, entries)
+            trimmed = [_text(message_id) for message_id, fields in entries if fields is None]
+            if trimmed:
+                log.error(
+                    "bus.pending_trimmed",
+                    topic=self._stream_keys[key],
+                    group=self.group,
+                    message_ids=trimmed,
+                    hint="raise [bus] stream_maxlen: messages were trimmed before ack",
+                )
+            out.extend(
+                self._delivery(raw_key, message_id, fields, attempts.get(_text(message_id), 1))
+                for message_id, fields in entries
+            )
+        for key in set(history) - replayed:  # no reply for a stream: nothing pending there
+            del history[key]
+        if not history:
+            self._history = None
+        return out
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
         out: list[Delivery] = []
@@ -363,7 +436,7 @@ class RedisConsumer(Consumer):
             )
         return out
 
-    def _attempts(self, key: str, claimed: list[tuple[bytes, dict]]) -> dict[str, int]:
+    def _attempts(self, key: str, claimed: Sequence[Sequence[Any]]) -> dict[str, int]:
         first, last = _text(claimed[0][0]), _text(claimed[-1][0])
         rows = self._bus.call(
             "xpending",

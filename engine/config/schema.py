@@ -21,10 +21,16 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class RunConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where a run keeps its files and which Redis namespace it owns."""
+    """Where a run keeps its files and which Redis namespace it owns.
+
+    ``instance`` names this process's consumers (``{service}-{instance}``), stable across
+    restarts so a restarted service reads its own unacknowledged messages first; empty means
+    the host name. Two instances of one service on one host need distinct names.
+    """
 
     namespace: Name = "deepfactor"
     run_dir: str = "runs/paper"
+    instance: Annotated[str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")] = ""
 
 
 class BusConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus
 from engine.events import Envelope, decode, encode
@@ -35,12 +37,21 @@ def bus_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Bus]]:
         bus.close()
 
 
-def settings(**overrides: int) -> ConsumeSettings:
-    values = dict(
-        batch_size=10, block_ms=0, claim_idle_ms=IDLE_MS, reclaim_interval_ms=1, max_deliveries=3
+def settings(**overrides: float) -> ConsumeSettings:
+    values: dict[str, float] = dict(
+        batch_size=10,
+        block_ms=0,
+        claim_idle_ms=IDLE_MS,
+        reclaim_interval_ms=1,
+        max_deliveries=3,
+        retry_backoff_s=0,
     )
     values.update(overrides)
-    return ConsumeSettings(**values)
+    return ConsumeSettings(**values)  # type: ignore[arg-type]
+
+
+def numbers(deliveries) -> list[int]:
+    return [d.event.payload.processed for d in deliveries]
 
 
 def drain(loop: ConsumerLoop, rounds: int = 50) -> None:
@@ -204,31 +215,6 @@ def test_undecodable_message_is_dead_lettered_with_reason_and_the_rest_flow_on(b
     assert loop.consumer.pending_count() == 0
 
 
-def test_poison_message_is_dead_lettered_after_max_deliveries_while_others_flow(bus_factory):
-    bus = bus_factory()
-    bus.publish_many("alpha", [heartbeat(i) for i in range(5)])
-    calls: list[int] = []
-
-    def handler(event: Envelope) -> None:
-        calls.append(event.payload.processed)
-        if event.payload.processed == 2:
-            raise ValueError("cannot price asset")
-
-    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), handler, settings(max_deliveries=3))
-    for _ in range(6):
-        loop.run_once(block_ms=0)
-        time.sleep(IDLE_MS * 1.5 / 1000)
-    assert calls.count(2) == 3
-    assert sorted(set(calls)) == [0, 1, 2, 3, 4]
-    assert [c for c in calls if c != 2] == [0, 1, 3, 4]
-    (letter,) = bus.dead_letters()
-    assert letter.attempts == 3
-    assert "ValueError: cannot price asset" in letter.reason
-    assert decode(letter.data).payload.processed == 2
-    assert loop.stats.dead_lettered == 1
-    assert loop.consumer.pending_count() == 0
-
-
 def test_message_whose_consumers_keep_dying_is_dead_lettered(bus_factory):
     bus = bus_factory()
     bus.publish("alpha", heartbeat(9))
@@ -250,26 +236,6 @@ def test_message_whose_consumers_keep_dying_is_dead_lettered(bus_factory):
     assert loop.consumer.pending_count() == 0
 
 
-def test_failed_handler_is_retried_and_succeeds_without_dead_letter(bus_factory):
-    bus = bus_factory()
-    bus.publish("alpha", heartbeat(1))
-    failures = iter([True, False])
-    effects: list[int] = []
-
-    def flaky(event: Envelope) -> None:
-        if next(failures):
-            raise ConnectionError("broker timeout")
-        effects.append(event.payload.processed)
-
-    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), flaky, settings())
-    loop.run_once(block_ms=0)
-    time.sleep(IDLE_MS * 2 / 1000)
-    loop.run_once(block_ms=0)
-    assert effects == [1]
-    assert bus.dead_letters() == []
-    assert loop.stats.failed == 1 and loop.consumer.pending_count() == 0
-
-
 def test_consumed_history_returns_acknowledged_events_only_oldest_first(bus_factory):
     bus = bus_factory()
     bus.publish_many("alpha", [heartbeat(i) for i in range(10)])
@@ -282,3 +248,244 @@ def test_consumed_history_returns_acknowledged_events_only_oldest_first(bus_fact
     assert [e.payload.processed for e in bus.consumed_history("svc", "alpha", 100)] == [0, 1, 2, 3]
     assert bus.consumed_history("other-group", "alpha", 3) == []
     assert bus.consumed_history("svc", "never_published", 3) == []
+
+
+# -- stable names: a member created again under its name reads its own pending entries first --
+
+
+def test_member_recreated_under_its_name_gets_exactly_its_pending_entries_first_in_order(
+    bus_factory,
+):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(6)])
+    doomed = bus_factory().consumer("svc", "svc-box-1", ["alpha"])
+    assert numbers(doomed.read(4)) == [0, 1, 2, 3]  # read a batch, then died: no ack
+    doomed.close()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(6, 8)])
+
+    again = bus_factory().consumer("svc", "svc-box-1", ["alpha"])
+    first = again.read(4)
+    assert numbers(first) == [0, 1, 2, 3]
+    assert [d.attempts for d in first] == [2, 2, 2, 2]  # the replay is one more delivery
+    again.ack(first)
+    rest = again.read(10)
+    assert numbers(rest) == [4, 5, 6, 7] and [d.attempts for d in rest] == [1] * 4
+    again.ack(rest)
+    assert again.read(10) == [] and again.pending_count() == 0
+
+
+def test_the_read_that_hands_out_the_last_own_entries_fills_up_with_new_ones(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(6)])
+    bus_factory().consumer("svc", "c1", ["alpha"]).read(3)  # died holding 0-2
+    bus.publish_many("alpha", [heartbeat(6)])
+    again = bus_factory().consumer("svc", "c1", ["alpha"])
+    taken = again.read(10, block_ms=5_000)  # returns at once: it has something
+    assert numbers(taken) == [0, 1, 2, 3, 4, 5, 6]
+    assert [d.attempts for d in taken] == [2, 2, 2, 1, 1, 1, 1]
+
+
+def test_own_pending_entries_come_back_in_pages_of_the_read_count(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(7)])
+    bus_factory().consumer("svc", "c1", ["alpha"]).read(5)
+    again = bus_factory().consumer("svc", "c1", ["alpha"])
+    pages = [numbers(again.read(2)) for _ in range(4)]
+    assert pages == [[0, 1], [2, 3], [4, 5], [6]]
+
+
+def test_a_member_under_another_name_does_not_get_them_until_reclaim(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(6)])
+    bus_factory().consumer("svc", "svc-box-1", ["alpha"]).read(4)  # died holding 0-3
+    other = bus_factory().consumer("svc", "svc-box-2", ["alpha"])
+    taken = other.read(10)
+    assert numbers(taken) == [4, 5]
+    other.ack(taken)
+    assert other.read(10) == []
+    time.sleep(IDLE_MS * 2 / 1000)
+    assert numbers(other.reclaim(IDLE_MS, 10)) == [0, 1, 2, 3]
+
+
+def test_restarted_loop_handles_its_own_pending_first_without_waiting_for_reclaim(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(5)])
+    bus_factory().consumer("svc", "svc-box-1", ["alpha"]).read(3)  # died holding 0-2
+    bus.publish_many("alpha", [heartbeat(i) for i in range(5, 8)])
+    effects: list[int] = []
+    loop = ConsumerLoop(
+        bus_factory().consumer("svc", "svc-box-1", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(claim_idle_ms=60_000),  # reclaim would not hand them back for a minute
+    )
+    loop.run_once(block_ms=0)
+    assert effects == list(range(8))  # its own pending entries first, at once, then the rest
+    assert loop.stats.reclaimed == 0 and loop.consumer.pending_count() == 0
+
+
+def test_message_whose_consumer_keeps_dying_under_the_same_name_is_dead_lettered(bus_factory):
+    bus = bus_factory()
+    bus.publish("alpha", heartbeat(9))
+    for attempt in range(1, 4):  # a crash loop: each start takes it back, then dies
+        (taken,) = bus_factory().consumer("svc", "svc-box-1", ["alpha"]).read(10)
+        assert taken.attempts == attempt
+    effects: list[int] = []
+    loop = ConsumerLoop(
+        bus_factory().consumer("svc", "svc-box-1", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(max_deliveries=3),
+    )
+    loop.run_once(block_ms=0)
+    assert effects == []
+    (letter,) = bus.dead_letters()
+    assert "died or stalled" in letter.reason and letter.attempts == 4
+    assert loop.consumer.pending_count() == 0
+
+
+# -- retry in place: a failed message is retried before anything after it ---------------------
+
+
+def failed_attempts(logs: list[dict]) -> list[tuple[int, int]]:
+    return [
+        (log["attempt"], log["max_deliveries"])
+        for log in logs
+        if log["event"] == "bus.handler_failed"
+    ]
+
+
+def test_failing_message_is_retried_in_place_and_nothing_overtakes_it(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(1, 6)])
+    calls: list[int] = []
+    effects: list[int] = []
+    failures = {3: 2}  # message 3 fails twice, then succeeds
+
+    def handler(event: Envelope) -> None:
+        number = event.payload.processed
+        calls.append(number)
+        if failures.get(number):
+            failures[number] -= 1
+            raise ConnectionError("broker timeout")
+        effects.append(number)
+
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), handler, settings(batch_size=3))
+    with capture_logs() as logs:
+        drain(loop, rounds=3)
+    assert calls == [1, 2, 3, 3, 3, 4, 5]
+    assert effects == [1, 2, 3, 4, 5]  # in order, each once
+    assert failed_attempts(logs) == [(1, 3), (2, 3)]
+    assert bus.dead_letters() == []
+    assert loop.stats.failed == 2 and loop.stats.processed == 5
+    assert loop.consumer.pending_count() == 0
+
+
+def test_message_failing_every_attempt_is_dead_lettered_before_the_next_is_handled(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(1, 6)])
+    calls: list[int] = []
+    effects: list[int] = []
+
+    def handler(event: Envelope) -> None:
+        calls.append(event.payload.processed)
+        if event.payload.processed == 3:
+            raise ValueError("cannot price asset")
+        effects.append(event.payload.processed)
+
+    loop = ConsumerLoop(bus.consumer("svc", "c1", ["alpha"]), handler, settings(max_deliveries=3))
+    with capture_logs() as logs:
+        loop.run_once(block_ms=0)
+    assert calls == [1, 2, 3, 3, 3, 4, 5]
+    assert effects == [1, 2, 4, 5]
+    assert failed_attempts(logs) == [(1, 3), (2, 3), (3, 3)]
+    events = [log["event"] for log in logs]
+    assert events.index("bus.dead_lettered") > max(
+        i for i, e in enumerate(events) if e == "bus.handler_failed"
+    )
+    (letter,) = bus.dead_letters()
+    assert letter.attempts == 3 and letter.group == "svc" and letter.topic == "alpha"
+    assert "ValueError: cannot price asset" in letter.reason and "attempt 3 of 3" in letter.reason
+    assert decode(letter.data).payload.processed == 3
+    assert loop.stats.dead_lettered == 1 and loop.stats.failed == 3
+    assert loop.consumer.pending_count() == 0
+
+
+def test_redelivered_message_gets_only_the_attempts_it_has_left(bus_factory):
+    bus = bus_factory()
+    bus.publish("alpha", heartbeat(1))
+    bus_factory().consumer("svc", "c1", ["alpha"]).read(10)  # a first delivery, then a crash
+    calls: list[int] = []
+
+    def handler(event: Envelope) -> None:
+        calls.append(event.payload.processed)
+        raise ValueError("still broken")
+
+    loop = ConsumerLoop(
+        bus_factory().consumer("svc", "c1", ["alpha"]), handler, settings(max_deliveries=3)
+    )
+    loop.run_once(block_ms=0)
+    assert calls == [1, 1]  # attempts 2 and 3 of 3
+    assert bus.dead_letters()[0].attempts == 3
+
+
+def test_stop_during_a_retry_leaves_the_message_and_the_rest_pending_for_a_restart(bus_factory):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(1, 6)])
+    stop = threading.Event()
+    effects: list[int] = []
+
+    def failing_then_stopped(event: Envelope) -> None:
+        if event.payload.processed == 3:
+            stop.set()  # SIGTERM arrives while message 3 fails
+            raise ConnectionError("broker timeout")
+        effects.append(event.payload.processed)
+
+    loop = ConsumerLoop(
+        bus_factory().consumer("svc", "svc-box-1", ["alpha"]),
+        failing_then_stopped,
+        settings(retry_backoff_s=30),  # the backoff is cut short by the stop
+    )
+    loop.stop = stop
+    started = time.monotonic()
+    with capture_logs() as logs:
+        loop.run_once(block_ms=0)
+    assert time.monotonic() - started < 5
+    assert effects == [1, 2]
+    assert loop.consumer.pending_count() == 3  # 3, 4, 5: not acknowledged, not dropped
+    assert any(log["event"] == "bus.retry_interrupted" for log in logs)
+    assert bus.dead_letters() == []
+
+    restarted = ConsumerLoop(
+        bus_factory().consumer("svc", "svc-box-1", ["alpha"]),
+        lambda e: effects.append(e.payload.processed),
+        settings(claim_idle_ms=60_000),
+    )
+    restarted.run_once(block_ms=0)
+    assert effects == [1, 2, 3, 4, 5]
+    assert restarted.consumer.pending_count() == 0
+
+
+class Crash(BaseException):
+    """What a SIGKILL does to a handler: nothing after it runs, nothing is acknowledged."""
+
+
+@pytest.mark.parametrize("commit_each_message", [True, False])
+def test_commit_each_message_leaves_only_the_rest_of_a_crashed_batch_pending(
+    bus_factory, commit_each_message
+):
+    bus = bus_factory()
+    bus.publish_many("alpha", [heartbeat(i) for i in range(8)])
+
+    def crashes_on_5(event: Envelope) -> None:
+        if event.payload.processed == 5:
+            raise Crash
+
+    loop = ConsumerLoop(
+        bus_factory().consumer("svc", "c1", ["alpha"]),
+        crashes_on_5,
+        settings(commit_each_message=commit_each_message),
+    )
+    with pytest.raises(Crash):
+        loop.run_once(block_ms=0)
+    again = bus_factory().consumer("svc", "c1", ["alpha"])
+    expected = [5, 6, 7] if commit_each_message else list(range(8))
+    assert numbers(again.read(10)) == expected

@@ -31,29 +31,63 @@ def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02) -> No
         time.sleep(interval_s)
 
 
+def start_consumer(redis_url: str, namespace: str, stall_on: int, *options: str):
+    """Start ``consumer_process`` (service ``svc``) as a child process."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.bus.consumer_process",
+            redis_url,
+            namespace,
+            str(stall_on),
+            *options,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def kill(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+
+
+def sigkill_when_stalled(child: subprocess.Popen, client: redis.Redis, namespace: str) -> None:
+    try:
+        wait_for(lambda: client.exists(f"{namespace}:stalled"), timeout_s=30)
+    finally:
+        kill(child)
+
+
+def calls_of(client: redis.Redis, namespace: str) -> list[int]:
+    return [int(n) for n in client.lrange(f"{namespace}:calls", 0, -1)]
+
+
+def effect_counts(client: redis.Redis, namespace: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:effects").items()}
+
+
+def pending_of(client: redis.Redis, namespace: str) -> list[tuple[str, str]]:
+    """(message id, consumer) of every entry pending in group ``svc`` on ``alpha``."""
+    rows = client.xpending_range(f"{namespace}:alpha", "svc", min="-", max="+", count=1000)
+    return [(row["message_id"].decode(), row["consumer"].decode()) for row in rows]
+
+
 def test_sigkilled_consumer_loses_nothing_and_applies_each_effect_once(redis_url, namespace):
+    """A member killed for good: another member takes its entries over after claim_idle_ms."""
     bus = RedisBus(redis_url, namespace, give_up_after_s=5)
     events = [heartbeat(i) for i in range(10)]
     bus.publish_many("alpha", events)
     client = bus.redis
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.bus.consumer_process", redis_url, namespace, "5"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        wait_for(lambda: client.exists(f"{namespace}:stalled"))
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    survivor = bus.consumer("svc", "survivor", ["alpha"])
-    assert survivor.pending_count() == 10  # the dead member held the whole batch unacked
+    sigkill_when_stalled(start_consumer(redis_url, namespace, 5, "box-1", "1"), client, namespace)
+    survivor = bus.consumer("svc", "svc-box-2", ["alpha"])
+    assert survivor.pending_count() == 5  # the dead member held 5-9: 0-4 were committed
 
     def handler(event: Envelope) -> None:
-        client.hincrby(f"{namespace}:invocations", event.id, 1)
-        client.hsetnx(f"{namespace}:effects", event.id, event.payload.processed)
+        client.rpush(f"{namespace}:calls", event.payload.processed)
+        client.hincrby(f"{namespace}:effects", event.id, 1)
 
     loop = ConsumerLoop(
         survivor,
@@ -62,15 +96,56 @@ def test_sigkilled_consumer_loses_nothing_and_applies_each_effect_once(redis_url
     )
     time.sleep(0.15)
     loop.reclaim()
-    effects = {k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:effects").items()}
-    assert effects == {e.id: e.payload.processed for e in events}
-    invocations = {
-        k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:invocations").items()
-    }
-    stalled_id = client.get(f"{namespace}:stalled").decode()
-    assert invocations[stalled_id] == 2  # redelivered after the kill, applied once
+    assert effect_counts(client, namespace) == {e.id: 1 for e in events}
+    assert calls_of(client, namespace) == [0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
     assert survivor.pending_count() == 0
     assert bus.dead_letters() == []
+    bus.close()
+
+
+def test_restart_under_the_same_instance_handles_its_own_pending_first_and_at_once(
+    redis_url, namespace
+):
+    """SIGKILL mid-batch, then a new process with the same instance name: it handles what the
+    dead one held before anything newer, without waiting claim_idle_ms (a minute here)."""
+    bus = RedisBus(redis_url, namespace, give_up_after_s=5)
+    client = bus.redis
+    events = [heartbeat(i) for i in range(15)]
+    bus.publish_many("alpha", events[:10])
+    sigkill_when_stalled(start_consumer(redis_url, namespace, 5, "box-1", "1"), client, namespace)
+    held = pending_of(client, namespace)
+    assert len(held) == 5 and {consumer for _, consumer in held} == {"svc-box-1"}
+    assert client.get(f"{namespace}:consumer") == b"svc-box-1"  # {service}-{instance}, no pid
+    bus.publish_many("alpha", events[10:])  # newer messages wait behind the held ones
+
+    restarted = start_consumer(redis_url, namespace, -1, "box-1", "1")
+    try:
+        started = time.monotonic()
+        wait_for(lambda: len(effect_counts(client, namespace)) == 15, timeout_s=30)
+        assert time.monotonic() - started < 30  # far below claim_idle_ms = 60 s
+        wait_for(lambda: pending_of(client, namespace) == [])
+    finally:
+        kill(restarted)
+    # The first process ran 0-5 and hung in 5; the restart ran 5 again first, then the rest.
+    assert calls_of(client, namespace) == [0, 1, 2, 3, 4, 5, *range(5, 15)]
+    assert effect_counts(client, namespace) == {e.id: 1 for e in events}
+    assert bus.dead_letters() == []
+    bus.close()
+
+
+@pytest.mark.parametrize("commit_each", [True, False])
+def test_commit_each_message_leaves_only_the_unhandled_rest_of_a_batch_pending(
+    redis_url, namespace, commit_each
+):
+    bus = RedisBus(redis_url, namespace, give_up_after_s=5)
+    client = bus.redis
+    ids = bus.publish_many("alpha", [heartbeat(i) for i in range(10)])
+    child = start_consumer(redis_url, namespace, 5, "box-1", "1" if commit_each else "0")
+    sigkill_when_stalled(child, client, namespace)  # 0-4 handled, 5 in hand, one batch of 10
+    assert calls_of(client, namespace) == [0, 1, 2, 3, 4, 5]
+    pending = pending_of(client, namespace)
+    assert [message_id for message_id, _ in pending] == (ids[5:] if commit_each else ids)
+    assert {consumer for _, consumer in pending} == {"svc-box-1"}
     bus.close()
 
 

@@ -1,5 +1,6 @@
-"""What the in-memory bus does beyond the shared contract: wake blocked readers, and let a
-group member acknowledge a delivery of a topic it does not read itself."""
+"""What the in-memory bus does beyond the shared contract: wake blocked readers, let a group
+member acknowledge a delivery of a topic it does not read itself, and restart the idle clock of
+the pending entries a re-created member reads back, as Redis does."""
 
 from __future__ import annotations
 
@@ -46,3 +47,20 @@ def test_a_member_acknowledges_a_delivery_of_a_topic_it_does_not_read():
     other.commit(taken)
     assert reader.pending_count() == 0
     assert other.already_processed([taken[0].event.id]) == [True]
+
+
+def test_own_pending_entries_read_back_restart_their_idle_clock_and_never_block():
+    now = [100.0]
+    bus = MemoryBus(clock=lambda: now[0])
+    bus.publish_many("alpha", [heartbeat(i) for i in range(3)])
+    bus.consumer("svc", "c1", ["alpha"]).read(2)
+    now[0] += 60  # the member died a minute ago
+    again = bus.consumer("svc", "c1", ["alpha"])
+    started = time.monotonic()
+    assert [d.event.payload.processed for d in again.read(2, block_ms=5_000)] == [0, 1]
+    assert time.monotonic() - started < 1
+    peer = bus.consumer("svc", "c2", ["alpha"])
+    assert peer.reclaim(30_000, 10) == []  # just delivered again: not idle any more
+    now[0] += 31
+    assert [d.attempts for d in peer.reclaim(30_000, 10)] == [3, 3]
+    assert [d.event.payload.processed for d in again.read(10)] == [2]

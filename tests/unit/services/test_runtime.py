@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -16,6 +18,8 @@ import structlog
 from brokers.simulated import SimulatedBroker
 from engine.bus import ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
+from engine.config import load_config
+from engine.errors import ConfigError
 from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, RiskAlert, make_event
 from engine.logging import configure_logging
 from services.execution import ExecutionService
@@ -127,12 +131,16 @@ def test_pump_stops_the_run_when_a_handler_fails():
             raise ZeroDivisionError("bad maths")
 
     bus = MemoryBus()
-    pump = Pump([Broken(bus, SimulatedClock(T0))])
+    broken = Broken(bus, SimulatedClock(T0))
+    calls = []
+    broken._dispatch[OrderRequest] = lambda event: (calls.append(event), broken.explode(event))
+    pump = Pump([broken])
     bus.publish("orders", order_request(1))
     with pytest.raises(
         HandlerFailedError, match="broken failed: handler raised ZeroDivisionError: bad maths"
     ):
         pump.pump()
+    assert len(calls) == 1  # one attempt, no retry in place, no backoff
 
 
 class Relay(Service):
@@ -189,3 +197,88 @@ def test_pump_logs_name_the_service_and_corr_inside_handlers_and_restore_the_cal
         ("caller.after", "backtest", "outer"),
         ("caller.unbound", "backtest", None),
     ]
+
+
+def test_consumer_is_named_service_and_instance_never_the_pid():
+    settings = ConsumeSettings(block_ms=0)
+    named = ServiceRunner(Echo(MemoryBus(), SimulatedClock(T0)), settings, instance="box-7")
+    assert named.consumer_name == named.loop.consumer.name == "echo-box-7"
+    default = ServiceRunner(Echo(MemoryBus(), SimulatedClock(T0)), settings)
+    assert default.loop.consumer.name == f"echo-{socket.gethostname()}"
+    assert not default.loop.consumer.name.endswith(f"-{os.getpid()}")
+
+
+def test_heartbeats_name_the_consumer_and_carry_the_pid_apart():
+    bus = MemoryBus()
+    runner = ServiceRunner(Echo(bus, SimulatedClock(T0)), ConsumeSettings(), instance="box-7")
+    runner._heartbeat("running")
+    (beat,) = [d.event.payload for d in bus.consumer("probe", "p", ["heartbeat"]).read(10)]
+    assert (beat.instance, beat.pid) == ("echo-box-7", os.getpid())
+
+
+def test_restarted_runner_with_the_same_instance_handles_its_pending_messages_first():
+    bus = MemoryBus()
+    bus.publish_many("heartbeat", [heartbeat(i, source="other") for i in range(4)])
+    first = ServiceRunner(Echo(bus, SimulatedClock(T0)), ConsumeSettings(), instance="box-7")
+    first.loop.consumer.read(2)  # took 0 and 1, then died
+    bus.publish_many("heartbeat", [heartbeat(i, source="other") for i in range(4, 6)])
+    service = Echo(bus, SimulatedClock(T0))
+    again = ServiceRunner(
+        service, ConsumeSettings(block_ms=0, claim_idle_ms=60_000), instance="box-7"
+    )
+    while again.loop.run_once(block_ms=0):
+        pass
+    assert service.seen == [0, 1, 2, 3, 4, 5]
+
+
+def test_run_instance_is_validated_as_a_name_and_the_error_names_the_key(tmp_path):
+    assert load_config(None, environ={}).run.instance == ""
+    good = load_config(None, environ={"DEEPFACTOR_RUN__INSTANCE": "node-2.eu_west"})
+    assert good.run.instance == "node-2.eu_west"
+    path = tmp_path / "paper.toml"
+    for bad in ("two words", "a/b", "-leading-dash", "x" * 65):
+        path.write_text(f'[run]\ninstance = "{bad}"\n')
+        with pytest.raises(ConfigError, match=r"\[run\] instance must be str matching"):
+            load_config(path, environ={})
+
+
+class Effectful(Echo):
+    name = "effectful"
+    commit_each_message = True
+
+
+def test_commit_each_message_is_read_from_the_service_into_the_loop():
+    assert Service.commit_each_message is False
+    plain = ServiceRunner(Echo(MemoryBus(), SimulatedClock(T0)), ConsumeSettings())
+    assert plain.loop.settings.commit_each_message is False
+    effectful = ServiceRunner(Effectful(MemoryBus(), SimulatedClock(T0)), ConsumeSettings())
+    assert effectful.loop.settings.commit_each_message is True
+    assert effectful.loop.settings.max_deliveries == ConsumeSettings().max_deliveries
+
+
+def test_runner_stop_cuts_a_retry_backoff_short_and_leaves_the_message_pending():
+    class Stubborn(Echo):
+        name = "stubborn"
+
+        def on_heartbeat(self, event):
+            if event.source == "other":
+                raise ConnectionError("broker timeout")
+
+    bus = MemoryBus()
+    runner = ServiceRunner(
+        Stubborn(bus, SimulatedClock(T0)),
+        ConsumeSettings(block_ms=10, retry_backoff_s=30, retry_backoff_max_s=30),
+        heartbeat_s=60,
+    )
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run, args=(stop,))
+    worker.start()
+    bus.publish("heartbeat", heartbeat(1, source="other"))
+    deadline = time.monotonic() + 5
+    while not runner.loop.stats.failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    assert not worker.is_alive()  # not stuck in the 30 s backoff
+    assert runner.loop.stats.failed == 1 and runner.loop.stats.dead_lettered == 0
+    assert runner.loop.consumer.pending_count() == 1
