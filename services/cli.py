@@ -168,8 +168,10 @@ def _paper(arguments: argparse.Namespace) -> int:
 
     from engine.errors import BusError, ConfigError, DataError, UsageError
     from services.preflight import check_output_dir
+    from services.run_dir import RunDirectory
 
     symbols = [s.strip() for s in (arguments.symbols or "").split(",") if s.strip()]
+    run_dir = None
     try:
         if arguments.redis_url:
             os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
@@ -182,7 +184,12 @@ def _paper(arguments: argparse.Namespace) -> int:
 
         speed = _parse_speed(arguments.speed, config.paper.speed)
         out_dir = Path(arguments.out or config.run.run_dir)
-        check_output_dir(out_dir, "--out" if arguments.out else "[run] run_dir")
+        out_option = "--out" if arguments.out else "[run] run_dir"
+        check_output_dir(out_dir, out_option)
+        # The run owns its directory from here to exit, before any data is read or its
+        # embedded Redis starts: a second run on it is refused with one line naming the
+        # holder. The kernel drops the lock if this process dies.
+        run_dir = RunDirectory(out_dir, option=out_option).acquire()
         if arguments.exchange:
             panel = None
             check_universe(config, symbols, "--symbols")
@@ -191,6 +198,8 @@ def _paper(arguments: argparse.Namespace) -> int:
             where = f"--data {arguments.data}" if arguments.data else "the data"
             check_universe(config, panel.symbols, where)
     except (ConfigError, DataError, UsageError) as error:
+        if run_dir is not None:  # refused before it started: leave the directory as found
+            run_dir.release(discard=True)
         return _error(str(error))
     stop = threading.Event()
     source = None
@@ -200,8 +209,14 @@ def _paper(arguments: argparse.Namespace) -> int:
         try:
             source = CcxtOhlcvSource(arguments.exchange, symbols, arguments.timeframe)
         except DataError as error:
+            run_dir.release(discard=True)
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
+    try:
+        run_dir.write_config(config)  # config.json: what `config check` prints
+    except UsageError as error:
+        run_dir.release(discard=True)
+        return _error(str(error))
 
     def on_signal(number: int, frame: FrameType | None) -> None:
         if stop.is_set():  # second signal: cold stop
@@ -228,6 +243,7 @@ def _paper(arguments: argparse.Namespace) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        run_dir.release()
     _print_summary("paper" + (" (stopped early)" if run.interrupted else ""), run.summary, out_dir)
     return EXIT_OK
 
