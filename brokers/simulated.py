@@ -13,6 +13,13 @@ OrderUpdate with its current status, filled quantity and average price, the reas
 ``duplicate submit: order already known``); its fills are not sent again, they went out the
 first time. Binance answers a duplicate ``newClientOrderId`` with an error naming it instead;
 reporting the state is what a caller re-running a handler needs to close its books.
+
+The account is part of the execution service's committed state (``state``/``restore``): cash,
+positions, every known order (its request and current state; the oldest terminal ones beyond
+``orders_kept`` are forgotten, open ones never), the orders queued for their fill bar, and the
+last bars it holds for them. A duplicate submit comes from a rebalance run again after its
+service died between publishing its orders and committing: right after the first copies, so
+the window only has to span one rebalance's orders.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+import msgspec
 import structlog
 
 from engine.events import (
@@ -34,13 +42,60 @@ from engine.events import (
     OrderRequest,
     OrderUpdate,
 )
+from engine.events.base import UtcDatetime
 from engine.events.trading import OrderStatus
 
 FillPrice = Literal["next_open", "close"]
 log = structlog.get_logger("brokers.simulated")
 _QUANTITY_EPSILON = 1e-12
 _BARS_KEPT = 8
+# Terminal orders remembered to answer a duplicate submit (open ones are always kept). They go
+# into the execution service's state, committed with each message it handles (about 145 bytes
+# each), and duplicates no longer arise inside a run (outputs leave with the commit), so the
+# window covers a few rebalances of a large universe, not the account's history.
+ORDERS_KEPT = 1024
 DUPLICATE_SUBMIT = "duplicate submit: order already known"
+
+
+class OrderState(msgspec.Struct, frozen=True, array_like=True):
+    """One known order in ``BrokerState``: its request's fields, then its current state."""
+
+    client_order_id: str
+    rebalance_id: str
+    asof: UtcDatetime
+    symbol: str
+    side: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    reference_price: float | None
+    status: str
+    filled_quantity: float
+    average_price: float | None
+    reason: str | None
+    fills: int
+
+
+class BarState(msgspec.Struct, frozen=True, array_like=True):
+    """One bar the broker holds for the orders waiting for their fill bar."""
+
+    close_time: UtcDatetime
+    bar_open: UtcDatetime
+    universe: int  # index into BrokerState.universes
+    open: tuple[float, ...]
+    close: tuple[float, ...]
+
+
+class BrokerState(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole account of a ``SimulatedBroker`` (its settings are the config's, not state)."""
+
+    cash: float
+    positions: dict[str, float]
+    orders: list[OrderState]  # oldest first
+    queued: list[str]  # client order ids waiting for their fill bar, in arrival order
+    universes: list[tuple[str, ...]]
+    bars: list[BarState]  # oldest first
+    last_universe: int | None
 
 
 @dataclass
@@ -85,6 +140,26 @@ class _Order:
         )
 
 
+def _order_state(state: _Order) -> OrderState:
+    request = state.request
+    return OrderState(
+        request.client_order_id,
+        request.rebalance_id,
+        request.asof,
+        request.symbol,
+        request.side,
+        request.quantity,
+        request.order_type,
+        request.limit_price,
+        request.reference_price,
+        state.status,
+        state.filled_quantity,
+        state.average_price,
+        state.reason,
+        state.fills,
+    )
+
+
 @dataclass
 class SimulatedBroker:
     """Account state and matching rules of the paper broker (no I/O: returns events)."""
@@ -101,6 +176,7 @@ class SimulatedBroker:
     _bars: OrderedDict[datetime, _Bar] = field(default_factory=OrderedDict)
     _last_symbols: tuple[str, ...] | None = None
     _last_index: dict[str, int] = field(default_factory=dict)
+    orders_kept: int = ORDERS_KEPT
 
     def __post_init__(self) -> None:
         if self.fill_price not in ("next_open", "close"):
@@ -117,6 +193,7 @@ class SimulatedBroker:
         if known is not None:
             return [self._duplicate(order, known)]
         state = self._orders[order.client_order_id] = _Order(order)
+        self._forget_old_orders()
         if order.order_type != "market":
             return [state.update("rejected", reason="simulated broker fills market orders only")]
         out: list[EventPayload] = [state.update("accepted")]
@@ -135,7 +212,22 @@ class SimulatedBroker:
         if known is not None:
             return [self._duplicate(order, known)]
         state = self._orders[order.client_order_id] = _Order(order)
+        self._forget_old_orders()
         return [state.update("rejected", reason=reason)]
+
+    def _forget_old_orders(self) -> None:
+        """Drop the oldest terminal orders beyond ``orders_kept``; open ones always stay."""
+        excess = len(self._orders) - self.orders_kept
+        if excess <= 0:
+            return
+        old = []
+        for client_order_id, state in self._orders.items():
+            if state.status in TERMINAL_ORDER_STATUSES:
+                old.append(client_order_id)
+                if len(old) == excess:
+                    break
+        for client_order_id in old:
+            del self._orders[client_order_id]
 
     def _duplicate(self, order: OrderRequest, known: _Order) -> OrderUpdate:
         fields = {
@@ -215,6 +307,82 @@ class SimulatedBroker:
     @property
     def open_order_count(self) -> int:
         return len(self._queued)
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> BrokerState:
+        """Return the account as a struct, for the execution service's committed state."""
+        universes: list[tuple[str, ...]] = []
+        numbers: dict[int, int] = {}  # id of an index dict -> its universe (bars share them)
+
+        def number(index: dict[str, int]) -> int:
+            found = numbers.get(id(index))
+            if found is None:
+                found = numbers[id(index)] = len(universes)
+                universes.append(tuple(index))
+            return found
+
+        last_universe = None if self._last_symbols is None else number(self._last_index)
+        orders = [_order_state(state) for state in self._orders.values()]
+        orders_by_id = self._orders
+        return BrokerState(
+            cash=self.cash,
+            positions=dict(self.positions),
+            orders=orders,
+            # A queued order already terminal (a call that raised half-way) waits for nothing.
+            queued=[
+                state.request.client_order_id
+                for state in self._queued
+                if state.status not in TERMINAL_ORDER_STATUSES
+                and orders_by_id.get(state.request.client_order_id) is state
+            ],
+            bars=[
+                BarState(bar.close_time, bar.bar_open, number(bar.index), bar.open, bar.close)
+                for bar in self._bars.values()
+            ],
+            universes=universes,
+            last_universe=last_universe,
+        )
+
+    def restore(self, state: BrokerState) -> None:
+        """Become the account ``state`` describes (settings stay this broker's)."""
+        self.cash = state.cash
+        self.positions = dict(state.positions)
+        self._orders = {}
+        for order in state.orders:
+            request = OrderRequest(
+                client_order_id=order.client_order_id,
+                rebalance_id=order.rebalance_id,
+                asof=order.asof,
+                symbol=order.symbol,
+                side=order.side,  # type: ignore[arg-type]
+                quantity=order.quantity,
+                order_type=order.order_type,  # type: ignore[arg-type]
+                limit_price=order.limit_price,
+                reference_price=order.reference_price,
+            )
+            self._orders[order.client_order_id] = _Order(
+                request,
+                status=order.status,  # type: ignore[arg-type]
+                filled_quantity=order.filled_quantity,
+                average_price=order.average_price,
+                reason=order.reason,
+                fills=order.fills,
+            )
+        self._queued = [self._orders[client_order_id] for client_order_id in state.queued]
+        universes = [tuple(symbols) for symbols in state.universes]
+        indexes = [{s: i for i, s in enumerate(symbols)} for symbols in universes]
+        self._bars = OrderedDict(
+            (
+                bar.close_time,
+                _Bar(bar.close_time, bar.bar_open, indexes[bar.universe], bar.open, bar.close),
+            )
+            for bar in state.bars
+        )
+        if state.last_universe is None:
+            self._last_symbols, self._last_index = None, {}
+        else:
+            self._last_symbols = universes[state.last_universe]
+            self._last_index = indexes[state.last_universe]
 
     # -- matching --------------------------------------------------------------------------
     def _bar_for(self, order: OrderRequest) -> _Bar | None:

@@ -3,13 +3,21 @@
 
 A request delivered again (the bus delivers at least once; a rebalance run again publishes the
 same client order ids) trades nothing: the broker answers it with the order's current state.
+
+State: the broker's account (``SimulatedBroker.state``) is committed with the acknowledgement
+of each message, so a restarted service trades on exactly the account its last commit left,
+and handles again only the messages that commit did not cover. A message handled again
+publishes again what it published the first time (the same fills, numbered within their order,
+the same updates): the rebalancer books a fill once by its id and counts one terminal update
+per order. ``halted`` is not part of the state: a halt belongs to the run that sent it.
 """
 
 from __future__ import annotations
 
+import msgspec
 import structlog
 
-from brokers.simulated import SimulatedBroker
+from brokers.simulated import BrokerState, SimulatedBroker
 from engine.bus import Bus
 from engine.clock import Clock
 from engine.events import (
@@ -20,9 +28,17 @@ from engine.events import (
     EventPayload,
     OrderRequest,
 )
-from services.runtime import Handler, Service
+from services.runtime import Handler, Service, decode_state, encode_state
 
 log = structlog.get_logger("services.execution")
+STATE_VERSION = 1
+
+
+class ExecutionState(msgspec.Struct, frozen=True, kw_only=True):
+    """The execution service's committed state: its broker's account."""
+
+    version: int
+    broker: BrokerState
 
 
 class ExecutionService(Service):
@@ -37,6 +53,26 @@ class ExecutionService(Service):
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
         return {OrderRequest: self.on_order, BarSet: self.on_bars, BarBlock: self.on_block}
+
+    def state(self) -> ExecutionState:
+        return ExecutionState(version=STATE_VERSION, broker=self.broker.state())
+
+    def snapshot_state(self) -> bytes:
+        return encode_state(self.state())
+
+    def restore_state(self, blob: bytes) -> None:
+        state = decode_state(blob, ExecutionState, STATE_VERSION, self.name)
+        self.broker.restore(state.broker)
+
+    def state_figures(self) -> dict[str, object]:
+        broker = self.broker.state()
+        return {
+            "cash": round(broker.cash, 2),
+            "positions": len(broker.positions),
+            "known_orders": len(broker.orders),
+            "queued_orders": len(broker.queued),
+            "last_bar": broker.bars[-1].close_time.isoformat() if broker.bars else None,
+        }
 
     def on_order(self, event: Envelope) -> None:
         order = event.payload

@@ -4,6 +4,9 @@ the latest closes. Fills are the ledger; this is derived state (event sourcing).
 A fill is booked once by its ``fill_id``: the bus delivers at least once, and a handler that
 runs again publishes the same fill under a new event id, which the bus's event-id dedupe does
 not catch.
+
+The book is part of the rebalancer's committed state (``state``/``restore``): a restarted
+rebalancer continues it where its last commit left it, fill ids remembered included.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
 import numpy as np
 import structlog
 
@@ -18,10 +22,29 @@ from engine.data.fill import carry_forward
 from engine.events import Fill, PortfolioMarks, PortfolioSnapshot
 
 log = structlog.get_logger("services.portfolio")
-# Fill ids remembered to refuse a second booking. A duplicate comes from a handler run again
-# (in place, or after XAUTOCLAIM takes a dead consumer's message): minutes later, a few
-# rebalances at most. The last 2**16 fills cover that many times over, in a few MiB.
-FILL_IDS_KEPT = 1 << 16
+# Fill ids remembered to refuse a second booking. Inside a run no duplicate arises: a service's
+# outputs are published by the commit that acknowledges its input (a transactional outbox), so
+# a handler run again after a crash publishes once. The window guards against a publisher
+# outside that rule (an operator's replay, a future exchange adapter retrying) repeating recent
+# fills. The ids go into the state committed with every message the rebalancer handles, so the
+# window is small: 1,024 ids, about 45 KB of each snapshot.
+FILL_IDS_KEPT = 1024
+
+
+class BookState(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``PortfolioBook.state`` returns and ``restore`` takes: the whole book.
+
+    ``bar_close`` are the closes of the bar the book is marked at; their symbols are the
+    caller's (the rebalancer's last universe), given back to ``restore`` as an index.
+    """
+
+    cash: float
+    positions: dict[str, float]
+    marks: dict[str, float]
+    fills_applied: int
+    high_water_mark: float
+    fill_ids: list[str]
+    bar_close: tuple[float, ...]
 
 
 @dataclass
@@ -70,6 +93,33 @@ class PortfolioBook:
         if len(self._fill_ids) > self.fill_ids_kept:
             del self._fill_ids[next(iter(self._fill_ids))]
         return True
+
+    def state(self) -> BookState:
+        """Return the book as a struct (shares nothing mutable with it)."""
+        return BookState(
+            cash=self.cash,
+            positions=dict(self.positions),
+            marks=dict(self.marks),
+            fills_applied=self.fills_applied,
+            high_water_mark=self.high_water_mark,
+            fill_ids=list(self._fill_ids),
+            bar_close=self._bar_close,
+        )
+
+    def restore(self, state: BookState, bar_index: dict[str, int]) -> None:
+        """Become the book ``state`` describes; ``bar_index`` maps the symbols of its
+        ``bar_close`` to their columns (what was last passed to ``mark``)."""
+        if len(bar_index) != len(state.bar_close):
+            raise ValueError(
+                f"book state: {len(state.bar_close)} closes for {len(bar_index)} symbols"
+            )
+        self.cash = state.cash
+        self.positions = dict(state.positions)
+        self.marks = dict(state.marks)
+        self.fills_applied = state.fills_applied
+        self.high_water_mark = state.high_water_mark
+        self._fill_ids = dict.fromkeys(state.fill_ids[-self.fill_ids_kept :])
+        self._bar_index, self._bar_close = bar_index, tuple(state.bar_close)
 
     def mark(self, index: dict[str, int], closes: tuple[float, ...]) -> None:
         """Take a bar set's closes as the latest marks (held symbols absent from it keep theirs)."""

@@ -19,6 +19,13 @@ under new event ids), so each effect is keyed by its business id:
 - a fill is booked once by ``fill_id`` (PortfolioBook), and only a booked fill counts towards
   its order's filled quantity.
 - an order's first terminal update counts; a repeat, or one for an order not open, is ignored.
+
+State: everything above (the book, open orders, waiting ticks with their corr, the latest
+``due`` per schedule, recent bars and signals, the last bar) is committed with the
+acknowledgement of each message (``snapshot_state``, a msgpack ``RebalanceState``), so a
+restarted rebalancer resumes exactly where its last commit left it and handles again only what
+that commit did not cover. ``halted`` is not part of it: a halt is a Control message of the run
+that sent it (the end of a replay, an operator's stop), and a resumed paper run trades again.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
 import numpy as np
 import structlog
 
@@ -46,13 +54,69 @@ from engine.events import (
     Signal,
     TargetPortfolio,
 )
-from services.portfolio import PortfolioBook
-from services.runtime import Handler, Service
+from engine.events.base import UtcDatetime
+from services.portfolio import BookState, PortfolioBook
+from services.runtime import Handler, Service, decode_state, encode_state
 from strategies.weighting import top_fraction_weights
 
 log = structlog.get_logger("services.rebalance")
 _KEPT = 16  # recent bars and signals kept to match late ticks against
 _UNMATCHED_KEPT = 4096  # orders whose fills came while the order was not open
+STATE_VERSION = 1
+
+
+class _BarState(msgspec.Struct, frozen=True, array_like=True):
+    close_time: UtcDatetime
+    universe: int  # index into RebalanceState.universes
+    close: tuple[float, ...]
+
+
+class _SignalState(msgspec.Struct, frozen=True, array_like=True):
+    asof: UtcDatetime
+    model: str
+    factor_weights: dict[str, float]
+    universe: int
+    scores: tuple[float | None, ...]
+    fallback: bool
+
+
+class RebalanceState(msgspec.Struct, frozen=True, kw_only=True):
+    """The rebalancer's committed state (``halted`` excluded, see the module docstring).
+
+    Symbol lists shared by bars and signals are stored once, in ``universes``, and referred to
+    by position: 32 kept bars and signals of a 500-symbol universe would otherwise repeat it.
+    """
+
+    version: int
+    book: BookState
+    open_orders: dict[str, tuple[float, float | None]]  # quantity filled, terminal quantity
+    waiting: list[tuple[RebalanceDue, str]]  # ticks waiting to run, with their corr
+    last_due: dict[str, UtcDatetime]
+    unmatched_fills: dict[str, float]
+    universes: list[tuple[str, ...]]
+    bars: list[_BarState]
+    signals: list[_SignalState]
+    last_bar_time: UtcDatetime | None
+    last_universe: int | None  # of the last bar: the book is marked with its closes
+
+
+class _Universes:
+    """Numbers distinct symbol tuples for a snapshot (by identity first: kept bars share one)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, ...]] = []
+        self._by_id: dict[int, int] = {}
+        self._by_value: dict[tuple[str, ...], int] = {}
+
+    def number(self, symbols: tuple[str, ...]) -> int:
+        found = self._by_id.get(id(symbols))
+        if found is None:
+            found = self._by_value.get(symbols)
+            if found is None:
+                found = self._by_value[symbols] = len(self.items)
+                self.items.append(symbols)
+            self._by_id[id(symbols)] = found
+        return found
 
 
 @dataclass
@@ -102,6 +166,98 @@ class RebalanceService(Service):
             OrderUpdate: self.on_order_update,
         }
 
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> RebalanceState:
+        """Return the state committed with each message (everything but ``halted``)."""
+        universes = _Universes()
+        last_universe = None
+        if self._last_symbols is not None:
+            last_universe = universes.number(self._last_symbols)
+        return RebalanceState(
+            version=STATE_VERSION,
+            book=self.book.state(),
+            open_orders={
+                coid: (order.quantity_filled, order.terminal_quantity)
+                for coid, order in self.open_orders.items()
+            },
+            waiting=list(self.pending),
+            last_due=dict(self.last_due),
+            unmatched_fills=dict(self._unmatched_fills),
+            bars=[
+                _BarState(close_time, universes.number(bar.symbols), bar.close)
+                for close_time, bar in self._bars.items()
+            ],
+            signals=[
+                _SignalState(
+                    signal.asof,
+                    signal.model,
+                    signal.factor_weights,
+                    universes.number(signal.symbols),
+                    signal.scores,
+                    signal.fallback,
+                )
+                for signal in self._signals.values()
+            ],
+            universes=universes.items,
+            last_bar_time=self._last_bar_time,
+            last_universe=last_universe,
+        )
+
+    def snapshot_state(self) -> bytes:
+        return encode_state(self.state())
+
+    def restore_state(self, blob: bytes) -> None:
+        self.restore(decode_state(blob, RebalanceState, STATE_VERSION, self.name))
+
+    def restore(self, state: RebalanceState) -> None:
+        """Become the rebalancer that ``state`` was taken from (``halted`` stays as it is)."""
+        universes = [tuple(symbols) for symbols in state.universes]
+        indexes = [{s: i for i, s in enumerate(symbols)} for symbols in universes]
+        if state.last_universe is None:
+            self._last_symbols, self._last_index = None, {}
+        else:
+            self._last_symbols = universes[state.last_universe]
+            self._last_index = indexes[state.last_universe]
+        # The book is marked with the last bar's closes, through the same index object
+        # (``PortfolioBook.mark`` skips work when the universe object is unchanged).
+        self.book.restore(state.book, self._last_index if state.book.bar_close else {})
+        self.open_orders = {
+            coid: _OpenOrder(quantity_filled=filled, terminal_quantity=terminal)
+            for coid, (filled, terminal) in state.open_orders.items()
+        }
+        self.pending = [(tick, corr) for tick, corr in state.waiting]
+        self.last_due = dict(state.last_due)
+        self._unmatched_fills = OrderedDict(state.unmatched_fills)
+        self._bars = OrderedDict(
+            (bar.close_time, _Bar(universes[bar.universe], indexes[bar.universe], bar.close))
+            for bar in state.bars
+        )
+        self._signals = OrderedDict(
+            (
+                signal.asof,
+                Signal(
+                    asof=signal.asof,
+                    model=signal.model,
+                    factor_weights=signal.factor_weights,
+                    symbols=universes[signal.universe],
+                    scores=signal.scores,
+                    fallback=signal.fallback,
+                ),
+            )
+            for signal in state.signals
+        )
+        self._last_bar_time = state.last_bar_time
+
+    def state_figures(self) -> dict[str, object]:
+        return {
+            "cash": round(self.book.cash, 2),
+            "positions": len(self.book.positions),
+            "fills_applied": self.book.fills_applied,
+            "open_orders": len(self.open_orders),
+            "waiting_ticks": len(self.pending),
+            "last_bar": None if self._last_bar_time is None else self._last_bar_time.isoformat(),
+        }
+
     # -- inputs ----------------------------------------------------------------------------
     def on_bars(self, event: Envelope) -> None:
         bars = event.payload
@@ -132,7 +288,7 @@ class RebalanceService(Service):
             self._last_symbols = symbols
         closes = tuple(close[-1, present].tolist())
         marks = self.book.mark_rows(asof, block.symbols, close, self._last_index, closes)
-        self._remember(self._bars, last, _Bar(symbols, self._last_index, closes))
+        self._remember(self._bars, last, _Bar(self._last_symbols, self._last_index, closes))
         self._last_bar_time = last
         snapshot = self.book.snapshot(last)
         self.emit([snapshot] if marks is None else [marks, snapshot], corr=event.corr, ts=event.ts)
@@ -143,7 +299,9 @@ class RebalanceService(Service):
             self._last_index = {s: i for i, s in enumerate(bars.symbols)}
             self._last_symbols = bars.symbols
         close_time = bars.close_time
-        self._remember(self._bars, close_time, _Bar(bars.symbols, self._last_index, bars.close))
+        # Its universe as kept (equal to the bar's): kept bars then share one tuple.
+        symbols = self._last_symbols
+        self._remember(self._bars, close_time, _Bar(symbols, self._last_index, bars.close))
         self._last_bar_time = close_time
         self.book.mark(self._last_index, bars.close)
         self.emit([self.book.snapshot(close_time)], corr=event.corr, ts=event.ts)

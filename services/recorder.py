@@ -1,4 +1,13 @@
-"""Recorder: follows the portfolio and the ledger to write a run's equity curve and summary."""
+"""Recorder: follows the portfolio and the ledger to write a run's equity curve and summary.
+
+A pure projection of its input streams, committed per batch with no state of its own: on start
+it handles again every event its group already consumed on ``portfolio``, ``orders`` and
+``fills`` (``Bus.consumed_history``, all of it), so a resumed run's ``summary.json`` and
+``equity.csv`` cover the account's whole history. What it computes does not depend on how the
+three topics interleave (rows are keyed by bar time, orders and fills counted by id), so each
+topic's history is taken in its own order. ``portfolio`` is trimmed at ``[bus] stream_maxlen``
+entries; ``orders`` and ``fills`` never are.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from engine.bus import Bus
 from engine.clock import Clock
@@ -23,6 +33,7 @@ from engine.events import (
 from engine.metrics import performance_summary
 from services.runtime import Handler, Service
 
+log = structlog.get_logger("services.recorder")
 EQUITY_COLUMNS = ("timestamp", "equity", "cash", "gross_exposure", "drawdown")
 _Row = tuple[float, float, float, float]  # equity, cash, gross exposure, drawdown
 
@@ -49,6 +60,23 @@ class RecorderService(Service):
             OrderRequest: self.on_order,
             Fill: self.on_fill,
         }
+
+    def start(self) -> None:
+        """Rebuild from everything this service consumed before a restart."""
+        replayed = 0
+        for topic in (PortfolioSnapshot.TOPIC, OrderRequest.TOPIC, Fill.TOPIC):
+            history = self.bus.consumed_history(self.name, topic, None)
+            for event in history:
+                self.handle(event)
+            replayed += len(history)
+        if replayed:
+            log.info(
+                "recorder.rebuilt",
+                events=replayed,
+                bars=len(self.rows),
+                orders=len(self.order_ids),
+                fills=len(self.fill_ids),
+            )
 
     def on_snapshot(self, event: Envelope) -> None:
         s = event.payload

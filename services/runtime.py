@@ -4,6 +4,21 @@ A service declares the payload types it handles; the runtime derives its topics,
 through the service's consumer group, dispatches each event to its handler, acknowledges after
 the handler returned, publishes heartbeats, and stops cleanly: on SIGTERM/SIGINT it finishes
 and commits the batch in hand, then returns.
+
+**State is committed with the acknowledgement of the message that produced it.** A stateful
+service (``snapshot_state`` returns bytes) has its state written in the same atomic commit
+(one Redis MULTI) as the acknowledgement of each message it handled. On start, before its first
+read, the runner loads that snapshot and restores the service from it; then the consumer reads
+its own pending messages first, so every message the snapshot does not cover is handled again,
+on exactly the state it was first handled on. A process killed at any point therefore resumes
+with exactly the state it had at its last commit.
+
+Effects that left the process before the commit (events published by a handler) are published
+again when the handler runs again after a crash; business ids make that harmless: a
+``rebalance_id`` runs once and re-emits the same ``client_order_id``s, a duplicate submit is
+answered with the order's state, fills are numbered within their order and booked once by
+``fill_id``. Nothing is replayed from the ledger on start, and no ordering across topics has to
+be reproduced, which a rebuild from several streams would have to do.
 """
 
 from __future__ import annotations
@@ -16,11 +31,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
+import msgspec
 import structlog
 
 from engine.bus import Bus, ConsumerLoop, ConsumeSettings, ConsumeStats
+from engine.bus.keys import state as state_key
 from engine.bus.processing import SERVICE
 from engine.clock import Clock
 from engine.events import Control, Envelope, EventPayload, Heartbeat, make_event
@@ -30,6 +47,48 @@ log = structlog.get_logger("services.runtime")
 
 class HandlerFailedError(RuntimeError):
     """A service's handler raised during an in-process run (backtest)."""
+
+
+class StateError(RuntimeError):
+    """A committed state snapshot cannot be restored: another version of the service wrote
+    it, or it is damaged. Starting empty instead would silently lose the account."""
+
+
+S = TypeVar("S")
+_state_encoder = msgspec.msgpack.Encoder()
+
+
+class _StateVersion(msgspec.Struct):
+    version: int = 0
+
+
+def encode_state(state: msgspec.Struct) -> bytes:
+    """Serialise a service's state struct (msgpack: compact, exact floats, aware datetimes)."""
+    return _state_encoder.encode(state)
+
+
+def decode_state(blob: bytes, state_type: type[S], version: int, service: str) -> S:
+    """Decode a snapshot written by ``encode_state`` into ``state_type`` (a struct whose first
+    field is ``version``), refusing one written by another layout version.
+
+    Raises
+    ------
+    StateError
+        Naming the service, the versions and what to do.
+    """
+    try:
+        found = msgspec.msgpack.decode(blob, type=_StateVersion).version
+    except msgspec.DecodeError as error:
+        raise StateError(f"{service}: the committed state is unreadable ({error})") from None
+    if found != version:
+        raise StateError(
+            f"{service}: the committed state has layout version {found}, this build reads "
+            f"version {version}; run the version that wrote it, or start a fresh account"
+        )
+    try:
+        return msgspec.msgpack.decode(blob, type=state_type)
+    except msgspec.DecodeError as error:
+        raise StateError(f"{service}: the committed state is unreadable ({error})") from None
 
 
 Handler = Callable[[Envelope], None]
@@ -52,6 +111,7 @@ class Service:
         self.bus = bus
         self.clock = clock
         self.halted = False
+        self._outbox: list[tuple[str, list[Envelope]]] | None = None
         self._dispatch: dict[type[EventPayload], Handler] = {Control: self._on_control}
         self._dispatch.update(self.handlers())
 
@@ -71,18 +131,47 @@ class Service:
             handler(event)
 
     def emit(self, payloads: Iterable[EventPayload], corr: str, ts: datetime | None = None) -> None:
-        """Publish ``payloads`` in order, batching runs that share a topic."""
+        """Publish ``payloads`` in order, batching runs that share a topic.
+
+        Under a ServiceRunner the events are staged in the service's outbox and appended by
+        the commit that acknowledges the message being handled, in the same atomic step.
+        """
         now = ts or self.clock.now()
+        publish = self.bus.publish_many if self._outbox is None else self._stage
         batch: list[Envelope] = []
         topic = ""
         for payload in payloads:
             if payload.TOPIC != topic and batch:
-                self.bus.publish_many(topic, batch)
+                publish(topic, batch)
                 batch = []
             topic = payload.TOPIC
             batch.append(make_event(payload, source=self.name, corr=corr, ts=now))
         if batch:
-            self.bus.publish_many(topic, batch)
+            publish(topic, batch)
+
+    def _stage(self, topic: str, events: list[Envelope]) -> None:
+        assert self._outbox is not None
+        self._outbox.append((topic, events))
+
+    def stage_emits(self) -> None:
+        """From now on, emits wait in an outbox for the commit (see :meth:`take_outbox`)."""
+        self._outbox = []
+
+    def take_outbox(self) -> list[tuple[str, list[Envelope]]]:
+        """Return the staged events, oldest first, and empty the outbox."""
+        staged, self._outbox = self._outbox or [], []
+        return staged
+
+    def handle_staged(self, event: Envelope) -> None:
+        """Handle ``event``; if the handler raises, drop what it staged, so a retry (or the
+        next delivery after a crash) emits it once."""
+        assert self._outbox is not None
+        mark = len(self._outbox)
+        try:
+            self.handle(event)
+        except BaseException:
+            del self._outbox[mark:]
+            raise
 
     def _on_control(self, event: Envelope) -> None:
         control = event.payload
@@ -102,7 +191,24 @@ class Service:
         """React to halt/resume/reload beyond the ``halted`` flag (override as needed)."""
 
     def start(self) -> None:
-        """Called once before the first event: rebuild state (override as needed)."""
+        """Called once before the first event, after ``restore_state``: rebuild what the
+        snapshot does not hold (override as needed)."""
+
+    def snapshot_state(self) -> bytes | None:
+        """Return this service's state as bytes, committed with the acknowledgement of the
+        message just handled; None (the default) for a service with no state to keep, and
+        nothing is written. Called after every handled message of a ``commit_each_message``
+        service (else once per batch): keep it proportionate."""
+        return None
+
+    def restore_state(self, blob: bytes) -> None:
+        """Become the service that ``snapshot_state`` returned ``blob`` from (called on start,
+        before ``start``, when the group committed a snapshot)."""
+        raise NotImplementedError(f"service {self.name} keeps no state to restore")
+
+    def state_figures(self) -> dict[str, Any]:
+        """A few figures of the current state, logged when it was restored."""
+        return {}
 
 
 class ServiceRunner:
@@ -113,6 +219,11 @@ class ServiceRunner:
     reads its own pending messages first, at once, instead of waiting ``claim_idle_ms`` for
     another member to reclaim them. Two instances of one service on one host need distinct
     instance names.
+
+    A stateful service is restored from its group's committed snapshot before its ``start``
+    and before the first read, and its loop commits ``snapshot_state()`` with each message
+    (see the module docstring). One group keeps one snapshot: a stateful service must run as
+    a single instance.
     """
 
     def __init__(
@@ -128,7 +239,17 @@ class ServiceRunner:
         if service.commit_each_message and not settings.commit_each_message:
             settings = dataclasses.replace(settings, commit_each_message=True)
         consumer = service.bus.consumer(service.name, self.consumer_name, service.topics)
-        self.loop = ConsumerLoop(consumer, service.handle, settings)
+        stateful = type(service).snapshot_state is not Service.snapshot_state
+        # Whatever a handler emits is appended by the commit of the message it handled:
+        # outputs, state and acknowledgement in one atomic step (a transactional outbox).
+        service.stage_emits()
+        self.loop = ConsumerLoop(
+            consumer,
+            service.handle_staged,
+            settings,
+            snapshot=service.snapshot_state if stateful else None,
+            outbox=service.take_outbox,
+        )
         self.heartbeat_s = heartbeat_s
         self._started = time.monotonic()
 
@@ -145,6 +266,47 @@ class ServiceRunner:
         )
         self.service.bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self.service.name))
 
+    def restore(self) -> bool:
+        """Restore the service from the state its group last committed, if any; return
+        whether there was one. Logs ``service.state_restored`` with a few of its figures, or
+        ``service.state_empty``."""
+        if self.loop.snapshot is None:
+            return False  # keeps no state (or rebuilds its own in ``start``)
+        group = self.loop.consumer.group
+        blob = self.service.bus.load_state(group)
+        if blob is None:
+            log.info(
+                "service.state_empty",
+                service=self.service.name,
+                key=state_key(self.service.bus.namespace, group),
+            )
+            return False
+        try:
+            self.service.restore_state(blob)
+        except Exception as error:
+            # Never start empty instead: that would silently reset the account.
+            log.error(
+                "service.state_unreadable",
+                service=self.service.name,
+                bytes=len(blob),
+                error=f"{type(error).__name__}: {error}",
+            )
+            raise
+        log.info(
+            "service.state_restored",
+            service=self.service.name,
+            bytes=len(blob),
+            **self.service.state_figures(),
+        )
+        return True
+
+    def start(self) -> None:
+        """What comes before the first read: restore the committed state, then the service's
+        own ``start``. The first reads then return this member's pending messages: those the
+        snapshot has not applied."""
+        self.restore()
+        self.service.start()
+
     def run(self, stop: threading.Event) -> ConsumeStats:
         """Consume until ``stop`` is set; the batch in hand is finished and committed first
         (a failed message waiting for its retry stays pending, for the next start)."""
@@ -152,7 +314,7 @@ class ServiceRunner:
         structlog.contextvars.bind_contextvars(service=self.service.name)
         self.loop.stop = stop  # a retry backoff ends at once when asked to stop
         self._heartbeat("starting")
-        self.service.start()
+        self.start()
         last_beat = time.monotonic()
         while not stop.is_set():
             self.loop.run_once()

@@ -1,5 +1,9 @@
 """An auditor that reads a finished run's events from its bus and checks the books from the
-ledger alone, independently of the services that produced them."""
+ledger alone, independently of the services that produced them.
+
+Effects may have been published more than once (a handler run again after its service died
+between publishing and committing publishes the same orders, updates and fills again): the
+checks count each by its business id, as the services do."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from brokers.simulated import DUPLICATE_SUBMIT
 from engine.bus import Bus
 from engine.events import (
     TERMINAL_ORDER_STATUSES,
@@ -57,24 +62,47 @@ def read_ledger(bus: Bus) -> Ledger:
 
 
 def terminal_updates_per_order(ledger: Ledger) -> Counter:
-    """Count terminal updates per client order id, over every order requested."""
+    """Count distinct terminal updates per client order id, over every order requested.
+
+    Not counted: the broker's answers to a duplicate submit (they report the state, they do
+    not change it), and a terminal update published again identical (its handler run again);
+    two different terminal updates of one order still count two.
+    """
     counts: Counter = Counter({order.client_order_id: 0 for order in ledger.orders})
+    seen: set[OrderUpdate] = set()
     for update in ledger.updates:
-        if update.status in TERMINAL_ORDER_STATUSES:
-            counts[update.client_order_id] += 1
+        if update.status not in TERMINAL_ORDER_STATUSES or update in seen:
+            continue
+        if (update.reason or "").startswith(DUPLICATE_SUBMIT):
+            continue
+        seen.add(update)
+        counts[update.client_order_id] += 1
     return counts
 
 
+def unique_fills(fills: list[Fill]) -> list[Fill]:
+    """The fills in ledger order, each ``fill_id`` at its first appearance only."""
+    seen: set[str] = set()
+    out = []
+    for fill in fills:
+        if fill.fill_id not in seen:
+            seen.add(fill.fill_id)
+            out.append(fill)
+    return out
+
+
 def rebuild_and_compare(ledger: Ledger, initial_cash: float, tolerance: float = 1e-9) -> int:
-    """Rebuild cash and positions from the first ``fills_applied`` fills of the ledger for every
-    snapshot, mark them at the last close (bars up to the snapshot time) and compare with the
-    snapshot's cash, positions and equity. Return how many snapshots were checked."""
+    """Rebuild cash and positions from the first ``fills_applied`` distinct fills (by
+    ``fill_id``) of the ledger for every snapshot, mark them at the last close (bars up to the
+    snapshot time) and compare with the snapshot's cash, positions and equity. Return how many
+    snapshots were checked."""
     bars_by_time: list[tuple[datetime, BarSet]] = [(b.close_time, b) for b in ledger.bars]
+    fills = unique_fills(ledger.fills)
     for snapshot in ledger.snapshots:
         cash = initial_cash
         positions: dict[str, float] = {}
         fill_price: dict[str, float] = {}
-        for fill in ledger.fills[: snapshot.fills_applied]:
+        for fill in fills[: snapshot.fills_applied]:
             signed = fill.quantity if fill.side == "buy" else -fill.quantity
             cash -= signed * fill.price + fill.fee
             positions[fill.symbol] = positions.get(fill.symbol, 0.0) + signed

@@ -7,6 +7,11 @@ restarts: a member created again under a name that holds pending messages reads 
 in order, before anything new. Pending messages of a member that died for good are reclaimed
 by another member after ``claim_idle_ms``. Those are Redis Streams' semantics; the in-memory
 bus reproduces them in one process so backtests exercise the same paths.
+
+A group may also keep one state snapshot (opaque bytes): ``Consumer.commit`` writes it in the
+same atomic step as the acknowledgements it goes with, and ``Bus.load_state`` reads it back
+when the service starts. State and acknowledgements can therefore never disagree: what the
+snapshot has not applied is exactly what is still pending.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     event: Envelope | None
     error: EventDecodeError | None = None
     data: bytes | None = None
+
+
+# Events to append in a commit: (topic, events) in the order they were emitted.
+Outbox = Sequence[tuple[str, Sequence[Envelope]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +111,24 @@ class Consumer(ABC):
         """Acknowledge deliveries: they leave the pending list for good."""
 
     @abstractmethod
-    def commit(self, deliveries: Sequence[Delivery]) -> None:
-        """Mark processed and acknowledge in one step (one round trip on Redis)."""
+    def commit(
+        self,
+        deliveries: Sequence[Delivery],
+        state: bytes | None = None,
+        publish: Outbox = (),
+    ) -> None:
+        """Mark processed and acknowledge in one step (one round trip on Redis).
+
+        ``state``, when given, is the group's state snapshot once these deliveries are applied
+        (``Bus.load_state`` returns it): it is written in the same atomic step, so the state a
+        restarted service loads always matches the messages it will not see again, and every
+        message still pending is one the snapshot has not applied.
+
+        ``publish`` holds the events the handlers of these deliveries emitted, by topic: they
+        are appended in the same atomic step (a transactional outbox), so a crash either
+        publishes them with the state and the acknowledgement or publishes nothing, and the
+        message handled again emits them once.
+        """
 
     @abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -144,10 +169,16 @@ class Bus(ABC):
         """
 
     @abstractmethod
-    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
-        """Return the last ``count`` events of ``topic`` that ``group`` has consumed and
-        acknowledged, oldest first: what a restarted service replays to rebuild its state
-        (messages still pending come back through reclaim, so they are left out here)."""
+    def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
+        """Return the last ``count`` events (all of them for None) of ``topic`` that ``group``
+        has consumed and acknowledged, oldest first: what a restarted service replays to
+        rebuild its state (messages still pending are read again first by a member of the same
+        name, so they are left out here). Trimmed topics keep only their last entries."""
+
+    @abstractmethod
+    def load_state(self, group: str) -> bytes | None:
+        """Return the state snapshot last committed by ``group`` (``Consumer.commit``), or
+        None when it never committed one."""
 
     @abstractmethod
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:

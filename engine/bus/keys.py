@@ -18,6 +18,12 @@ def processed(namespace: str, group: str) -> str:
     return f"{namespace}:processed:{group}"
 
 
+def state(namespace: str, group: str) -> str:
+    """Snapshot of a stateful service's state (opaque bytes), written in the same MULTI as the
+    acknowledgement of the message that produced it, read once when the service starts."""
+    return f"{namespace}:state:{group}"
+
+
 def namespace_pattern(namespace: str) -> str:
     """Glob matching every key of a namespace (tests clean up with it)."""
     return f"{namespace}:*"

@@ -4,7 +4,10 @@ Deterministic: message ids are a global sequence, reads return in publish order,
 happens in the background. Events are stored as the immutable objects they are (no encoding on
 the hot path of a backtest); raw bytes published with ``publish_raw`` are decoded on delivery,
 exactly as the Redis bus does. A member created again under the name of one that left messages
-pending reads those first, in order, as Redis' ``XREADGROUP ... 0`` gives them back.
+pending reads those first, in order, as Redis' ``XREADGROUP ... 0`` gives them back. A state
+snapshot committed with an acknowledgement is kept per group (bytes, as Redis keeps it), so a
+service object created again on the same bus restores from it exactly as a restarted process
+does.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic
+from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, Outbox, check_topic
 from engine.errors import EventDecodeError
 from engine.events import Envelope, decode, encode
 
@@ -55,6 +58,7 @@ class MemoryBus(Bus):
         self._groups: dict[tuple[str, str], _Group] = {}
         self._processed: dict[str, set[str]] = {}
         self._dead_letters: list[DeadLetter] = []
+        self._states: dict[str, bytes] = {}  # group -> last committed state snapshot
 
     def _log(self, topic: str) -> list[tuple[str, Envelope | bytes]]:
         log = self._topics.get(topic)
@@ -106,11 +110,11 @@ class MemoryBus(Bus):
             self._processed.setdefault(group, set())
             return MemoryConsumer(self, group, name, tuple(topics))
 
-    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
+    def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
         check_topic(topic)
         with self._lock:
             state = self._groups.get((topic, group))
-            if state is None or count <= 0:
+            if state is None or (count is not None and count <= 0):
                 return []
             pending = {index for _, index in state.pending.values()}
             out: list[Envelope] = []
@@ -123,6 +127,10 @@ class MemoryBus(Bus):
                 if len(out) == count:
                     break
             return out[::-1]
+
+    def load_state(self, group: str) -> bytes | None:
+        with self._lock:
+            return self._states.get(group)
 
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         with self._lock:
@@ -297,10 +305,17 @@ class MemoryConsumer(Consumer):
         with self._lock:
             self._ack(deliveries)
 
-    def commit(self, deliveries: Sequence[Delivery]) -> None:
+    def commit(
+        self, deliveries: Sequence[Delivery], state: bytes | None = None, publish: Outbox = ()
+    ) -> None:
         with self._lock:
+            for topic, events in publish:
+                if events:
+                    self._bus.publish_many(topic, events)
             self._mark(deliveries)
             self._ack(deliveries)
+            if state is not None:
+                self._bus._states[self.group] = bytes(state)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]

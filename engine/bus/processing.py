@@ -2,7 +2,12 @@
 dead-letter what cannot succeed, so each bus only supplies the primitives.
 
 Order is kept: a message whose handler raises is retried in place, with a short capped backoff,
-until it is applied or dead-lettered, and nothing after it is handled before that."""
+until it is applied or dead-lettered, and nothing after it is handled before that.
+
+A stateful service's state is committed with the acknowledgement of the message that produced
+it: given ``snapshot``, the loop asks for the state after each applied message (or batch) and
+hands it to ``Consumer.commit``, which writes it in the same atomic step. The state a restarted
+service loads therefore covers exactly the messages it will not be given again."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from engine.bus.base import Consumer, Delivery
+from engine.bus.base import Consumer, Delivery, Outbox
 from engine.events import Envelope
 
 Handler = Callable[[Envelope], None]
@@ -90,6 +95,13 @@ class ConsumerLoop:
     batch stay pending (unacknowledged): a restarted consumer of the same name reads them first.
     Events this group already applied (same event id, e.g. a publisher's retry) are
     acknowledged without calling the handler again.
+
+    ``snapshot`` (a stateful service's ``snapshot_state``) is called after each applied
+    message with ``commit_each_message`` (else once per batch), and its bytes are committed in
+    the same step as those messages' acknowledgement; None from it writes nothing. Should it
+    raise, nothing is committed and the exception ends the loop: the message stays pending, to
+    be handled again on the last committed state. The backtest's pump passes none: nothing
+    persists there, and serialising would only cost.
     """
 
     consumer: Consumer
@@ -98,6 +110,10 @@ class ConsumerLoop:
     clock: Callable[[], float] = time.monotonic
     stats: ConsumeStats = field(default_factory=ConsumeStats)
     stop: threading.Event = field(default_factory=threading.Event)
+    snapshot: Callable[[], bytes | None] | None = None
+    # Takes the events the handlers staged since the last commit (a service's outbox), to be
+    # appended in the commit itself; None: handlers publish directly.
+    outbox: Callable[[], Outbox] | None = None
     _last_reclaim: float | None = None
     # What a stop during a retry left unhandled, in order; handled before anything else.
     _held: list[Delivery] = field(default_factory=list)
@@ -116,7 +132,12 @@ class ConsumerLoop:
         applied, duplicates = self._apply(candidates, seen, check_duplicates)
         if not self.settings.commit_each_message:
             if applied:
-                self.consumer.commit(applied)
+                snapshot, outbox = self.snapshot, self.outbox
+                self.consumer.commit(
+                    applied,
+                    None if snapshot is None else snapshot(),
+                    () if outbox is None else outbox(),
+                )
             if duplicates:
                 self.consumer.ack(duplicates)
         if duplicates:
@@ -165,6 +186,7 @@ class ConsumerLoop:
         """
         handler = self.handler
         commit_each = self.settings.commit_each_message
+        snapshot, outbox = self.snapshot, self.outbox
         corr_var = CORR.var
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
@@ -197,7 +219,12 @@ class ConsumerLoop:
                         break
                 applied.append(delivery)
                 if commit_each:
-                    self.consumer.commit([delivery])
+                    # The state this message left, acknowledged with it in one atomic step.
+                    self.consumer.commit(
+                        [delivery],
+                        None if snapshot is None else snapshot(),
+                        () if outbox is None else outbox(),
+                    )
                 if check_duplicates:
                     applied_ids.add(event.id)
         finally:

@@ -5,7 +5,9 @@ exponential backoff when Redis goes away.
 Round trips are what cost, so the hot paths batch: ``publish_many`` is one pipeline, a consumer
 reads up to ``batch_size`` messages per XREADGROUP, checks them for duplicates with one ZMSCORE,
 and marks and acknowledges the whole batch in one MULTI (or each message in its own, for
-services whose handlers have effects outside the process).
+services whose handlers have effects outside the process). A stateful service's snapshot is
+a ``SET {namespace}:state:{group}`` inside that same MULTI, so its state and its
+acknowledgements never disagree, whatever moment the process dies at.
 
 A consumer's name is stable across restarts, so a restarted member first reads its own pending
 entries (``XREADGROUP ... STREAMS key 0``) and only then anything new (``>``).
@@ -24,7 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from engine.bus import keys
-from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic
+from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, Outbox, check_topic
 from engine.errors import BusError, BusUnavailableError, EventDecodeError
 from engine.events import Envelope, decode, encode
 from engine.events.topics import LEDGER_TOPICS
@@ -173,9 +175,8 @@ class RedisBus(Bus):
         message_id = self.call("xadd", lambda: self.redis.xadd(key, {_EVENT_FIELD: data}, **args))
         return _text(message_id)
 
-    def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
-        if not events:
-            return []
+    def publish_commands(self, topic: str, events: Sequence[Envelope]) -> list[tuple[Any, ...]]:
+        """The commands that append ``events`` to ``topic`` (and trim it, unless a ledger)."""
         key = keys.stream(self.namespace, check_topic(topic))
         commands: list[tuple[Any, ...]] = [
             ("XADD", key, "*", _EVENT_FIELD, encode(e)) for e in events
@@ -183,6 +184,12 @@ class RedisBus(Bus):
         if topic not in LEDGER_TOPICS:
             # One approximate trim per batch rather than one per entry.
             commands.append(("XTRIM", key, "MAXLEN", "~", self._stream_maxlen))
+        return commands
+
+    def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
+        if not events:
+            return []
+        commands = self.publish_commands(topic, events)
         replies = self.call("xadd_batch", lambda: self.roundtrip(commands))
         return [message_id.decode() for message_id in replies[: len(events)]]
 
@@ -192,7 +199,7 @@ class RedisBus(Bus):
         consumer.ensure_groups()
         return consumer
 
-    def consumed_history(self, group: str, topic: str, count: int) -> list[Envelope]:
+    def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
         key = keys.stream(self.namespace, check_topic(topic))
 
         def read() -> list[tuple[bytes, dict]]:
@@ -201,7 +208,7 @@ class RedisBus(Bus):
             except redis.ResponseError:
                 return []  # no such stream yet
             state = next((g for g in groups if _text(g["name"]) == group), None)
-            if state is None or count <= 0:
+            if state is None or (count is not None and count <= 0):
                 return []
             pending: set[str] = set()
             if state["pending"]:
@@ -210,9 +217,13 @@ class RedisBus(Bus):
                 )
                 pending = {_text(row["message_id"]) for row in rows}
             entries = self.redis.xrevrange(
-                key, max=_text(state["last-delivered-id"]), min="-", count=count + len(pending)
+                key,
+                max=_text(state["last-delivered-id"]),
+                min="-",
+                count=None if count is None else count + len(pending),
             )
-            return [e for e in entries if _text(e[0]) not in pending][:count]
+            kept = [e for e in entries if _text(e[0]) not in pending]
+            return kept if count is None else kept[:count]
 
         entries = self.call("consumed_history", read)
         out = []
@@ -222,6 +233,10 @@ class RedisBus(Bus):
             except (EventDecodeError, KeyError):
                 log.warning("bus.history_skipped", topic=topic, message_id=_text(message_id))
         return out
+
+    def load_state(self, group: str) -> bytes | None:
+        key = keys.state(self.namespace, group)
+        return self.call("get_state", lambda: self.redis.get(key))
 
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         key = keys.dead_letter(self.namespace)
@@ -267,6 +282,7 @@ class RedisConsumer(Consumer):
         self._stream_keys = {keys.stream(bus.namespace, t): t for t in topics}
         self._topic_of_key = {key.encode(): topic for key, topic in self._stream_keys.items()}
         self._processed_key = keys.processed(bus.namespace, group)
+        self._state_key = keys.state(bus.namespace, group)
         # Per stream still being replayed: id of the last own pending entry handed out.
         self._history: dict[str, str] | None = dict.fromkeys(self._stream_keys, "0")
 
@@ -496,10 +512,19 @@ class RedisConsumer(Consumer):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._transaction("xack", self._ack_commands(deliveries))
 
-    def commit(self, deliveries: Sequence[Delivery]) -> None:
-        self._transaction(
-            "commit", self._mark_commands(deliveries) + self._ack_commands(deliveries)
-        )
+    def commit(
+        self, deliveries: Sequence[Delivery], state: bytes | None = None, publish: Outbox = ()
+    ) -> None:
+        commands = [
+            command
+            for topic, events in publish
+            if events
+            for command in self._bus.publish_commands(topic, events)
+        ]
+        commands += self._mark_commands(deliveries) + self._ack_commands(deliveries)
+        if state is not None:
+            commands.append(("SET", self._state_key, state))
+        self._transaction("commit", commands)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]
