@@ -213,6 +213,16 @@ def _paper(arguments: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
     try:
+        from services.account import open_account
+        from services.paper import live_feed, replay_feed
+
+        account = open_account(
+            out_dir,
+            config.run.namespace,
+            live_feed(source) if source is not None else replay_feed(panel),
+            fresh=arguments.fresh,
+            option=out_option,
+        )
         run_dir.write_config(config)  # config.json: what `config check` prints
     except UsageError as error:
         run_dir.release(discard=True)
@@ -229,10 +239,15 @@ def _paper(arguments: argparse.Namespace) -> int:
 
         if source is not None:
             run = run_live_paper(
-                config, source, out_dir, warmup_bars=arguments.warmup_bars, stop=stop
+                config,
+                source,
+                out_dir,
+                warmup_bars=arguments.warmup_bars,
+                stop=stop,
+                account=account,
             )
         else:
-            run = run_paper(config, panel, out_dir, speed=speed, stop=stop)
+            run = run_paper(config, panel, out_dir, speed=speed, stop=stop, account=account)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (ConfigError, DataError) as error:
@@ -244,7 +259,10 @@ def _paper(arguments: argparse.Namespace) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
         run_dir.release()
-    _print_summary("paper" + (" (stopped early)" if run.interrupted else ""), run.summary, out_dir)
+    title = "paper" + (" (stopped early)" if run.interrupted else "")
+    if run.restarts:
+        title += f" (account continued; {run.restarts} restart(s))"
+    _print_summary(title, run.summary, out_dir)
     return EXIT_OK
 
 
@@ -340,9 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="live: closed bars fetched first so factor windows start full",
     )
-    paper.add_argument("--bars", type=int, metavar="N", help="bars to replay (0: all)")
+    paper.add_argument(
+        "--bars",
+        type=int,
+        metavar="N",
+        help="the account's bars in all, restarts included (0: all)",
+    )
     paper.add_argument("--speed", metavar="X|max", help="bars per second; 0 or max: no cap")
-    paper.add_argument("--out", metavar="DIR", help="run directory (default: [run] run_dir)")
+    paper.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory (default: [run] run_dir); a directory of an earlier run continues "
+        "its account",
+    )
+    paper.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new account in --out, deleting the one there",
+    )
     paper.add_argument(
         "--redis-url",
         metavar="URL",

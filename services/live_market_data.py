@@ -25,7 +25,11 @@ class LiveMarketDataService:
 
     name = "market-data"
 
-    def __init__(self, bus: Bus, source: CcxtOhlcvSource, since_ms: int) -> None:
+    def __init__(
+        self, bus: Bus, source: CcxtOhlcvSource, since_ms: int, after_ms: int | None = None
+    ) -> None:
+        """``after_ms``: open time of the last bar already published (a continued account);
+        candles up to it are not published again."""
         self.bus = bus
         self.source = source
         self.since_ms = since_ms
@@ -33,7 +37,7 @@ class LiveMarketDataService:
         self.bars_published = 0
         self._pending: dict[int, dict[str, Candle]] = {}
         self._latest: dict[str, int] = {}
-        self._last_published_ms = -1
+        self._last_published_ms = -1 if after_ms is None else after_ms
 
     def poll_once(self) -> int:
         """Fetch newly closed candles and publish every timestamp now complete; return how many."""

@@ -223,6 +223,10 @@ class MarketDataService:
             BarBlock.TOPIC, make_event(block, source=self.name, corr=corr, ts=close_time)
         )
 
+    def has_bars(self, index: int) -> bool:
+        """Whether bar time ``index`` has any symbol's bar (an empty one publishes nothing)."""
+        return bool(self._valid[index].any())
+
     def ticks(self) -> list[tuple[int, Step]]:
         """Return the schedule's ticks with how many bars precede each (see schedule_ticks)."""
         return schedule_ticks(self.panel, self.trigger)

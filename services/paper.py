@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,19 @@ import structlog
 
 from engine.bus import RedisBus
 from engine.bus.factory import consume_settings, open_redis_bus
+from engine.bus.keys import namespace_pattern
+from engine.bus.keys import stream as stream_key
 from engine.clock import Clock, SimulatedClock, WallClock
 from engine.config import Config
 from engine.data import Panel
 from engine.data.ccxt_source import CcxtOhlcvSource
-from engine.events import Control, make_event
+from engine.events import BarSet, Control, Envelope, RebalanceDue, make_event
+from engine.events.codec import decode
 from engine.timeframes import timeframe_delta
+from services.account import PaperAccount, open_account
 from services.assembly import Services, build_services, schedule_trigger
 from services.live_market_data import LiveMarketDataService
-from services.market_data import MarketDataService, to_datetime
+from services.market_data import MarketDataService, Step, to_datetime
 from services.quiescence import RedisQuiescence
 from services.runtime import ServiceRunner
 from services.scheduler import SchedulerService
@@ -50,6 +53,7 @@ class PaperRun:
     summary: dict[str, Any] = field(default_factory=dict)
     pending_at_exit: int = 0
     interrupted: bool = False
+    restarts: int = 0
 
 
 @dataclass
@@ -63,17 +67,18 @@ class _Daemons:
 
 @contextmanager
 def _daemons(
-    config: Config, out_dir: Path, clock: Clock, drain_timeout_s: float
+    config: Config, out_dir: Path, clock: Clock, drain_timeout_s: float, account: PaperAccount
 ) -> Iterator[_Daemons]:
-    # A fresh namespace per run: a paper run's streams and groups start empty.
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    namespace = f"{config.run.namespace}-{run_id}"
+    # The account's namespace: a resumed account finds its streams, groups and state there.
+    namespace = account.namespace
     config = msgspec.structs.replace(
         config, run=msgspec.structs.replace(config.run, namespace=namespace)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     stop_services = threading.Event()
     with open_redis_bus(config, run_dir=out_dir) as bus:
+        if account.retired_namespace:
+            _delete_namespace(bus, account.retired_namespace)
         services = build_services(config, bus, clock)
         runners = [
             ServiceRunner(
@@ -92,8 +97,23 @@ def _daemons(
             services,
             runners,
             RedisQuiescence(bus, [(s.name, s.topics) for s in services.all()]),
-            PaperRun(namespace=namespace, redis_url=bus.url, out_dir=out_dir),
+            PaperRun(
+                namespace=namespace,
+                redis_url=bus.url,
+                out_dir=out_dir,
+                restarts=account.restarts,
+            ),
         )
+        if account.resumed:
+            # A halt left pending by the killed run must not stop the continued one.
+            bus.publish(
+                Control.TOPIC,
+                make_event(
+                    Control(command="resume", reason="paper account resumed"),
+                    source="paper",
+                    corr="resume",
+                ),
+            )
         try:
             yield daemons
         finally:
@@ -103,13 +123,74 @@ def _daemons(
         daemons.run.pending_at_exit = sum(r.loop.consumer.pending_count() for r in runners)
 
 
+def _delete_namespace(bus: RedisBus, namespace: str) -> None:
+    # --fresh: the replaced account's keys go, so its streams do not linger in the AOF.
+    pattern = namespace_pattern(namespace)
+    keys = list(bus.call("scan", lambda: list(bus.redis.scan_iter(match=pattern, count=1000))))
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        bus.call("delete", lambda chunk=chunk: bus.redis.delete(*chunk))
+    log.info("paper.account_deleted", namespace=namespace, keys=len(keys))
+
+
+def _last_published(bus: RedisBus, topic: str) -> Envelope | None:
+    key = stream_key(bus.namespace, topic)
+    entries = bus.call("xrevrange", lambda: bus.redis.xrevrange(key, count=1))
+    return decode(entries[0][1][b"event"]) if entries else None
+
+
+def _skip_seen_steps(
+    market: MarketDataService, steps: Iterator[Step], bus: RedisBus
+) -> Iterator[Step]:
+    """Yield the replay's steps the account has not seen yet.
+
+    The bars and schedule streams say where a killed run got to: its last bar and its last
+    tick. Steps up to them are skipped (the clock still moves through them), so the continued
+    run publishes exactly what the uninterrupted one would have published next.
+    """
+    last_bar = _last_published(bus, BarSet.TOPIC)
+    last_tick = _last_published(bus, RebalanceDue.TOPIC)
+    seen_bars_until = last_bar.ts if last_bar is not None else None
+    seen_ticks_until = last_tick.payload.due if last_tick is not None else None
+    if seen_bars_until is None and seen_ticks_until is None:
+        yield from steps
+        return
+    skipped = 0
+    for step in steps:
+        if step.bar_index is not None:
+            seen = seen_bars_until is not None and step.time <= seen_bars_until
+        else:
+            seen = seen_ticks_until is not None and step.due <= seen_ticks_until
+        if not seen:
+            if skipped:
+                log.info("paper.feed_continued", skipped_steps=skipped, at=step.time.isoformat())
+                skipped = 0
+            yield step
+            continue
+        skipped += 1
+        if market.clock is not None:
+            market.clock.advance_to(step.time)
+        if step.bar_index is not None and market.has_bars(step.bar_index):
+            market.bars_published += 1  # the account's bars in all, as --bars counts them
+        elif step.bar_index is None:
+            market.ticks_published += 1
+    if skipped:
+        log.info("paper.feed_continued", skipped_steps=skipped, at="end of data")
+
+
 def _finish(daemons: _Daemons, config: Config, periods_per_year: float, bars: int) -> PaperRun:
     run = daemons.run
     run.summary = daemons.services.recorder.summary(
         config.portfolio.initial_cash, periods_per_year, bars
     )
+    run.summary["restarts"] = run.restarts
     daemons.services.recorder.write(run.out_dir, run.summary)
     return run
+
+
+def replay_feed(panel: Panel) -> str:
+    """How a replayed account names its feed in ``account.json``."""
+    return f"replay:{panel.source}"
 
 
 def run_paper(
@@ -120,11 +201,17 @@ def run_paper(
     speed: float,
     stop: threading.Event | None = None,
     drain_timeout_s: float = 30.0,
+    account: PaperAccount | None = None,
 ) -> PaperRun:
-    """Replay ``panel`` through the services over Redis; ``speed`` in bars/s, 0 = no cap."""
+    """Replay ``panel`` through the services over Redis; ``speed`` in bars/s, 0 = no cap.
+
+    ``account`` is the paper account to trade (default: the one in ``out_dir``, opened there
+    if there is none); a continued account's feed resumes after the last step it saw.
+    """
     stop = stop or threading.Event()
+    account = account or open_account(out_dir, config.run.namespace, replay_feed(panel))
     clock = SimulatedClock(to_datetime(panel.bar_open[0]))
-    with _daemons(config, out_dir, clock, drain_timeout_s) as daemons:
+    with _daemons(config, out_dir, clock, drain_timeout_s, account) as daemons:
         market = MarketDataService(
             daemons.bus, panel, schedule_trigger(config), config.schedule.name, clock
         )
@@ -141,7 +228,7 @@ def run_paper(
         )
         interval = 1.0 / speed if speed > 0 else 0.0
         next_bar_at = time.monotonic()
-        for step in market.steps():
+        for step in _skip_seen_steps(market, market.steps(), daemons.bus):
             if stop.is_set():
                 run.interrupted = True
                 break
@@ -167,6 +254,11 @@ def run_paper(
     return run
 
 
+def live_feed(source: CcxtOhlcvSource) -> str:
+    """How a live account names its feed in ``account.json``."""
+    return f"live:{source.exchange_id}:{source.timeframe}:{','.join(source.symbols)}"
+
+
 def run_live_paper(
     config: Config,
     source: CcxtOhlcvSource,
@@ -176,13 +268,22 @@ def run_live_paper(
     stop: threading.Event,
     poll_interval_s: float | None = None,
     drain_timeout_s: float = 30.0,
+    account: PaperAccount | None = None,
 ) -> PaperRun:
-    """Paper-trade on live ccxt candles until ``stop`` is set; rebalances on the wall clock."""
+    """Paper-trade on live ccxt candles until ``stop`` is set; rebalances on the wall clock.
+
+    A continued account publishes only candles after the last bar it saw.
+    """
     step = timeframe_delta(source.timeframe)
     since_ms = int((time.time() - warmup_bars * step.total_seconds()) * 1000)
     poll = poll_interval_s or min(15.0, max(1.0, step.total_seconds() / 4))
-    with _daemons(config, out_dir, WallClock(), drain_timeout_s) as daemons:
-        market = LiveMarketDataService(daemons.bus, source, since_ms)
+    account = account or open_account(out_dir, config.run.namespace, live_feed(source))
+    with _daemons(config, out_dir, WallClock(), drain_timeout_s, account) as daemons:
+        last_bar = _last_published(daemons.bus, BarSet.TOPIC)
+        after_ms = None
+        if last_bar is not None:
+            after_ms = int(last_bar.payload.bar_open.timestamp() * 1000)
+        market = LiveMarketDataService(daemons.bus, source, since_ms, after_ms=after_ms)
         scheduler = SchedulerService(
             daemons.bus, schedule_trigger(config), config.schedule.name, source.timeframe
         )

@@ -1,0 +1,151 @@
+"""A paper account: the identity that outlives the processes trading it.
+
+``RUN_DIR/account.json`` names the account's Redis namespace, the feed it trades and how many
+times it was started. A run on a directory that holds an account continues it (same namespace:
+same streams, same service state, same ledger); ``--fresh`` opens a new account and deletes the
+old one's keys. The file is replaced atomically (write, fsync, rename), so a run killed while
+writing it leaves the old version or the new one, never half of one.
+
+A run may continue an account only on the same feed: a different file or exchange would splice
+two histories into one equity curve, so it is refused with a message that offers ``--fresh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from engine.errors import UsageError
+
+log = structlog.get_logger("services.account")
+ACCOUNT_FILE = "account.json"
+
+
+@dataclass(frozen=True)
+class PaperAccount:
+    """One start of a paper account.
+
+    Attributes
+    ----------
+    namespace
+        Redis key prefix of every stream, group and state of the account.
+    feed
+        What the account trades on, e.g. ``replay:path/to/file.csv`` or ``live:binance:1m:...``.
+    starts
+        How many runs have started on the account, this one included.
+    created
+        When the account was opened (ISO UTC).
+    retired_namespace
+        With ``--fresh`` on an existing account: the old namespace, whose keys the run deletes
+        once it is connected to Redis.
+    """
+
+    namespace: str
+    feed: str
+    starts: int
+    created: str
+    retired_namespace: str | None = None
+
+    @property
+    def restarts(self) -> int:
+        """How many times the account was started again after its first run."""
+        return self.starts - 1
+
+    @property
+    def resumed(self) -> bool:
+        return self.starts > 1
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _read(path: Path, option: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        str(record["namespace"]), str(record["feed"]), int(record["starts"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(
+            f"{option} {path.parent}: {path.name} is unreadable ({error}); "
+            "restore it, or start over with --fresh"
+        ) from None
+    return record
+
+
+def open_account(
+    run_dir: Path,
+    base_namespace: str,
+    feed: str,
+    *,
+    fresh: bool = False,
+    option: str = "--out",
+    now: datetime | None = None,
+) -> PaperAccount:
+    """Continue the account in ``run_dir``, or open one there (``fresh`` replaces it).
+
+    Must be called by the run that holds the directory's lock.
+
+    Raises
+    ------
+    UsageError
+        The directory's account trades another feed, or its account file is unreadable; the
+        message names both feeds and offers ``--fresh``.
+    """
+    path = run_dir / ACCOUNT_FILE
+    now = now or datetime.now(UTC)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = None if fresh and not path.exists() else _read(path, option)
+    if record is not None and not fresh:
+        if record["feed"] != feed:
+            raise UsageError(
+                f"{option} {run_dir}: holds a paper account trading {record['feed']}; this run "
+                f"trades {feed}. Run with the same feed to continue it, or with --fresh to "
+                "start a new account there"
+            )
+        account = PaperAccount(
+            namespace=record["namespace"],
+            feed=feed,
+            starts=int(record["starts"]) + 1,
+            created=record.get("created", ""),
+        )
+        log.info(
+            "paper.account_resumed",
+            namespace=account.namespace,
+            restarts=account.restarts,
+            feed=feed,
+        )
+    else:
+        account = PaperAccount(
+            namespace=f"{base_namespace}-{now:%Y%m%dT%H%M%S%fZ}",
+            feed=feed,
+            starts=1,
+            created=now.isoformat(),
+            retired_namespace=None if record is None else record["namespace"],
+        )
+        log.info(
+            "paper.account_opened",
+            namespace=account.namespace,
+            feed=feed,
+            replaces=account.retired_namespace,
+        )
+    record = {
+        "namespace": account.namespace,
+        "feed": account.feed,
+        "starts": account.starts,
+        "created": account.created,
+        "last_start": now.isoformat(),
+    }
+    _write_atomically(path, json.dumps(record, indent=2) + "\n")
+    return account
