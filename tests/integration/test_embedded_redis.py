@@ -179,7 +179,7 @@ def test_a_server_left_running_is_shut_down_on_the_next_start_with_its_data_kept
 def test_a_stale_pid_file_and_socket_are_removed_with_a_log_line(short_tmp):
     data = short_tmp / "redis"
     data.mkdir()
-    gone = subprocess.Popen(["true"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # CI runs with a bare PATH
     gone.wait()
     (data / "redis.pid").write_text(f"{gone.pid}\n")
     listener = socket.socket(socket.AF_UNIX)  # a socket file nobody listens on any more
@@ -199,7 +199,7 @@ def test_a_pid_file_naming_an_unrelated_live_process_is_stale_and_the_process_is
 ):
     data = short_tmp / "redis"
     data.mkdir()
-    bystander = subprocess.Popen(["sleep", "60"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (data / "redis.pid").write_text(f"{bystander.pid}\n")
         with capture_logs() as logs, EmbeddedRedis(data):
