@@ -266,6 +266,101 @@ def _paper(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_service(arguments: argparse.Namespace) -> int:
+    # One service of a paper account as its own process (services/standalone.py, feed.py).
+    import os
+
+    from engine.errors import BusError, ConfigError, DataError, UsageError
+    from engine.logging import configure_logging
+    from services.preflight import check_output_dir
+    from services.runtime import StateError
+    from services.standalone import StartTimeoutError
+
+    service = arguments.service
+    try:
+        if arguments.redis_url:
+            os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
+        if arguments.instance is not None:
+            os.environ["DEEPFACTOR_RUN__INSTANCE"] = arguments.instance
+        replay_only = [
+            option
+            for option, value in (
+                ("--data", arguments.data),
+                ("--synthetic", arguments.synthetic or None),
+                ("--bars", arguments.bars),
+                ("--speed", arguments.speed),
+            )
+            if value is not None
+        ]
+        if service != "market-data" and replay_only:
+            raise UsageError(
+                f"{', '.join(replay_only)}: options of `run market-data` (the replay), not of "
+                f"`run {service}`"
+            )
+        if not arguments.wait > 0 or math.isinf(arguments.wait):
+            raise UsageError(f"--wait must be seconds > 0, received {arguments.wait}")
+        config = _validated_config(arguments)
+        # A service process is a daemon: JSON lines unless the config asks for the console.
+        log_format = "json" if config.log.format == "auto" else config.log.format
+        configure_logging(service, config.log.level, log_format)
+        if not config.bus.redis_url:
+            raise UsageError(
+                f"run {service} needs a Redis every process of the account can reach: set "
+                "[bus] redis_url or --redis-url (the private embedded server belongs to one "
+                "process; `deepfactor paper` runs every service in one)"
+            )
+        out_dir = Path(arguments.out or config.run.run_dir)
+        out_option = "--out" if arguments.out else "[run] run_dir"
+        check_output_dir(out_dir, out_option)
+        if service == "market-data":
+            from services.assembly import check_universe
+
+            speed = _parse_speed(arguments.speed, config.paper.speed)
+            panel = _paper_panel(arguments, config)
+            where = f"--data {arguments.data}" if arguments.data else "the data"
+            check_universe(config, panel.symbols, where)
+    except (ConfigError, DataError, UsageError) as error:
+        return _error(str(error))
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # second signal: cold stop
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if service == "market-data":
+            from services.feed import run_market_data
+
+            run_market_data(
+                config,
+                panel,
+                out_dir,
+                speed=speed,
+                stop=stop,
+                wait_s=arguments.wait,
+                option=out_option,
+            )
+        else:
+            from services.standalone import run_service
+
+            run_service(
+                config, service, out_dir, stop=stop, wait_s=arguments.wait, option=out_option
+            )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (ConfigError, DataError, UsageError) as error:
+        return _error(str(error))
+    except (BusError, StartTimeoutError, StateError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return EXIT_OK
+
+
 def _factors_report(arguments: argparse.Namespace) -> int:
     from engine.data import load_panel
     from engine.errors import ConfigError, DataError, UsageError
@@ -317,6 +412,28 @@ def _data_fetch(arguments: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(json.dumps(summary, indent=2, default=str))
     return EXIT_OK
+
+
+def _replay(arguments: argparse.Namespace) -> int:
+    from engine.errors import ConfigError, DataError, UsageError
+    from engine.logging import configure_logging
+    from services.runtime import HandlerFailedError
+
+    configure_logging("replay", "info", "auto")  # until the run's own config is read
+    try:
+        from services.replay import load_recorded_run, replay
+
+        recorded = load_recorded_run(Path(arguments.run_dir))
+    except (ConfigError, DataError, UsageError) as error:
+        return _error(str(error))
+    configure_logging("replay", recorded.config.log.level, recorded.config.log.format)
+    try:
+        report = replay(recorded)
+    except (ConfigError, HandlerFailedError) as error:
+        print(f"error: the replay of {arguments.run_dir} failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report.to_dict(), indent=2) if arguments.json else report.text())
+    return EXIT_OK if report.identical else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +500,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     paper.set_defaults(run=_paper)
 
+    run_command = commands.add_parser(
+        "run",
+        help="run one service of a paper account as its own process, over a shared Redis",
+        description="Run one service in the foreground. The market-data process (the replay) "
+        "opens or continues the paper account in --out; every other service waits for it and "
+        "joins it. One process per service and run directory; SIGTERM or SIGINT finishes and "
+        "commits the message in hand and exits 0, a second signal exits 130. The recorder "
+        "writes summary.json and equity.csv into --out at the end of the data and when it stops.",
+    )
+    run_command.add_argument(
+        "service",
+        choices=("market-data", "factor-update", "signal", "rebalance", "execution", "recorder"),
+        metavar="SERVICE",
+        help="market-data (the replay), factor-update, signal, rebalance, execution or recorder",
+    )
+    run_command.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
+    run_command.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the account's run directory, shared by its processes (default: [run] run_dir)",
+    )
+    run_command.add_argument(
+        "--redis-url", metavar="URL", help="the Redis every process of the account uses"
+    )
+    run_command.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="consumer name {service}-{NAME}, stable across restarts (default: [run] "
+        "instance, else the host name)",
+    )
+    run_command.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the account (a consumer) or for every consumer group "
+        "(market-data) before giving up (default 60)",
+    )
+    run_source = run_command.add_mutually_exclusive_group()
+    run_source.add_argument(
+        "--data", metavar="F", help="market-data: replay this file (default: the bundled sample)"
+    )
+    run_source.add_argument(
+        "--synthetic", action="store_true", help="market-data: replay the synthetic market"
+    )
+    run_command.add_argument(
+        "--bars",
+        type=int,
+        metavar="N",
+        help="market-data: the account's bars in all, restarts included (0: all)",
+    )
+    run_command.add_argument(
+        "--speed", metavar="X|max", help="market-data: bars per second; 0 or max: no cap"
+    )
+    run_command.set_defaults(run=_run_service)
+
     backtest = commands.add_parser(
         "backtest",
         help="run the services in one process on a data file and write summary.json and equity.csv",
@@ -434,6 +607,17 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--until", metavar="DATE", help="UTC end (default: now)")
     fetch.add_argument("--out", required=True, metavar="F", help=".parquet, .csv or .csv.gz")
     fetch.set_defaults(run=_data_fetch)
+
+    replay = commands.add_parser(
+        "replay",
+        help="run a paper run's recorded bars, ticks and controls through the services again "
+        "and compare its orders, fills and final equity with the run's event log",
+    )
+    replay.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a paper run's directory (events.jsonl, config.json)"
+    )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(run=_replay)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +86,22 @@ def _daemons(
             )
             for s in services.all()
         ]
+        # The run directory's event log (events.jsonl): its own group on every topic, in
+        # the replay's quiescence like the others. A resumed account continues the file.
+        from services.archive import EVENT_LOG, ArchiveService, archive_topics
+
+        archive = ArchiveService(
+            bus,
+            clock,
+            out_dir / EVENT_LOG,
+            archive_topics(services.all()),
+            new_log=not account.resumed,
+        )
+        runners.append(
+            ServiceRunner(
+                archive, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+            )
+        )
         threads = [
             threading.Thread(target=r.run, args=(stop_services,), name=r.service.name, daemon=True)
             for r in runners
@@ -96,7 +112,7 @@ def _daemons(
             bus,
             services,
             runners,
-            RedisQuiescence(bus, [(s.name, s.topics) for s in services.all()]),
+            RedisQuiescence(bus, [(r.service.name, r.service.topics) for r in runners]),
             PaperRun(
                 namespace=namespace,
                 redis_url=bus.url,
@@ -178,6 +194,37 @@ def _skip_seen_steps(
         log.info("paper.feed_continued", skipped_steps=skipped, at="end of data")
 
 
+def feed_replay(
+    market: MarketDataService,
+    bus: RedisBus,
+    caught_up: Callable[[], object],
+    *,
+    speed: float,
+    stop: threading.Event,
+) -> bool:
+    """Publish the replay's steps the account has not seen yet, one at a time, each followed by
+    ``caught_up()`` (the wait until every consumer group handled it), then the end-of-data
+    halt; ``speed`` caps the pace in bars/s (0: no cap). Return whether ``stop`` ended the
+    replay early (the halt then says "stopped").
+
+    The feed of ``deepfactor paper`` and of ``deepfactor run market-data``.
+    """
+    interrupted = False
+    interval = 1.0 / speed if speed > 0 else 0.0
+    next_bar_at = time.monotonic()
+    for step in _skip_seen_steps(market, market.steps(), bus):
+        if stop.is_set():
+            interrupted = True
+            break
+        if step.bar_index is not None and interval:
+            stop.wait(max(0.0, next_bar_at - time.monotonic()))
+            next_bar_at = max(next_bar_at + interval, time.monotonic())
+        market.publish(step)
+        caught_up()
+    market.end_of_data("stopped" if interrupted else "end of data")
+    return interrupted
+
+
 def _finish(daemons: _Daemons, config: Config, periods_per_year: float, bars: int) -> PaperRun:
     run = daemons.run
     run.summary = daemons.services.recorder.summary(
@@ -226,18 +273,13 @@ def run_paper(
             speed=speed or "max",
             out=str(out_dir),
         )
-        interval = 1.0 / speed if speed > 0 else 0.0
-        next_bar_at = time.monotonic()
-        for step in _skip_seen_steps(market, market.steps(), daemons.bus):
-            if stop.is_set():
-                run.interrupted = True
-                break
-            if step.bar_index is not None and interval:
-                stop.wait(max(0.0, next_bar_at - time.monotonic()))
-                next_bar_at = max(next_bar_at + interval, time.monotonic())
-            market.publish(step)
-            daemons.quiet.wait(timeout_s=drain_timeout_s)
-        market.end_of_data("stopped" if run.interrupted else "end of data")
+        run.interrupted = feed_replay(
+            market,
+            daemons.bus,
+            lambda: daemons.quiet.wait(timeout_s=drain_timeout_s),
+            speed=speed,
+            stop=stop,
+        )
         if not daemons.quiet.wait(timeout_s=drain_timeout_s):
             log.warning("paper.drain_timeout", timeout_s=drain_timeout_s)
     _finish(daemons, config, panel.periods_per_year(), market.bars_published)
