@@ -103,10 +103,6 @@ class Consumer(ABC):
         """Return, per event id, whether this group has already applied that event."""
 
     @abstractmethod
-    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
-        """Record that this group has applied these deliveries' events."""
-
-    @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge deliveries: they leave the pending list for good."""
 

@@ -297,10 +297,6 @@ class MemoryConsumer(Consumer):
         # A topic of the group that this member does not read (another member's delivery).
         return self._bus._groups[(topic, self.group)].pending
 
-    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
-        with self._lock:
-            self._mark(deliveries)
-
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         with self._lock:
             self._ack(deliveries)

@@ -506,9 +506,6 @@ class RedisConsumer(Consumer):
         if replies[-1] is None:
             raise BusError(f"redis {operation}: transaction was aborted")
 
-    def mark_processed(self, deliveries: Sequence[Delivery]) -> None:
-        self._transaction("mark_processed", self._mark_commands(deliveries))
-
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._transaction("xack", self._ack_commands(deliveries))
 

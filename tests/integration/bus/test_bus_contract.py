@@ -153,29 +153,6 @@ def test_consumer_killed_before_ack_loses_nothing_and_effect_happens_once(bus_fa
     assert survivor.consumer.pending_count() == 0
 
 
-def test_consumer_killed_after_applying_but_before_ack_is_not_applied_twice(bus_factory):
-    bus = bus_factory()
-    bus.publish_many("alpha", [heartbeat(i) for i in range(4)])
-    effects: list[int] = []
-    doomed = bus_factory().consumer("svc", "doomed", ["alpha"])
-    taken = doomed.read(10)
-    for delivery in taken:
-        effects.append(delivery.event.payload.processed)
-    doomed.mark_processed(taken)  # the effect is recorded...
-    doomed.close()  # ...and the process dies before XACK
-
-    survivor = ConsumerLoop(
-        bus_factory().consumer("svc", "survivor", ["alpha"]),
-        lambda e: effects.append(e.payload.processed),
-        settings(),
-    )
-    time.sleep(IDLE_MS * 2 / 1000)
-    survivor.reclaim()
-    assert effects == [0, 1, 2, 3]
-    assert survivor.stats.duplicates == 4
-    assert survivor.consumer.pending_count() == 0
-
-
 def test_republished_event_with_same_id_is_applied_once(bus_factory):
     bus = bus_factory()
     event = heartbeat(7)
