@@ -24,13 +24,11 @@ import structlog
 from engine.bus import RedisBus
 from engine.bus.factory import consume_settings, open_redis_bus
 from engine.bus.keys import namespace_pattern
-from engine.bus.keys import stream as stream_key
 from engine.clock import Clock, SimulatedClock, WallClock
 from engine.config import Config
 from engine.data import Panel
 from engine.data.ccxt_source import CcxtOhlcvSource
-from engine.events import BarSet, Control, Envelope, RebalanceDue, make_event
-from engine.events.codec import decode
+from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.timeframes import timeframe_delta
 from services.account import PaperAccount, open_account
 from services.assembly import Services, build_services, schedule_trigger
@@ -149,12 +147,6 @@ def _delete_namespace(bus: RedisBus, namespace: str) -> None:
     log.info("paper.account_deleted", namespace=namespace, keys=len(keys))
 
 
-def _last_published(bus: RedisBus, topic: str) -> Envelope | None:
-    key = stream_key(bus.namespace, topic)
-    entries = bus.call("xrevrange", lambda: bus.redis.xrevrange(key, count=1))
-    return decode(entries[0][1][b"event"]) if entries else None
-
-
 def _skip_seen_steps(
     market: MarketDataService, steps: Iterator[Step], bus: RedisBus
 ) -> Iterator[Step]:
@@ -164,8 +156,8 @@ def _skip_seen_steps(
     tick. Steps up to them are skipped (the clock still moves through them), so the continued
     run publishes exactly what the uninterrupted one would have published next.
     """
-    last_bar = _last_published(bus, BarSet.TOPIC)
-    last_tick = _last_published(bus, RebalanceDue.TOPIC)
+    last_bar = bus.last_event(BarSet.TOPIC)
+    last_tick = bus.last_event(RebalanceDue.TOPIC)
     seen_bars_until = last_bar.ts if last_bar is not None else None
     seen_ticks_until = last_tick.payload.due if last_tick is not None else None
     if seen_bars_until is None and seen_ticks_until is None:
@@ -321,7 +313,7 @@ def run_live_paper(
     poll = poll_interval_s or min(15.0, max(1.0, step.total_seconds() / 4))
     account = account or open_account(out_dir, config.run.namespace, live_feed(source))
     with _daemons(config, out_dir, WallClock(), drain_timeout_s, account) as daemons:
-        last_bar = _last_published(daemons.bus, BarSet.TOPIC)
+        last_bar = daemons.bus.last_event(BarSet.TOPIC)
         after_ms = None
         if last_bar is not None:
             after_ms = int(last_bar.payload.bar_open.timestamp() * 1000)

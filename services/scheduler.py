@@ -5,18 +5,25 @@ The decision time is the close of the last bar that has closed by the fire time,
 the bar timeframe, so the rebalancer decides on that bar even if its signal arrives later.
 Replays and backtests do not use this: there the market-data replay asks the same trigger for
 its fire times in simulated time.
+
+A fire carries its scheduled time, not the wall clock's, so its rebalance id is the same
+whenever the callback runs. The scheduler's state is its last fire, read back from the
+``schedule`` stream on start: fires missed while it was down are coalesced into one, fired at
+once if the latest is within the misfire grace (APScheduler's own policy for a running
+scheduler), and logged as missed otherwise.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.triggers.base import BaseTrigger
 
 from engine.bus import Bus
 from engine.events import RebalanceDue, make_event
-from engine.scheduling import LiveScheduler, rebalance_id
+from engine.scheduling import LiveScheduler, fire_times, rebalance_id
 from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.scheduler")
@@ -34,16 +41,77 @@ class SchedulerService:
 
     name = "scheduler"
 
-    def __init__(self, bus: Bus, trigger: BaseTrigger, schedule_name: str, timeframe: str) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        trigger: BaseTrigger,
+        schedule_name: str,
+        timeframe: str,
+        *,
+        misfire_grace_s: int = 60,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.bus = bus
+        self.trigger = trigger
         self.schedule_name = schedule_name
         self.timeframe = timeframe
+        self.misfire_grace_s = misfire_grace_s
         self.fired = 0
-        self._live = LiveScheduler(trigger, self.fire)
+        self._now = now
+        self._live = LiveScheduler(trigger, self.fire, misfire_grace_s=misfire_grace_s)
+
+    def scheduled_time(self, now: datetime) -> datetime:
+        """Return the trigger's latest fire time at or before ``now`` within the misfire
+        grace (``now`` itself if there is none), to the second."""
+        grace = timedelta(seconds=self.misfire_grace_s + 1)
+        fires = list(fire_times(self.trigger, now - grace, now))
+        return (fires[-1] if fires else now).astimezone(UTC).replace(microsecond=0)
+
+    def last_fire(self) -> datetime | None:
+        """Return the due time of this schedule's last tick on the bus, if any."""
+        event = self.bus.last_event(RebalanceDue.TOPIC)
+        if event is None or not isinstance(event.payload, RebalanceDue):
+            return None
+        return event.payload.due if event.payload.schedule == self.schedule_name else None
+
+    def catch_up(self, now: datetime) -> RebalanceDue | None:
+        """Deal with the fires missed since the last one on the bus (a restart); return the
+        tick fired for them, if any."""
+        last = self.last_fire()
+        if last is None:
+            return None
+        missed = list(fire_times(self.trigger, last, now))
+        if not missed:
+            return None
+        latest = missed[-1]
+        late_s = (now - latest).total_seconds()
+        fired = self._publish(latest) if late_s <= self.misfire_grace_s else None
+        dropped = missed[:-1] if fired is not None else missed
+        if dropped:
+            log.warning(
+                "schedule.misfired",
+                schedule=self.schedule_name,
+                count=len(dropped),
+                first=dropped[0].isoformat(),
+                last=dropped[-1].isoformat(),
+                misfire_grace_s=self.misfire_grace_s,
+                last_fire=last.isoformat(),
+            )
+        if fired is not None:
+            log.info(
+                "schedule.misfire_caught_up",
+                rebalance_id=fired.rebalance_id,
+                late_s=round(late_s, 3),
+                coalesced=len(missed),
+            )
+        return fired
 
     def fire(self, now: datetime) -> RebalanceDue:
-        """Publish the tick of a fire at ``now`` (seconds precision) and return it."""
-        due = now.astimezone(UTC).replace(microsecond=0)
+        """Publish the tick of the fire scheduled at or just before ``now`` and return it."""
+        return self._publish(self.scheduled_time(now.astimezone(UTC)))
+
+    def _publish(self, due: datetime) -> RebalanceDue:
+        due = due.astimezone(UTC).replace(microsecond=0)
         identifier = rebalance_id(self.schedule_name, due)
         tick = RebalanceDue(
             rebalance_id=identifier,
@@ -64,6 +132,8 @@ class SchedulerService:
         return tick
 
     def start(self) -> None:
+        """Catch up on fires missed while stopped, then fire on the wall clock."""
+        self.catch_up(self._now())
         self._live.start()
 
     def shutdown(self) -> None:

@@ -165,6 +165,11 @@ class Bus(ABC):
         """
 
     @abstractmethod
+    def last_event(self, topic: str) -> Envelope | None:
+        """Return the newest event of ``topic`` (None if it has none): where a producer that
+        restarts (a replay, a scheduler) finds how far it had got."""
+
+    @abstractmethod
     def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
         """Return the last ``count`` events (all of them for None) of ``topic`` that ``group``
         has consumed and acknowledged, oldest first: what a restarted service replays to

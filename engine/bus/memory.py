@@ -110,6 +110,14 @@ class MemoryBus(Bus):
             self._processed.setdefault(group, set())
             return MemoryConsumer(self, group, name, tuple(topics))
 
+    def last_event(self, topic: str) -> Envelope | None:
+        with self._lock:
+            log = self._log(topic)
+            if not log:
+                return None
+            item = log[-1][1]
+        return item if isinstance(item, Envelope) else decode(item)
+
     def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
         check_topic(topic)
         with self._lock:

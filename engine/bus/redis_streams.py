@@ -199,6 +199,11 @@ class RedisBus(Bus):
         consumer.ensure_groups()
         return consumer
 
+    def last_event(self, topic: str) -> Envelope | None:
+        key = keys.stream(self.namespace, check_topic(topic))
+        entries = self.call("xrevrange", lambda: self.redis.xrevrange(key, count=1))
+        return decode(entries[0][1][_EVENT_FIELD]) if entries else None
+
     def consumed_history(self, group: str, topic: str, count: int | None) -> list[Envelope]:
         key = keys.stream(self.namespace, check_topic(topic))
 

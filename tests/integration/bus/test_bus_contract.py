@@ -227,6 +227,18 @@ def test_consumed_history_returns_acknowledged_events_only_oldest_first(bus_fact
     assert bus.consumed_history("svc", "never_published", 3) == []
 
 
+def test_last_event_is_the_newest_of_its_topic_whoever_consumed_it(bus_factory):
+    bus = bus_factory()
+    assert bus.last_event("alpha") is None
+    events = [heartbeat(i) for i in range(3)]
+    bus.publish_many("alpha", events)
+    bus.publish("beta", heartbeat(9))
+    assert bus.last_event("alpha") == events[-1]
+    bus.consumer("svc", "c1", ["alpha"]).read(10)  # reading takes nothing away
+    assert bus_factory().last_event("alpha") == events[-1]
+    assert bus.last_event("beta").payload.processed == 9
+
+
 # -- stable names: a member created again under its name reads its own pending entries first --
 
 

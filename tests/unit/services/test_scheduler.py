@@ -4,7 +4,9 @@ last closed bar."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from structlog.testing import capture_logs
 
 from engine.bus import MemoryBus
 from engine.events import RebalanceDue
@@ -40,3 +42,61 @@ def test_apscheduler_fires_publish_rebalance_ticks_on_the_bus():
     for tick in ticks:
         assert tick.decision_time <= tick.due and tick.decision_time.second == 0
         assert tick.rebalance_id == f"rb-every-second-{tick.due:%Y%m%dT%H%M%SZ}"
+
+
+# -- restarts: the last fire is read back from the schedule stream -----------------------------
+T0 = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)
+EVERY_MINUTE = "* * * * *"
+
+
+def scheduler_after_a_fire_at(
+    due: datetime, now: datetime, cron: str = EVERY_MINUTE
+) -> tuple[MemoryBus, SchedulerService]:
+    bus = MemoryBus()
+    first = SchedulerService(bus, build_trigger(cron=cron), "minutely", "1m")
+    first.fire(due)
+    restarted = SchedulerService(bus, build_trigger(cron=cron), "minutely", "1m", now=lambda: now)
+    return bus, restarted
+
+
+def ticks(bus: MemoryBus) -> list[RebalanceDue]:
+    return [d.event.payload for d in bus.consumer("probe", "p", ["schedule"]).read(100)]
+
+
+def test_a_fire_carries_its_scheduled_time_not_the_wall_clock():
+    bus = MemoryBus()
+    scheduler = SchedulerService(bus, build_trigger(cron=EVERY_MINUTE), "minutely", "1m")
+    tick = scheduler.fire(T0 + timedelta(minutes=1, seconds=0.7))  # the callback ran late
+    assert tick.due == T0 + timedelta(minutes=1)
+    assert tick.rebalance_id == "rb-minutely-20240503T120100Z"
+
+
+def test_fires_missed_while_down_are_coalesced_into_one_when_the_latest_is_within_grace():
+    now = T0 + timedelta(minutes=5, seconds=10)
+    bus, scheduler = scheduler_after_a_fire_at(T0, now)
+    with capture_logs() as logs:
+        fired = scheduler.catch_up(now)
+    assert fired is not None and fired.due == T0 + timedelta(minutes=5)
+    assert [t.due for t in ticks(bus)] == [T0, T0 + timedelta(minutes=5)]
+    [missed] = [line for line in logs if line["event"] == "schedule.misfired"]
+    assert missed["count"] == 4  # 12:01 .. 12:04, each named by its first and last
+    assert missed["first"] == (T0 + timedelta(minutes=1)).isoformat()
+    assert any(line["event"] == "schedule.misfire_caught_up" for line in logs)
+
+
+def test_fires_missed_beyond_the_grace_are_logged_and_not_fired():
+    now = T0 + timedelta(minutes=12)  # 12:05 and 12:10 missed, the latest 120 s ago
+    bus, scheduler = scheduler_after_a_fire_at(T0, now, cron="*/5 * * * *")
+    with capture_logs() as logs:
+        assert scheduler.catch_up(now) is None
+    assert [t.due for t in ticks(bus)] == [T0]
+    [missed] = [line for line in logs if line["event"] == "schedule.misfired"]
+    assert missed["count"] == 2 and missed["last"] == (T0 + timedelta(minutes=10)).isoformat()
+
+
+def test_a_restart_before_the_next_fire_fires_nothing_and_a_first_start_catches_up_nothing():
+    bus, scheduler = scheduler_after_a_fire_at(T0, T0 + timedelta(seconds=30))
+    assert scheduler.catch_up(T0 + timedelta(seconds=30)) is None
+    assert [t.due for t in ticks(bus)] == [T0]
+    fresh = SchedulerService(MemoryBus(), build_trigger(cron=EVERY_MINUTE), "minutely", "1m")
+    assert fresh.last_fire() is None and fresh.catch_up(T0) is None
