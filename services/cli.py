@@ -426,7 +426,9 @@ def _replay(arguments: argparse.Namespace) -> int:
         recorded = load_recorded_run(Path(arguments.run_dir))
     except (ConfigError, DataError, UsageError) as error:
         return _error(str(error))
-    configure_logging("replay", recorded.config.log.level, recorded.config.log.format)
+    # The services' info lines repeat the recorded run's own log: the report is the output.
+    level = "debug" if recorded.config.log.level == "debug" else "warning"
+    configure_logging("replay", level, recorded.config.log.format)
     try:
         report = replay(recorded)
     except (ConfigError, HandlerFailedError) as error:
