@@ -65,6 +65,17 @@ def delete_namespace(url: str, namespace: str) -> None:
         client.close()
 
 
+def delete_namespaces(url: str, prefix: str) -> None:
+    """Delete every namespace ``{prefix}-*`` (the accounts a run opened under a test prefix)."""
+    client = redis.Redis.from_url(url)
+    try:
+        names = {key.decode().split(":")[0] for key in client.scan_iter(match=f"{prefix}-*")}
+    finally:
+        client.close()
+    for name in names:
+        delete_namespace(url, name)
+
+
 @pytest.fixture
 def namespace(redis_url: str) -> Iterator[str]:
     """A namespace no other test uses; its keys are deleted afterwards."""

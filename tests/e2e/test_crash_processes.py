@@ -41,7 +41,7 @@ from engine.data.sources import SyntheticSource
 from services.assembly import build_services
 from services.backtest import Backtest
 from tests.audit import Ledger, read_ledger, rebuild_and_compare, terminal_updates_per_order
-from tests.conftest import delete_namespace
+from tests.conftest import delete_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSUMERS = ("factor-update", "signal", "rebalance", "execution", "recorder")
@@ -286,13 +286,7 @@ def crash_run(redis_url: str, tmp_path: Path, bars: int, kill_count: int) -> Non
         check_books(outcome, bars)
         check_same_account(outcome, expected)
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            namespaces = {key.decode().split(":")[0] for key in client.scan_iter(f"{base}-*")}
-        finally:
-            client.close()
-        for namespace in namespaces:
-            delete_namespace(redis_url, namespace)
+        delete_namespaces(redis_url, base)
 
 
 def test_draw_is_reproducible_and_kills_each_victim():

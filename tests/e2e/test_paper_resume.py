@@ -21,7 +21,7 @@ import redis
 
 from engine.bus import RedisBus
 from tests.audit import read_ledger, rebuild_and_compare
-from tests.conftest import delete_namespace
+from tests.conftest import delete_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 BARS = 160
@@ -125,10 +125,4 @@ def test_an_account_killed_three_times_ends_where_the_uninterrupted_run_ends(red
         ]
         assert rebuild_and_compare(ledger, 1_000_000.0) >= BARS
     finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            namespaces = {key.decode().split(":")[0] for key in client.scan_iter(f"{base}-*")}
-        finally:
-            client.close()
-        for namespace in namespaces:
-            delete_namespace(redis_url, namespace)
+        delete_namespaces(redis_url, base)

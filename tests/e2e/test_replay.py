@@ -17,23 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import delete_namespace
+from tests.conftest import delete_namespaces
 from tests.e2e.test_paper_resume import BARS, environment, kill_after_bars, run_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTOR_")}
-
-
-def delete_namespaces(redis_url: str, base: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        namespaces = {key.decode().split(":")[0] for key in client.scan_iter(f"{base}-*")}
-    finally:
-        client.close()
-    for namespace in namespaces:
-        delete_namespace(redis_url, namespace)
 
 
 def replay(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
