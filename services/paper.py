@@ -203,6 +203,9 @@ def feed_replay(
     """
     interrupted = False
     interval = 1.0 / speed if speed > 0 else 0.0
+    # A continued account first finishes what its killed run left in flight (the pending
+    # messages each group reads first), so the next step meets the state it would have met.
+    caught_up()
     next_bar_at = time.monotonic()
     for step in _skip_seen_steps(market, market.steps(), bus):
         if stop.is_set():
