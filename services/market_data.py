@@ -129,8 +129,8 @@ class MarketDataService:
         # Bars that fail the quality rules never reach the factors: dropped, logged, counted.
         problems = self._check_panel()
         valid = self._valid[index]
-        if self._bar_open[index] > self._now():
-            reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "timestamp in the future")
+        if self._bar_open[index] + self._bar_delta > self._now():  # a bar exists once closed
+            reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "bar has not closed yet")
         elif self._problem_rows[index]:
             reasons = {
                 column: REASONS[problem]
@@ -152,12 +152,13 @@ class MarketDataService:
         return valid & ~bad
 
     def _screen_rows(self, start: int, stop: int) -> np.ndarray:
-        # _screen for a run of rows: only rows with a problem or from the future go one by one
+        # _screen for a run of rows: only rows with a problem or not yet closed go one by one
         # (they are logged); the rest are the panel's own presence mask.
         self._check_panel()
         valid = self._valid[start:stop].copy()
         now = np.datetime64(self._now().replace(tzinfo=None), "us")
-        special = self._problem_rows[start:stop] | (self.panel.bar_open[start:stop] > now)
+        closes = self.panel.bar_open[start:stop] + self.panel.timeframe
+        special = self._problem_rows[start:stop] | (closes > now)
         for offset in np.flatnonzero(special).tolist():
             valid[offset] = self._screen(start + offset)
         return valid

@@ -30,9 +30,15 @@ log = structlog.get_logger("services.scheduler")
 
 
 def last_close_at_or_before(when: datetime, timeframe: str) -> datetime:
-    """Return the latest bar close time not after ``when`` for bars aligned to the epoch."""
+    """Return the latest bar close time not after ``when`` for bars aligned to the epoch.
+
+    Bars of whole weeks ('1w', '7d', '2w', ...) open on Monday 00:00 UTC, as exchange weekly
+    candles do (ccxt, Binance ``1w``), so they align to 1970-01-05, the first Monday after the
+    epoch (a Thursday); every other timeframe aligns to the epoch itself.
+    """
     step = timeframe_delta(timeframe)
-    epoch = utc_from_ms(0)
+    week = timedelta(days=7)
+    epoch = utc_from_ms(4 * 86_400_000 if step % week == timedelta(0) else 0)
     return epoch + ((when - epoch) // step) * step
 
 

@@ -85,7 +85,7 @@ def test_bars_stamped_in_the_future_are_rejected():
 
     panel = synthetic_panel(2, 3, start="2024-01-01")
     market = MarketDataService(MemoryBus(), panel, None, "none")
-    market._now = lambda: datetime(2024, 1, 2, 12, tzinfo=UTC)
+    market._now = lambda: datetime(2024, 1, 3, 12, tzinfo=UTC)  # bar 1 closed, bar 2 not yet
     assert market.bar_set(1) is not None
     assert market.bar_set(2) is None and market.rejected == 2
 
@@ -104,3 +104,27 @@ def test_a_block_rejects_a_bad_bar_once_even_in_its_first_row():
         (panel.symbols[1], "non-positive close")
     ]
     assert np.isnan(block.matrix("close")[0, 1]) and block.matrix("close")[1, 1] == close[1, 1]
+
+
+def test_a_still_forming_last_bar_is_rejected_by_its_close_not_its_open():
+    from datetime import datetime
+
+    panel = synthetic_panel(2, 3, start="2024-01-01")  # the last daily bar opens 2024-01-03
+    now = datetime(2024, 1, 3, 1, tzinfo=UTC)  # an hour after it opened, 23 h before its close
+    market = MarketDataService(MemoryBus(), panel, None, "none")
+    market._now = lambda: now
+    with capture_logs() as logs:
+        assert market.bar_set(1) is not None
+        assert market.bar_set(2) is None
+    assert market.rejected == 2
+    rejected = [e for e in logs if e["event"] == "data.rejected"]
+    assert [(e["symbol"], e["reason"], e["bar_time"]) for e in rejected] == [
+        (symbol, "bar has not closed yet", "2024-01-03T00:00:00Z") for symbol in panel.symbols
+    ]
+
+    blocks = MarketDataService(MemoryBus(), panel, None, "none")
+    blocks._now = lambda: now
+    block = blocks.bar_block(0, 3)
+    assert blocks.rejected == 2
+    assert np.isnan(block.matrix("close")[2]).all()
+    assert (block.matrix("close")[:2] == panel.close[:2]).all()

@@ -100,3 +100,14 @@ def test_a_restart_before_the_next_fire_fires_nothing_and_a_first_start_catches_
     assert [t.due for t in ticks(bus)] == [T0]
     fresh = SchedulerService(MemoryBus(), build_trigger(cron=EVERY_MINUTE), "minutely", "1m")
     assert fresh.last_fire() is None and fresh.catch_up(T0) is None
+
+
+def test_weekly_bars_close_on_monday_midnight_like_exchange_weekly_candles():
+    wednesday = datetime(2024, 5, 8, 12, tzinfo=UTC)
+    monday = datetime(2024, 5, 6, tzinfo=UTC)
+    for timeframe in ("1w", "7d"):
+        assert last_close_at_or_before(wednesday, timeframe) == monday
+        assert last_close_at_or_before(monday, timeframe) == monday
+        assert last_close_at_or_before(monday - timedelta(microseconds=1), timeframe) == (
+            monday - timedelta(days=7)
+        )
