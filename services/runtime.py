@@ -106,6 +106,9 @@ class Service:
     # broker): each message is then committed as soon as its handler returned, so a crash
     # re-runs at most the message in hand, instead of the whole batch.
     commit_each_message: ClassVar[bool] = False
+    # Payload types that arrive on a topic the service reads and that it means to skip;
+    # any other type it does not handle is an error (dead-lettered with the reason).
+    ignores: ClassVar[frozenset[type[EventPayload]]] = frozenset()
 
     def __init__(self, bus: Bus, clock: Clock) -> None:
         self.bus = bus
@@ -125,10 +128,30 @@ class Service:
         return tuple(dict.fromkeys(payload.TOPIC for payload in self._dispatch))
 
     def handle(self, event: Envelope) -> None:
-        """Dispatch ``event`` to its handler; other types sharing a topic are ignored."""
-        handler = self._dispatch.get(type(event.payload))
+        """Dispatch ``event`` to its handler.
+
+        A payload type that shares a topic with handled ones but is of no interest must be
+        listed in the service's ``ignores`` (a ``ClassVar[frozenset[type[EventPayload]]]``).
+        Any other type raises, so the consume loop dead-letters it with the reason instead of
+        acknowledging an event nothing looked at.
+
+        Raises
+        ------
+        TypeError
+            The payload type is neither handled nor ignored; names the service, the type and
+            the topic.
+        """
+        payload_type = type(event.payload)
+        handler = self._dispatch.get(payload_type)
         if handler is not None:
             handler(event)
+        elif payload_type not in self.ignores:
+            raise TypeError(
+                f"service {self.name} does not handle {payload_type.__name__} "
+                f"(type {event.type!r}) on topic {event.topic!r}: it handles "
+                f"{sorted(t.__name__ for t in self._dispatch)}; add a handler or list it in "
+                f"{type(self).__name__}.ignores"
+            )
 
     def emit(self, payloads: Iterable[EventPayload], corr: str, ts: datetime | None = None) -> None:
         """Publish ``payloads`` in order, batching runs that share a topic.

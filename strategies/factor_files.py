@@ -24,7 +24,9 @@ class FileFactors:
     names: tuple[str, ...]
     times: np.ndarray  # datetime64[ms], increasing
     symbols: tuple[str, ...]
-    values: np.ndarray  # (K, T, N), NaN where unknown
+    # (K, T, N): at times[t], symbol n's latest row at or before it (rows of symbols are
+    # stamped independently); NaN where it has none yet, or where that row leaves it empty.
+    values: np.ndarray
 
     def values_at(self, bar_open: datetime, universe: tuple[str, ...]) -> np.ndarray:
         """Return (K, len(universe)) as-of values at ``bar_open``; NaN for unknown symbols."""
@@ -39,6 +41,17 @@ class FileFactors:
             if index is not None:
                 out[:, position] = self.values[:, row, index]
         return out
+
+
+def _carry_rows_forward(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per symbol, carry its latest row forward: (K, T, N) ``values`` where ``present`` (T, N)
+    marks the times it has a row of its own; NaN before its first row."""
+    times, width = present.shape
+    stamped = np.where(present, np.arange(times)[:, None], -1)
+    latest = np.maximum.accumulate(stamped, axis=0)  # (T, N) its latest row so far, -1: none
+    carried = values[:, np.maximum(latest, 0), np.arange(width)]
+    carried[:, latest < 0] = np.nan
+    return carried
 
 
 def load_factor_file(path: str | Path) -> FileFactors:
@@ -75,6 +88,14 @@ def load_factor_file(path: str | Path) -> FileFactors:
     wide = frame.pivot(index="timestamp", columns="symbol", values=list(names)).sort_index()
     symbols = tuple(str(s) for s in wide[names[0]].columns)
     values = np.stack([wide[n].reindex(columns=list(symbols)).to_numpy(dtype=float) for n in names])
+    present = (
+        frame.assign(_row=1.0)
+        .pivot(index="timestamp", columns="symbol", values="_row")
+        .reindex(index=wide.index, columns=wide[names[0]].columns)
+        .notna()
+        .to_numpy()
+    )
+    values = _carry_rows_forward(values, present)
     return FileFactors(
         source=str(path),
         names=names,

@@ -10,20 +10,35 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import msgspec
 import pytest
 import structlog
 
 from brokers.simulated import SimulatedBroker
-from engine.bus import ConsumeSettings, MemoryBus
+from engine.bus import ConsumerLoop, ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.events import Control, Heartbeat, OrderRequest, OrderUpdate, RiskAlert, make_event
+from engine.events import (
+    PAYLOAD_TYPES,
+    Control,
+    EventPayload,
+    Heartbeat,
+    OrderRequest,
+    OrderUpdate,
+    PortfolioMarks,
+    PortfolioSnapshot,
+    RiskAlert,
+    make_event,
+)
 from engine.logging import configure_logging
+from services.archive import ArchiveService
+from services.assembly import build_services
 from services.execution import ExecutionService
 from services.runtime import HandlerFailedError, Pump, Service, ServiceRunner
+from services.standalone import RecorderProcess
 from tests.events import heartbeat, order_request
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -282,3 +297,103 @@ def test_runner_stop_cuts_a_retry_backoff_short_and_leaves_the_message_pending()
     assert not worker.is_alive()  # not stuck in the 30 s backoff
     assert runner.loop.stats.failed == 1 and runner.loop.stats.dead_lettered == 0
     assert runner.loop.consumer.pending_count() == 1
+
+
+def portfolio_events():
+    snapshot = PortfolioSnapshot(
+        asof=T0,
+        equity=100.0,
+        cash=100.0,
+        positions={},
+        prices={},
+        gross_exposure=0.0,
+        high_water_mark=100.0,
+        drawdown=0.0,
+    )
+    marks = PortfolioMarks(
+        asof=(T0,),
+        equity=(100.0,),
+        cash=100.0,
+        positions={},
+        prices={},
+        gross_exposure=(0.0,),
+        high_water_mark=(100.0,),
+        drawdown=(0.0,),
+    )
+    return [make_event(p, source="rebalance") for p in (snapshot, marks)]
+
+
+class SnapshotsOnly(Service):
+    """Reads ``portfolio`` but handles only snapshots (marks share the topic)."""
+
+    name = "snapshots-only"
+
+    def __init__(self, bus, clock):
+        self.seen: list[str] = []
+        super().__init__(bus, clock)
+
+    def handlers(self):
+        return {PortfolioSnapshot: lambda event: self.seen.append(event.type)}
+
+
+def consume_portfolio(service: Service) -> ConsumerLoop:
+    service.bus.publish_many("portfolio", portfolio_events())
+    settings = ConsumeSettings(block_ms=0, claim_idle_ms=0, max_deliveries=2, retry_backoff_s=0)
+    loop = ConsumerLoop(
+        service.bus.consumer(service.name, "c1", service.topics), service.handle, settings
+    )
+    loop.run_once(block_ms=0)
+    return loop
+
+
+def test_a_type_neither_handled_nor_ignored_is_dead_lettered_naming_it():
+    bus = MemoryBus()
+    service = SnapshotsOnly(bus, SimulatedClock(T0))
+    loop = consume_portfolio(service)
+    assert service.seen == ["PortfolioSnapshot"]
+    assert loop.stats.dead_lettered == 1 and loop.consumer.pending_count() == 0
+    (dead,) = bus.dead_letters()
+    assert (dead.topic, dead.group) == ("portfolio", "snapshots-only")
+    assert dead.reason.startswith(
+        "handler raised TypeError: service snapshots-only does not handle PortfolioMarks "
+        "(type 'PortfolioMarks') on topic 'portfolio'"
+    )
+    assert "SnapshotsOnly.ignores" in dead.reason
+
+
+def test_a_type_listed_in_ignores_is_acknowledged_with_no_effect():
+    class SnapshotsIgnoringMarks(SnapshotsOnly):
+        name = "ignores-marks"
+        ignores: ClassVar[frozenset[type[EventPayload]]] = frozenset({PortfolioMarks})
+
+    bus = MemoryBus()
+    service = SnapshotsIgnoringMarks(bus, SimulatedClock(T0))
+    loop = consume_portfolio(service)
+    assert service.seen == ["PortfolioSnapshot"]
+    assert loop.stats.processed == 2 and loop.stats.failed == 0
+    assert bus.dead_letters() == [] and loop.consumer.pending_count() == 0
+
+
+@pytest.mark.parametrize("compute_on", ["bar", "rebalance"])
+def test_every_service_handles_or_ignores_every_type_on_the_topics_it_reads(compute_on, tmp_path):
+    by_topic: dict[str, set[type]] = {}
+    for payload in PAYLOAD_TYPES:
+        by_topic.setdefault(payload.TOPIC, set()).add(payload)
+    config = load_config(None, environ={"DEEPFACTOR_STRATEGY__COMPUTE_ON": compute_on})
+    bus, clock = MemoryBus(), SimulatedClock(T0)
+    services = [
+        *build_services(config, bus, clock).all(),
+        RecorderProcess(bus, clock, tmp_path, initial_cash=1e6),
+    ]
+    for service in services:
+        accepted = set(service._dispatch) | set(getattr(service, "ignores", ()))
+        for topic in service.topics:
+            missing = sorted(t.__name__ for t in by_topic[topic] - accepted)
+            assert not missing, f"{service.name} reads {topic!r} but not {missing}"
+
+
+def test_the_archive_still_takes_every_type(tmp_path):
+    bus = MemoryBus()
+    archive = ArchiveService(bus, SimulatedClock(T0), tmp_path / "events.jsonl", ["portfolio"])
+    loop = consume_portfolio(archive)
+    assert loop.stats.processed == 2 and bus.dead_letters() == []
