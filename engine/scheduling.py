@@ -7,15 +7,20 @@ schedule means the same thing in a backtest as in a daemon.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import redis
+import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from engine.errors import ConfigError
+
+log = structlog.get_logger("engine.scheduling")
 
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _INTERVAL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -156,3 +161,118 @@ class LiveScheduler:
         """Stop firing; a callback in progress is allowed to finish."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+
+
+class Leadership:
+    """Whether this scheduler may fire; in process there is no one else, so it always may."""
+
+    @property
+    def token(self) -> bytes | None:
+        """The token a conditional publish checks against the lock; None without a lock."""
+        return None
+
+    def try_lead(self) -> bool:
+        """Return True if this scheduler fires now (taking the lead if it is free)."""
+        return True
+
+    def start(self) -> None:
+        """Start keeping the lead once taken."""
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop keeping the lead, and give it up at once when ``release``."""
+
+
+class RedisLeadership(Leadership):
+    """One scheduler per lock key fires: a redis-py ``Lock`` with an expiry.
+
+    The holder renews the expiry every third of it from a small thread. Another scheduler
+    tries to take the lock at each of its fire times, so it takes over once the holder has
+    stopped (released) or died (expired). A holder that finds its token gone has lost the
+    lead and does not fire until it takes the lock again.
+    """
+
+    def __init__(
+        self, client: redis.Redis, key: str, *, timeout_s: float, schedule: str = ""
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"leader lock timeout must be > 0, received {timeout_s!r}")
+        self.key = key
+        self.timeout_s = timeout_s
+        self._schedule = schedule
+        # thread_local=False: the lock is taken in APScheduler's worker threads and renewed
+        # from the renewal thread, so its token must be shared by all of them.
+        self._lock = client.lock(key, timeout=timeout_s, blocking=False, thread_local=False)
+        self._held = False
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def token(self) -> bytes | None:
+        token = self._lock.local.token
+        return token if self._held and isinstance(token, bytes) else None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def try_lead(self) -> bool:
+        with self._mutex:
+            try:
+                if self._held and self._renew():
+                    return True
+                if self._lock.acquire(blocking=False):
+                    self._held = True
+                    log.info("schedule.leader_acquired", schedule=self._schedule, lock=self.key)
+                    return True
+            except redis.RedisError as error:
+                log.warning(
+                    "schedule.leader_check_failed", schedule=self._schedule, error=str(error)
+                )
+                return False
+            log.debug("schedule.not_leader", schedule=self._schedule, lock=self.key)
+            return False
+
+    def _renew(self) -> bool:
+        # Under the mutex, while held: reset the expiry, or find the lead lost.
+        try:
+            self._lock.reacquire()
+            return True
+        except redis.exceptions.LockError:  # LockNotOwnedError: expired, or taken over
+            self._held = False
+            log.warning("schedule.leader_lost", schedule=self._schedule, lock=self.key)
+            return False
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.timeout_s / 3):
+            with self._mutex:
+                if not self._held:
+                    continue
+                try:
+                    self._renew()
+                except redis.RedisError as error:
+                    log.warning(
+                        "schedule.leader_renew_failed", schedule=self._schedule, error=str(error)
+                    )
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._keep, name=f"schedule-lock-{self._schedule}", daemon=True
+            )
+            self._thread.start()
+
+    def close(self, *, release: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._mutex:
+            if self._held and release:
+                try:
+                    self._lock.release()
+                    log.info("schedule.leader_released", schedule=self._schedule, lock=self.key)
+                except (redis.exceptions.LockError, redis.RedisError):
+                    pass  # already expired or taken over, or Redis is away: it will expire
+            self._held = False

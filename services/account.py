@@ -20,6 +20,8 @@ from pathlib import Path
 
 import structlog
 
+from engine.bus import RedisBus, keys
+from engine.bus.redis_streams import RedisDataLostError, redact_url
 from engine.errors import UsageError
 
 log = structlog.get_logger("services.account")
@@ -43,6 +45,9 @@ class PaperAccount:
     retired_namespace
         With ``--fresh`` on an existing account: the old namespace, whose keys the run deletes
         once it is connected to Redis.
+    marked
+        Whether a run of the account has written its marker key in Redis (``bind_account``);
+        from then on the marker must be there.
     """
 
     namespace: str
@@ -50,6 +55,7 @@ class PaperAccount:
     starts: int
     created: str
     retired_namespace: str | None = None
+    marked: bool = False
 
     @property
     def restarts(self) -> int:
@@ -119,6 +125,7 @@ def open_account(
             feed=feed,
             starts=int(record["starts"]) + 1,
             created=record.get("created", ""),
+            marked=bool(record.get("marked", False)),
         )
         log.info(
             "paper.account_resumed",
@@ -147,5 +154,49 @@ def open_account(
         "created": account.created,
         "last_start": now.isoformat(),
     }
+    if account.marked:
+        record["marked"] = True
     _write_atomically(path, json.dumps(record, indent=2) + "\n")
     return account
+
+
+def bind_account(
+    bus: RedisBus, account: PaperAccount, run_dir: Path, option: str = "--out"
+) -> None:
+    """Mark the account's namespace in Redis, or check the mark, then guard the run with it.
+
+    The first run that reaches Redis writes ``{namespace}:account`` (the account's creation
+    time) and records ``"marked": true`` in account.json. A continued, marked account must
+    find it: account.json saying the account exists while Redis has no mark of it means the
+    Redis data was lost (restarted without persistence, flushed), and continuing would trade a
+    reset account as if it were the old one. An account not marked yet (opened before marks
+    existed, or whose earlier runs never reached Redis) gets its mark now. From here on the
+    bus treats the mark's disappearance as lost data (``RedisBus.guard_data``).
+
+    Raises
+    ------
+    RedisDataLostError
+        A continued account whose data is gone; the message offers ``--fresh``.
+    """
+    marker = keys.account(account.namespace)
+    stamp = account.created or datetime.now(UTC).isoformat()
+    if account.marked and not bus.call("exists_account", lambda: bus.redis.exists(marker)):
+        log.error(
+            "paper.redis_data_lost",
+            namespace=account.namespace,
+            url=redact_url(bus.url),
+            marker=marker,
+        )
+        raise RedisDataLostError(
+            f"{option} {run_dir}: account.json says paper account {account.namespace} exists, "
+            f"but Redis at {redact_url(bus.url)} has no key {marker}: the Redis data was lost "
+            "(restarted without persistence, or flushed). Start a new account there with --fresh"
+        )
+    if not account.marked:
+        bus.call("set_account", lambda: bus.redis.set(marker, stamp, nx=True))
+        path = run_dir / ACCOUNT_FILE
+        record = json.loads(path.read_text())
+        record["marked"] = True
+        _write_atomically(path, json.dumps(record, indent=2) + "\n")
+        log.info("paper.account_marked", namespace=account.namespace, marker=marker)
+    bus.guard_data(marker)

@@ -24,13 +24,14 @@ import structlog
 from engine.bus import RedisBus
 from engine.bus.factory import consume_settings, open_redis_bus
 from engine.bus.keys import namespace_pattern
+from engine.bus.redis_streams import RedisDataLostError
 from engine.clock import Clock, SimulatedClock, WallClock
 from engine.config import Config
 from engine.data import Panel
 from engine.data.ccxt_source import CcxtOhlcvSource
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.timeframes import timeframe_delta
-from services.account import PaperAccount, open_account
+from services.account import PaperAccount, bind_account, open_account
 from services.assembly import Services, build_services, schedule_trigger
 from services.live_market_data import LiveMarketDataService
 from services.market_data import MarketDataService, Step, to_datetime
@@ -65,7 +66,12 @@ class _Daemons:
 
 @contextmanager
 def _daemons(
-    config: Config, out_dir: Path, clock: Clock, drain_timeout_s: float, account: PaperAccount
+    config: Config,
+    out_dir: Path,
+    clock: Clock,
+    drain_timeout_s: float,
+    account: PaperAccount,
+    stop: threading.Event | None = None,
 ) -> Iterator[_Daemons]:
     # The account's namespace: a resumed account finds its streams, groups and state there.
     namespace = account.namespace
@@ -74,9 +80,12 @@ def _daemons(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     stop_services = threading.Event()
-    with open_redis_bus(config, run_dir=out_dir) as bus:
+    # ``stop`` (the run's signal) also cuts short any wait for an unreachable Redis.
+    with open_redis_bus(config, run_dir=out_dir, stop=stop) as bus:
         if account.retired_namespace:
             _delete_namespace(bus, account.retired_namespace)
+        # Mark (or check) the account in Redis: its data gone halts the run loudly.
+        bind_account(bus, account, out_dir)
         services = build_services(config, bus, clock)
         runners = [
             ServiceRunner(
@@ -220,19 +229,75 @@ def feed_replay(
     return interrupted
 
 
-def _finish(daemons: _Daemons, config: Config, periods_per_year: float, bars: int) -> PaperRun:
+def _finish(
+    daemons: _Daemons,
+    config: Config,
+    periods_per_year: float,
+    bars: int,
+    stopped_reason: str | None = None,
+) -> PaperRun:
     run = daemons.run
     run.summary = daemons.services.recorder.summary(
         config.portfolio.initial_cash, periods_per_year, bars
     )
     run.summary["restarts"] = run.restarts
+    if stopped_reason is not None:
+        run.summary["stopped_reason"] = stopped_reason
     daemons.services.recorder.write(run.out_dir, run.summary)
     return run
+
+
+def _halt_on_data_lost(
+    daemons: _Daemons | None,
+    error: RedisDataLostError,
+    config: Config,
+    periods_per_year: float,
+    bars: int,
+) -> None:
+    """The Redis data was lost mid-run: the services are stopped; write the summary of what
+    the run saw, with its ``stopped_reason``, and log the error (the caller re-raises)."""
+    reason = f"redis data lost: {error}"
+    if daemons is not None:
+        _finish(daemons, config, periods_per_year, bars, stopped_reason=reason)
+    log.error(
+        "paper.redis_data_lost", namespace=daemons and daemons.run.namespace, error=str(error)
+    )
 
 
 def replay_feed(panel: Panel) -> str:
     """How a replayed account names its feed in ``account.json``."""
     return f"replay:{panel.source}"
+
+
+def _replay(
+    daemons: _Daemons,
+    market: MarketDataService,
+    panel: Panel,
+    config: Config,
+    out_dir: Path,
+    speed: float,
+    stop: threading.Event,
+    drain_timeout_s: float,
+) -> None:
+    run = daemons.run
+    log.info(
+        "paper.started",
+        namespace=run.namespace,
+        redis=run.redis_url,
+        feed="replay",
+        bars=panel.n_bars,
+        symbols=len(panel.symbols),
+        speed=speed or "max",
+        out=str(out_dir),
+    )
+
+    def caught_up() -> bool:
+        daemons.bus.check_data()  # each step: the account's data must still be there
+        return daemons.quiet.wait(timeout_s=drain_timeout_s)
+
+    run.interrupted = feed_replay(market, daemons.bus, caught_up, speed=speed, stop=stop)
+    if not daemons.quiet.wait(timeout_s=drain_timeout_s):
+        log.warning("paper.drain_timeout", timeout_s=drain_timeout_s)
 
 
 def run_paper(
@@ -253,30 +318,20 @@ def run_paper(
     stop = stop or threading.Event()
     account = account or open_account(out_dir, config.run.namespace, replay_feed(panel))
     clock = SimulatedClock(to_datetime(panel.bar_open[0]))
-    with _daemons(config, out_dir, clock, drain_timeout_s, account) as daemons:
-        market = MarketDataService(
-            daemons.bus, panel, schedule_trigger(config), config.schedule.name, clock
-        )
-        run = daemons.run
-        log.info(
-            "paper.started",
-            namespace=run.namespace,
-            redis=run.redis_url,
-            feed="replay",
-            bars=panel.n_bars,
-            symbols=len(panel.symbols),
-            speed=speed or "max",
-            out=str(out_dir),
-        )
-        run.interrupted = feed_replay(
-            market,
-            daemons.bus,
-            lambda: daemons.quiet.wait(timeout_s=drain_timeout_s),
-            speed=speed,
-            stop=stop,
-        )
-        if not daemons.quiet.wait(timeout_s=drain_timeout_s):
-            log.warning("paper.drain_timeout", timeout_s=drain_timeout_s)
+    daemons: _Daemons | None = None
+    market: MarketDataService | None = None
+    try:
+        with _daemons(config, out_dir, clock, drain_timeout_s, account, stop) as daemons:
+            market = MarketDataService(
+                daemons.bus, panel, schedule_trigger(config), config.schedule.name, clock
+            )
+            _replay(daemons, market, panel, config, out_dir, speed, stop, drain_timeout_s)
+    except RedisDataLostError as error:
+        bars = market.bars_published if market is not None else 0
+        _halt_on_data_lost(daemons, error, config, panel.periods_per_year(), bars)
+        raise
+    assert daemons is not None and market is not None
+    run = daemons.run
     _finish(daemons, config, panel.periods_per_year(), market.bars_published)
     log.info(
         "paper.done",
@@ -315,14 +370,19 @@ def run_live_paper(
     since_ms = int((time.time() - warmup_bars * step.total_seconds()) * 1000)
     poll = poll_interval_s or min(15.0, max(1.0, step.total_seconds() / 4))
     account = account or open_account(out_dir, config.run.namespace, live_feed(source))
-    with _daemons(config, out_dir, WallClock(), drain_timeout_s, account) as daemons:
+    with _daemons(config, out_dir, WallClock(), drain_timeout_s, account, stop) as daemons:
         last_bar = daemons.bus.last_event(BarSet.TOPIC)
         after_ms = None
         if last_bar is not None:
             after_ms = int(last_bar.payload.bar_open.timestamp() * 1000)
         market = LiveMarketDataService(daemons.bus, source, since_ms, after_ms=after_ms)
         scheduler = SchedulerService(
-            daemons.bus, schedule_trigger(config), config.schedule.name, source.timeframe
+            daemons.bus,
+            schedule_trigger(config),
+            config.schedule.name,
+            source.timeframe,
+            misfire_grace_s=config.schedule.misfire_grace_s,
+            leader_lock_s=config.schedule.leader_lock_s,
         )
         run = daemons.run
         log.info(

@@ -11,6 +11,15 @@ whenever the callback runs. The scheduler's state is its last fire, read back fr
 ``schedule`` stream on start: fires missed while it was down are coalesced into one, fired at
 once if the latest is within the misfire grace (APScheduler's own policy for a running
 scheduler), and logged as missed otherwise.
+
+Only one scheduler fires a schedule: on a Redis bus the one holding the lock
+``{namespace}:lock:scheduler:{schedule}`` (``RedisLeadership``: an expiring token its holder
+renews). The others try to take it at each fire time, so one takes over at the first fire time
+after the holder stopped (it releases the lock) or died (the lock expires). The tick itself is
+appended in a transaction that WATCHes the lock and the stream: it is published only if the
+lock still holds this scheduler's token and no tick of this schedule at or after the same due
+time is already on the stream, so neither a stale leader nor a racing new one fires twice. On
+the in-process memory bus there is no one else and the scheduler always fires.
 """
 
 from __future__ import annotations
@@ -18,15 +27,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import redis
 import structlog
 from apscheduler.triggers.base import BaseTrigger
 
-from engine.bus import Bus
-from engine.events import RebalanceDue, make_event
-from engine.scheduling import LiveScheduler, fire_times, rebalance_id
+from engine.bus import Bus, RedisBus, keys
+from engine.events import Envelope, RebalanceDue, make_event
+from engine.scheduling import (
+    Leadership,
+    LiveScheduler,
+    RedisLeadership,
+    fire_times,
+    rebalance_id,
+)
 from engine.timeframes import timeframe_delta, utc_from_ms
 
 log = structlog.get_logger("services.scheduler")
+_PUBLISH_ATTEMPTS = 10
 
 
 def last_close_at_or_before(when: datetime, timeframe: str) -> datetime:
@@ -55,8 +72,12 @@ class SchedulerService:
         timeframe: str,
         *,
         misfire_grace_s: int = 60,
+        leader_lock_s: float = 30.0,
+        leadership: Leadership | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        if misfire_grace_s < 0:
+            raise ValueError(f"misfire_grace_s must be >= 0, received {misfire_grace_s!r}")
         self.bus = bus
         self.trigger = trigger
         self.schedule_name = schedule_name
@@ -65,6 +86,18 @@ class SchedulerService:
         self.fired = 0
         self._now = now
         self._live = LiveScheduler(trigger, self.fire, misfire_grace_s=misfire_grace_s)
+        if leadership is None:
+            leadership = (
+                RedisLeadership(
+                    bus.redis,
+                    keys.scheduler_lock(bus.namespace, schedule_name),
+                    timeout_s=leader_lock_s,
+                    schedule=schedule_name,
+                )
+                if isinstance(bus, RedisBus)
+                else Leadership()
+            )
+        self.leadership = leadership
 
     def scheduled_time(self, now: datetime) -> datetime:
         """Return the trigger's latest fire time at or before ``now`` within the misfire
@@ -87,8 +120,8 @@ class SchedulerService:
         if last is None:
             return None
         missed = list(fire_times(self.trigger, last, now))
-        if not missed:
-            return None
+        if not missed or not self.leadership.try_lead():
+            return None  # nothing missed, or another scheduler leads and catches up
         latest = missed[-1]
         late_s = (now - latest).total_seconds()
         fired = self._publish(latest) if late_s <= self.misfire_grace_s else None
@@ -112,11 +145,15 @@ class SchedulerService:
             )
         return fired
 
-    def fire(self, now: datetime) -> RebalanceDue:
-        """Publish the tick of the fire scheduled at or just before ``now`` and return it."""
-        return self._publish(self.scheduled_time(now.astimezone(UTC)))
+    def fire(self, now: datetime) -> RebalanceDue | None:
+        """Publish the tick of the fire scheduled at or just before ``now`` and return it;
+        None when another scheduler leads (or has already fired it)."""
+        due = self.scheduled_time(now.astimezone(UTC))
+        if not self.leadership.try_lead():
+            return None
+        return self._publish(due)
 
-    def _publish(self, due: datetime) -> RebalanceDue:
+    def _publish(self, due: datetime) -> RebalanceDue | None:
         due = due.astimezone(UTC).replace(microsecond=0)
         identifier = rebalance_id(self.schedule_name, due)
         tick = RebalanceDue(
@@ -125,9 +162,20 @@ class SchedulerService:
             due=due,
             decision_time=last_close_at_or_before(due, self.timeframe),
         )
-        self.bus.publish(
-            RebalanceDue.TOPIC, make_event(tick, source=self.name, corr=identifier, ts=due)
-        )
+        event = make_event(tick, source=self.name, corr=identifier, ts=due)
+        token = self.leadership.token
+        if token is None or not isinstance(self.bus, RedisBus):
+            self.bus.publish(RebalanceDue.TOPIC, event)
+        else:
+            outcome = self._publish_as_leader(self.bus, token, event, due)
+            if outcome != "published":
+                log.warning(
+                    "schedule.leader_lost" if outcome == "lost" else "schedule.not_fired",
+                    schedule=self.schedule_name,
+                    rebalance_id=identifier,
+                    reason=outcome,
+                )
+                return None
         self.fired += 1
         log.info(
             "schedule.fired",
@@ -137,10 +185,45 @@ class SchedulerService:
         )
         return tick
 
+    def _publish_as_leader(
+        self, bus: RedisBus, token: bytes, event: Envelope, due: datetime
+    ) -> str:
+        """Append ``event`` only while the lock holds ``token`` and the stream has no tick of
+        this schedule at or after ``due``; return 'published', 'lost', 'duplicate' or
+        'contended' (the WATCHed keys kept changing)."""
+        lock_key = keys.scheduler_lock(bus.namespace, self.schedule_name)
+        stream_key = keys.stream(bus.namespace, RebalanceDue.TOPIC)
+        commands = bus.publish_commands(RebalanceDue.TOPIC, [event])
+
+        def attempt() -> str:
+            for _ in range(_PUBLISH_ATTEMPTS):  # a WATCHed key changed (a renewal): look again
+                with bus.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(lock_key, stream_key)
+                        if pipe.get(lock_key) != token:
+                            return "lost"
+                        last = self.last_fire()
+                        if last is not None and last >= due:
+                            return "duplicate"
+                        pipe.multi()
+                        for command in commands:
+                            pipe.execute_command(*command)
+                        pipe.execute()
+                        return "published"
+                    except redis.WatchError:
+                        continue
+            return "contended"
+
+        return bus.call("schedule_publish", attempt)
+
     def start(self) -> None:
-        """Catch up on fires missed while stopped, then fire on the wall clock."""
+        """Catch up on fires missed while stopped (if this scheduler leads), then fire on the
+        wall clock, keeping the lead once taken."""
+        self.leadership.start()
         self.catch_up(self._now())
         self._live.start()
 
     def shutdown(self) -> None:
+        """Stop firing and give up the lead, so another scheduler takes over at its next fire."""
         self._live.shutdown()
+        self.leadership.close()

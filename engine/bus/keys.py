@@ -27,3 +27,14 @@ def state(namespace: str, group: str) -> str:
 def namespace_pattern(namespace: str) -> str:
     """Glob matching every key of a namespace (tests clean up with it)."""
     return f"{namespace}:*"
+
+
+def scheduler_lock(namespace: str, schedule: str) -> str:
+    """Lock (a token with an expiry) held by the one scheduler that fires ``schedule``."""
+    return f"{namespace}:lock:scheduler:{schedule}"
+
+
+def account(namespace: str) -> str:
+    """Marker of a paper account (its creation time), written when its namespace is first
+    used: gone while the account exists means the Redis data was lost."""
+    return f"{namespace}:account"

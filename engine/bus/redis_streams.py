@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import structlog
@@ -41,6 +42,28 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class RedisDataLostError(BusError):
+    """The Redis a run works on lost its data (restarted empty, flushed): the account's marker
+    key is gone. Nothing more may be published or committed there."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable redis url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 class RedisBus(Bus):
     """A bus over one Redis connection pool, keys under ``namespace``.
 
@@ -56,7 +79,8 @@ class RedisBus(Bus):
         Cap of the backoff between reconnection attempts.
     give_up_after_s
         Raise ``BusUnavailableError`` when Redis stays away this long; None waits forever,
-        which is what a daemon wants.
+        which is what a daemon wants. A public attribute: a run bounds its first connection
+        with it, then clears it.
     stop
         When set, a wait for Redis is cut short with ``BusUnavailableError``, so shutdown is
         never stuck behind a dead server.
@@ -79,8 +103,15 @@ class RedisBus(Bus):
         self._stream_maxlen = stream_maxlen
         self._processed_retention_ms = processed_retention_s * 1000
         self._backoff = ExponentialWithJitterBackoff(cap=reconnect_max_delay_s, base=0.05)
-        self._give_up_after_s = give_up_after_s
+        self.give_up_after_s = give_up_after_s
         self._stop = stop or threading.Event()
+        # Data-loss guard (``guard_data``): the marker key, and set once it was found gone.
+        self._marker_key: str | None = None
+        self.data_lost = threading.Event()
+        self._lost_message = ""
+        # Set by ``fail`` (and ``cut_if_unresponsive``): every call raises at once from then on.
+        self._broken = threading.Event()
+        self._broken_message = ""
         # We own retrying (with logs and a stop signal), so redis-py must not retry silently.
         self.redis = redis.Redis.from_url(
             url,
@@ -96,19 +127,25 @@ class RedisBus(Bus):
         attempt = 0
         started = time.monotonic()
         while True:
+            if self.data_lost.is_set():
+                raise RedisDataLostError(self._lost_message)
+            if self._broken.is_set():
+                raise BusUnavailableError(f"{self._broken_message} (during {operation})")
             try:
                 result = function()
             except _UNAVAILABLE as error:
                 attempt += 1
                 waited = time.monotonic() - started
-                if self._stop.is_set() or (
-                    self._give_up_after_s is not None and waited >= self._give_up_after_s
-                ):
+                give_up = self.give_up_after_s
+                if self._stop.is_set() or (give_up is not None and waited >= give_up):
+                    why = "stopped while waiting" if self._stop.is_set() else "gave up"
                     raise BusUnavailableError(
-                        f"redis unavailable for {waited:.1f}s during {operation} "
-                        f"({attempt} attempts): {error}"
+                        f"redis at {redact_url(self.url)} unavailable for {waited:.1f}s during "
+                        f"{operation} ({attempt} attempts, {why}): {error}"
                     ) from error
                 delay = self._backoff.compute(attempt)
+                if give_up is not None:
+                    delay = min(delay, max(0.0, give_up - waited))
                 log.warning(
                     "bus.redis_unavailable",
                     operation=operation,
@@ -116,8 +153,15 @@ class RedisBus(Bus):
                     retry_in_s=round(delay, 3),
                     error=str(error),
                 )
-                self._stop.wait(delay)
+                self._pause(delay)
                 continue
+            except Exception as error:
+                if not self._broken.is_set():
+                    raise
+                # A connection cut under a call in flight may fail in any way: it is the cut.
+                raise BusUnavailableError(
+                    f"{self._broken_message} (during {operation}: {type(error).__name__})"
+                ) from error
             if attempt:
                 log.info(
                     "bus.redis_reconnected",
@@ -125,7 +169,92 @@ class RedisBus(Bus):
                     attempts=attempt,
                     downtime_s=round(time.monotonic() - started, 3),
                 )
+                # A server that came back may have come back empty.
+                self.check_data()
             return result
+
+    def _pause(self, delay: float) -> None:
+        # Sleep between attempts; a stop or a ``fail`` ends the sleep.
+        deadline = time.monotonic() + delay
+        while not self._broken.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.wait(min(remaining, 0.2)):
+                return
+
+    def fail(self, message: str) -> None:
+        """Give up on this Redis for good: close every connection (waking calls blocked on
+        it) and make every call, and every retry in progress, raise ``BusUnavailableError``
+        with ``message``. For a server known to be gone (the embedded one died) or hung."""
+        if self._broken.is_set():
+            return
+        self._broken_message = message
+        self._broken.set()
+        self.redis.connection_pool.disconnect()
+
+    def cut_if_unresponsive(self, probe_timeout_s: float = 1.0) -> bool:
+        """When stopping: if Redis does not answer a PING within ``probe_timeout_s``, close
+        every connection of the pool (waking calls blocked on a hung server) and make every
+        later call fail at once; return whether it did.
+
+        A stop must not wait out a socket timeout per call on a server that hangs.
+        """
+        probe = redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=probe_timeout_s,
+            socket_timeout=probe_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            if probe.ping():
+                return False
+        except (redis.RedisError, OSError):
+            pass
+        finally:
+            probe.close()
+        log.warning(
+            "bus.redis_connections_cut",
+            url=redact_url(self.url),
+            reason=f"stopping, and redis did not answer within {probe_timeout_s}s",
+        )
+        self.fail(
+            f"redis at {redact_url(self.url)} does not answer: stopped without waiting for it"
+        )
+        return True
+
+    # -- data-loss guard -------------------------------------------------------------------
+    def guard_data(self, marker_key: str) -> None:
+        """From now on, treat the disappearance of ``marker_key`` as lost data: it is checked
+        after each reconnection and before a missing consumer group is recreated, and
+        ``check_data`` checks it on demand. Once found gone, every call raises
+        ``RedisDataLostError``."""
+        self._marker_key = marker_key
+
+    def check_data(self) -> None:
+        """Raise ``RedisDataLostError`` if the guarded marker key is gone (see ``guard_data``).
+
+        Asks Redis once, without retrying: an unreachable server is the caller's retry loop's
+        business, and the next check (after the reconnection) asks again.
+        """
+        if self.data_lost.is_set():
+            raise RedisDataLostError(self._lost_message)
+        key = self._marker_key
+        if key is None:
+            return
+        try:
+            present = self.redis.exists(key)
+        except _UNAVAILABLE:
+            return
+        if present:
+            return
+        self._lost_message = (
+            f"the Redis data at {redact_url(self.url)} was lost: the key {key} of this account "
+            "is gone (a Redis restarted without persistence, or flushed); stopped without "
+            "publishing anything more"
+        )
+        if not self.data_lost.is_set():
+            self.data_lost.set()
+            log.error("bus.redis_data_lost", url=redact_url(self.url), marker=key)
+        raise RedisDataLostError(self._lost_message)
 
     def ping(self) -> bool:
         """Return True when Redis answers (raises BusUnavailableError per ``call``'s rules)."""
@@ -311,6 +440,7 @@ class RedisConsumer(Consumer):
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise BusError(f"redis {operation} failed: {error}") from error
+            self._bus.check_data()  # a group gone with the account's data: never recreate it
             log.warning("bus.group_recreated", group=self.group, topics=list(self.topics))
             self.ensure_groups()
             return self._bus.call(operation, function)

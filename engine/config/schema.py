@@ -50,6 +50,8 @@ class BusConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     stream_maxlen: PositiveInt = 100_000
     processed_retention_s: PositiveInt = 7 * 24 * 3600
     reconnect_max_delay_s: PositiveFloat = 10.0
+    # How long a run waits for Redis to answer at start-up before it fails (exit 1).
+    connect_timeout_s: PositiveFloat = 30.0
 
 
 class LogConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -79,6 +81,11 @@ class ScheduleConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     name: Name = "weekly"
     cron: str = "0 0 * * MON"
     interval: str = ""
+    # A fire (or, on start, the latest one missed while down) later than this is skipped.
+    misfire_grace_s: NonNegativeInt = 60
+    # Expiry of the lock that lets one scheduler fire; its holder renews it every third of
+    # this, and another scheduler takes over at a fire time once it has expired.
+    leader_lock_s: PositiveInt = 30
 
 
 class FactorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

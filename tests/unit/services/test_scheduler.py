@@ -111,3 +111,44 @@ def test_weekly_bars_close_on_monday_midnight_like_exchange_weekly_candles():
         assert last_close_at_or_before(monday - timedelta(microseconds=1), timeframe) == (
             monday - timedelta(days=7)
         )
+
+
+# -- [schedule] misfire_grace_s and leadership on the memory bus --------------------------------
+def test_misfire_grace_is_a_schedule_setting_of_at_least_zero_named_when_invalid(tmp_path):
+    import pytest
+
+    from engine.config.loader import load_config
+    from engine.errors import ConfigError
+
+    assert load_config(None, environ={}).schedule.misfire_grace_s == 60
+    path = tmp_path / "paper.toml"
+    path.write_text("[schedule]\nmisfire_grace_s = 0\n")
+    assert load_config(path, environ={}).schedule.misfire_grace_s == 0
+    for bad in ("-1", '"60"', "1.5"):
+        path.write_text(f"[schedule]\nmisfire_grace_s = {bad}\n")
+        with pytest.raises(ConfigError, match="misfire_grace_s"):
+            load_config(path, environ={})
+    with pytest.raises(ValueError, match="misfire_grace_s"):
+        SchedulerService(
+            MemoryBus(), build_trigger(cron=EVERY_MINUTE), "m", "1m", misfire_grace_s=-1
+        )
+
+
+def test_the_configured_grace_decides_whether_missed_fires_are_caught_up():
+    now = T0 + timedelta(minutes=5, seconds=10)  # 12:05 missed by 10 s
+    for grace, caught_up in ((10, True), (9, False)):
+        bus = MemoryBus()
+        SchedulerService(bus, build_trigger(cron=EVERY_MINUTE), "minutely", "1m").fire(T0)
+        restarted = SchedulerService(
+            bus, build_trigger(cron=EVERY_MINUTE), "minutely", "1m", misfire_grace_s=grace
+        )
+        assert restarted._live._misfire_grace_s == grace  # APScheduler's own grace too
+        assert (restarted.catch_up(now) is not None) is caught_up
+
+
+def test_on_the_memory_bus_a_scheduler_always_leads():
+    bus = MemoryBus()
+    a = SchedulerService(bus, build_trigger(cron=EVERY_MINUTE), "minutely", "1m")
+    b = SchedulerService(bus, build_trigger(cron=EVERY_MINUTE), "minutely", "1m")
+    assert a.leadership.token is None and a.leadership.try_lead()
+    assert a.fire(T0) is not None and b.fire(T0 + timedelta(minutes=1)) is not None
