@@ -95,11 +95,12 @@ def test_no_shipped_text_file_holds_an_absolute_machine_path():
 
 def test_no_test_and_no_readme_reads_a_folder_beside_the_checkout():
     """A fresh clone has nothing beside it, so no file under ``tests/`` and no ``README.md``
-    anywhere may name ``../shared`` or ``shared/data``, in code or in prose. Tests read the
+    anywhere may name the folder beside the checkout (``BESIDE_THE_CHECKOUT``: its relative
+    path or its data folder), in code or in prose. Tests read the
     fixtures committed under ``tests/fixtures/``; their README states provenance by repository,
     path and commit, and ``build_data_slices.py`` takes its source folder as an argument, so
-    neither needs that name either. The one exception is this file, which names the strings it
-    looks for."""
+    neither needs that name either. The one exception is this file, which builds the strings
+    it looks for."""
     found = [
         f"{name}:{number}: {line.strip()}"
         for name in shipped_files()
