@@ -45,6 +45,38 @@ def resolved_config_text(config: Config) -> str:
     return msgspec.json.format(msgspec.json.encode(shown), indent=2).decode() + "\n"
 
 
+def lock_file(path: Path, mode: int) -> int | None:
+    """Open and ``flock`` ``path`` with ``mode`` (non-blocking); return the descriptor, or
+    None when another process holds a conflicting lock.
+
+    A run refused after acquiring removes a lock file it created (``release(discard=True)``),
+    so a process that opened the file just before would lock a removed file: it sees that
+    here (another inode, or none, at the path) and tries again on the current one. No
+    ``O_TRUNC``: the record in the file is the holder's to write.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        opened = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (
+            opened.st_dev,
+            opened.st_ino,
+        ):
+            return fd
+        os.close(fd)
+
+
 class RunDirectory:
     """The exclusive claim of one run on ``path``; use as a context manager or acquire/release.
 
@@ -106,38 +138,15 @@ class RunDirectory:
         return self
 
     def _lock_current_file(self) -> int:
-        """Open and lock ``run.lock``, making sure the locked file is the one at that path.
-
-        A run refused after acquiring removes the lock file again (``release(discard=True)``);
-        a process that opened the file just before would then lock a removed file. It sees
-        that here (another inode, or none, at the path) and tries again on the current one.
-        """
-        while True:
-            # No O_TRUNC: the record in it is the holder's to write.
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe(os.pread(fd, 4096, 0))
-                os.close(fd)
-                raise RunDirectoryInUseError(
-                    f"{self.option} {self.path}: in use by another run ({holder}); "
-                    "stop that run, or choose another directory"
-                ) from None
-            except OSError:
-                os.close(fd)
-                raise
-            opened = os.fstat(fd)
-            try:
-                current = os.stat(self.lock_file)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (current.st_dev, current.st_ino) == (
-                opened.st_dev,
-                opened.st_ino,
-            ):
-                return fd
-            os.close(fd)
+        """Open and lock ``run.lock`` (see :func:`lock_file`), or name its holder."""
+        fd = lock_file(self.lock_file, fcntl.LOCK_EX)
+        if fd is None:
+            holder = describe_holder(self.lock_file.read_bytes())
+            raise RunDirectoryInUseError(
+                f"{self.option} {self.path}: in use by another run ({holder}); "
+                "stop that run, or choose another directory"
+            )
+        return fd
 
     def release(self, *, discard: bool = False) -> None:
         """Clear the holder record and drop the lock; the file stays for the next run.
@@ -194,7 +203,7 @@ class RunDirectory:
         self.release()
 
 
-def _describe(raw: bytes) -> str:
+def describe_holder(raw: bytes) -> str:
     """Name the holder recorded in a lock file, in words."""
     try:
         record: Any = json.loads(raw.decode())

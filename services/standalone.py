@@ -56,7 +56,7 @@ from engine.events import Control, Envelope
 from services.account import ACCOUNT_FILE
 from services.assembly import build_services
 from services.recorder import RecorderService
-from services.run_dir import LOCK_FILE, RunDirectoryInUseError
+from services.run_dir import LOCK_FILE, RunDirectoryInUseError, describe_holder, lock_file
 from services.runtime import Handler, ServiceRunner
 
 log = structlog.get_logger("services.standalone")
@@ -156,41 +156,6 @@ def _holder_record(**extra: Any) -> bytes:
     return (json.dumps(record) + "\n").encode()
 
 
-def _describe(raw: bytes) -> str:
-    try:
-        record = json.loads(raw.decode())
-        return f"pid {record['pid']} on host {record['host']}, started {record['started']}"
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-        return "holder not recorded"
-
-
-def _lock(path: Path, mode: int) -> int | None:
-    """Open and ``flock`` ``path`` (non-blocking); return the descriptor, None when another
-    process holds a conflicting lock. Makes sure the locked file is the one at ``path`` (a
-    refused ``deepfactor paper`` run removes a lock file it created)."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except OSError:
-            os.close(fd)
-            raise
-        opened = os.fstat(fd)
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and (current.st_ino, current.st_dev) == (
-            opened.st_ino,
-            opened.st_dev,
-        ):
-            return fd
-        os.close(fd)
-
-
 class ProcessLocks:
     """The locks one ``deepfactor run`` process holds in its run directory (module docstring):
     ``run.lock`` shared, ``service-{name}.lock`` exclusive, each naming its latest holder."""
@@ -219,17 +184,17 @@ class ProcessLocks:
         shown = f"{self.option} {self.run_dir}"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            shared = _lock(self.run_dir / LOCK_FILE, fcntl.LOCK_SH)
+            shared = lock_file(self.run_dir / LOCK_FILE, fcntl.LOCK_SH)
             if shared is None:
-                holder = _describe((self.run_dir / LOCK_FILE).read_bytes())
+                holder = describe_holder((self.run_dir / LOCK_FILE).read_bytes())
                 raise RunDirectoryInUseError(
                     f"{shown}: in use by a `deepfactor paper` run ({holder}); stop it, or "
                     "choose another directory"
                 )
             self._fds.append(shared)
-            exclusive = _lock(self.service_lock, fcntl.LOCK_EX)
+            exclusive = lock_file(self.service_lock, fcntl.LOCK_EX)
             if exclusive is None:
-                holder = _describe(self.service_lock.read_bytes())
+                holder = describe_holder(self.service_lock.read_bytes())
                 raise RunDirectoryInUseError(
                     f"{shown}: {self.service} already runs there ({holder}); one process per "
                     "service and run directory"
