@@ -200,3 +200,14 @@ def bind_account(
         _write_atomically(path, json.dumps(record, indent=2) + "\n")
         log.info("paper.account_marked", namespace=account.namespace, marker=marker)
     bus.guard_data(marker)
+
+
+def delete_namespace(bus: RedisBus, namespace: str) -> None:
+    """Delete every key of ``namespace``: with --fresh, the replaced account's streams must not
+    linger in the append-only file."""
+    pattern = keys.namespace_pattern(namespace)
+    found = list(bus.call("scan", lambda: list(bus.redis.scan_iter(match=pattern, count=1000))))
+    for start in range(0, len(found), 1000):
+        chunk = found[start : start + 1000]
+        bus.call("delete", lambda chunk=chunk: bus.redis.delete(*chunk))
+    log.info("paper.account_deleted", namespace=namespace, keys=len(found))

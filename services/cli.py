@@ -289,6 +289,7 @@ def _run_service(arguments: argparse.Namespace) -> int:
                 ("--synthetic", arguments.synthetic or None),
                 ("--bars", arguments.bars),
                 ("--speed", arguments.speed),
+                ("--fresh", arguments.fresh or None),
             )
             if value is not None
         ]
@@ -341,6 +342,7 @@ def _run_service(arguments: argparse.Namespace) -> int:
                 stop=stop,
                 wait_s=arguments.wait,
                 option=out_option,
+                fresh=arguments.fresh,
             )
         else:
             from services.standalone import run_service
@@ -555,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_command.add_argument(
         "--speed", metavar="X|max", help="market-data: bars per second; 0 or max: no cap"
+    )
+    run_command.add_argument(
+        "--fresh",
+        action="store_true",
+        help="market-data: start a new account in --out, deleting the one there",
     )
     run_command.set_defaults(run=_run_service)
 

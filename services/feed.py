@@ -2,10 +2,11 @@
 
 It owns the paper account of its run directory: it opens or continues ``RUN_DIR/account.json``
 (``services.account``; a continued account's feed resumes after the last step it saw and a
-``resume`` control lifts a halt a stopped run left), writes ``config.json`` and
-``replay.json`` (the annualisation, for the recorder process), then waits until every consumer
-group of the account exists (each ``deepfactor run SERVICE`` creates its own when it starts;
-``--wait`` seconds at most, then it exits naming the missing services).
+``resume`` control lifts a halt a stopped run left; ``--fresh`` replaces it), marks it in Redis
+(``bind_account``: a Redis that loses the mark halts every process of the account), writes
+``config.json`` and ``replay.json`` (the annualisation, for the recorder process), then waits
+until every consumer group of the account exists (each ``deepfactor run SERVICE`` creates its
+own when it starts; ``--wait`` seconds at most, then it exits naming the missing services).
 
 It steps like ``deepfactor paper`` (``services.paper.feed_replay``): one bar or tick at a time,
 each followed by a wait until every group has consumed and acknowledged everything. Unlike the
@@ -33,7 +34,7 @@ from engine.clock import SimulatedClock
 from engine.config import Config
 from engine.data import Panel
 from engine.events import Control, make_event
-from services.account import open_account
+from services.account import bind_account, delete_namespace, open_account
 from services.assembly import build_services, schedule_trigger
 from services.market_data import MarketDataService, to_datetime
 from services.paper import feed_replay, replay_feed
@@ -140,10 +141,13 @@ def wait_caught_up(
     """Wait, with no time limit, until every group has caught up; False if ``stop`` came
     first. Says every ``REPORT_EVERY_S`` which groups it waits for."""
     started = reported = time.monotonic()
+    bus.check_data()  # each step: the account's data must still be there
     while not quiet.caught_up():
         if stop.is_set():
             return False
         now = time.monotonic()
+        if now - started >= 0.2:
+            bus.check_data()  # a group stalled: lost data is one reason why
         if now - reported >= REPORT_EVERY_S:
             log.warning(
                 "market_data.waiting",
@@ -166,6 +170,7 @@ def run_market_data(
     wait_s: float = 60.0,
     drain_timeout_s: float = 30.0,
     option: str = "--out",
+    fresh: bool = False,
 ) -> FeedRun:
     """Replay ``panel`` into the account of ``out_dir`` (opened there if there is none) for
     the consumer processes of that account; ``speed`` in bars/s, 0 = no cap.
@@ -175,11 +180,16 @@ def run_market_data(
     UsageError
         The directory is held by a ``deepfactor paper`` run or another market-data process,
         or its account trades another feed.
+    RedisDataLostError
+        The account is marked in account.json but not in Redis (``bind_account``), or its
+        data went during the replay.
     StartTimeoutError
         The consumer groups did not all appear within ``wait_s`` seconds.
     """
     with ProcessLocks(out_dir, "market-data", option):
-        account = open_account(out_dir, config.run.namespace, replay_feed(panel), option=option)
+        account = open_account(
+            out_dir, config.run.namespace, replay_feed(panel), fresh=fresh, option=option
+        )
         RunDirectory(out_dir, option=option).write_config(config)
         write_replay_info(out_dir, account.feed, panel.periods_per_year())
         config = msgspec.structs.replace(
@@ -187,7 +197,11 @@ def run_market_data(
         )
         run = FeedRun(namespace=account.namespace, restarts=account.restarts)
         clock = SimulatedClock(to_datetime(panel.bar_open[0]))
-        with open_redis_bus(config) as bus:
+        with open_redis_bus(config, stop=stop) as bus:
+            if account.retired_namespace:
+                delete_namespace(bus, account.retired_namespace)
+            # Mark (or check) the account in Redis: its data gone halts every process.
+            bind_account(bus, account, out_dir, option)
             groups = [(s.name, s.topics) for s in build_services(config, bus, clock).all()]
             if account.resumed:
                 # A halt left by the stopped run must not stop the continued one.

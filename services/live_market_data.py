@@ -133,9 +133,17 @@ class LiveMarketDataService:
                 missing=missing,
             )
 
-    def run(self, stop: threading.Event, poll_interval_s: float) -> None:
-        """Poll until ``stop`` is set."""
+    def run(
+        self,
+        stop: threading.Event,
+        poll_interval_s: float,
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        """Poll until ``stop`` is set; ``check`` runs before each poll and stops the feed by
+        raising (the account's Redis data lost)."""
         while not stop.is_set():
+            if check is not None:
+                check()
             published = self.poll_once()
             if published:
                 log.info("data.published", bar_sets=published, total=self.bars_published)

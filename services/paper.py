@@ -23,15 +23,15 @@ import structlog
 
 from engine.bus import RedisBus
 from engine.bus.factory import consume_settings, open_redis_bus
-from engine.bus.keys import namespace_pattern
 from engine.bus.redis_streams import RedisDataLostError
 from engine.clock import Clock, SimulatedClock, WallClock
 from engine.config import Config
 from engine.data import Panel
 from engine.data.ccxt_source import CcxtOhlcvSource
+from engine.errors import BusError
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.timeframes import timeframe_delta
-from services.account import PaperAccount, bind_account, open_account
+from services.account import PaperAccount, bind_account, delete_namespace, open_account
 from services.assembly import Services, build_services, schedule_trigger
 from services.live_market_data import LiveMarketDataService
 from services.market_data import MarketDataService, Step, to_datetime
@@ -64,6 +64,15 @@ class _Daemons:
     run: PaperRun
 
 
+def _serve(runner: ServiceRunner, stop: threading.Event) -> None:
+    # A service thread's loop; the bus failing under it (the data lost, the server gone) ends
+    # the thread with one line: the run's main thread finds the same fault and reports it.
+    try:
+        runner.run(stop)
+    except BusError as error:
+        log.error("service.halted", service=runner.service.name, error=str(error))
+
+
 @contextmanager
 def _daemons(
     config: Config,
@@ -83,7 +92,7 @@ def _daemons(
     # ``stop`` (the run's signal) also cuts short any wait for an unreachable Redis.
     with open_redis_bus(config, run_dir=out_dir, stop=stop) as bus:
         if account.retired_namespace:
-            _delete_namespace(bus, account.retired_namespace)
+            delete_namespace(bus, account.retired_namespace)
         # Mark (or check) the account in Redis: its data gone halts the run loudly.
         bind_account(bus, account, out_dir)
         services = build_services(config, bus, clock)
@@ -110,7 +119,9 @@ def _daemons(
             )
         )
         threads = [
-            threading.Thread(target=r.run, args=(stop_services,), name=r.service.name, daemon=True)
+            threading.Thread(
+                target=_serve, args=(r, stop_services), name=r.service.name, daemon=True
+            )
             for r in runners
         ]
         for thread in threads:
@@ -144,16 +155,6 @@ def _daemons(
             for thread in threads:
                 thread.join(timeout=drain_timeout_s)
         daemons.run.pending_at_exit = sum(r.loop.consumer.pending_count() for r in runners)
-
-
-def _delete_namespace(bus: RedisBus, namespace: str) -> None:
-    # --fresh: the replaced account's keys go, so its streams do not linger in the AOF.
-    pattern = namespace_pattern(namespace)
-    keys = list(bus.call("scan", lambda: list(bus.redis.scan_iter(match=pattern, count=1000))))
-    for start in range(0, len(keys), 1000):
-        chunk = keys[start : start + 1000]
-        bus.call("delete", lambda chunk=chunk: bus.redis.delete(*chunk))
-    log.info("paper.account_deleted", namespace=namespace, keys=len(keys))
 
 
 def _skip_seen_steps(
@@ -346,6 +347,60 @@ def run_paper(
     return run
 
 
+def _live_market(bus: RedisBus, source: CcxtOhlcvSource, since_ms: int) -> LiveMarketDataService:
+    """The live feed; a continued account's publishes only candles after its last bar."""
+    last_bar = bus.last_event(BarSet.TOPIC)
+    after_ms = None
+    if last_bar is not None:
+        after_ms = int(last_bar.payload.bar_open.timestamp() * 1000)
+    return LiveMarketDataService(bus, source, since_ms, after_ms=after_ms)
+
+
+def _live(
+    daemons: _Daemons,
+    market: LiveMarketDataService,
+    source: CcxtOhlcvSource,
+    config: Config,
+    poll_s: float,
+    warmup_bars: int,
+    stop: threading.Event,
+) -> None:
+    """Publish live candles and fire the schedule until ``stop``; then halt the services."""
+    scheduler = SchedulerService(
+        daemons.bus,
+        schedule_trigger(config),
+        config.schedule.name,
+        source.timeframe,
+        misfire_grace_s=config.schedule.misfire_grace_s,
+        leader_lock_s=config.schedule.leader_lock_s,
+    )
+    run = daemons.run
+    log.info(
+        "paper.started",
+        namespace=run.namespace,
+        redis=run.redis_url,
+        feed="live",
+        exchange=source.exchange_id,
+        symbols=list(source.symbols),
+        timeframe=source.timeframe,
+        warmup_bars=warmup_bars,
+        out=str(run.out_dir),
+    )
+    scheduler.start()
+    try:
+        # Each poll first checks that the account's data is still there.
+        market.run(stop, poll_s, check=daemons.bus.check_data)
+    finally:
+        scheduler.shutdown()
+    run.interrupted = True
+    daemons.bus.publish(
+        Control.TOPIC,
+        make_event(
+            Control(command="halt", reason="stopped"), source=market.name, corr="end-of-data"
+        ),
+    )
+
+
 def live_feed(source: CcxtOhlcvSource) -> str:
     """How a live account names its feed in ``account.json``."""
     return f"live:{source.exchange_id}:{source.timeframe}:{','.join(source.symbols)}"
@@ -370,47 +425,21 @@ def run_live_paper(
     since_ms = int((time.time() - warmup_bars * step.total_seconds()) * 1000)
     poll = poll_interval_s or min(15.0, max(1.0, step.total_seconds() / 4))
     account = account or open_account(out_dir, config.run.namespace, live_feed(source))
-    with _daemons(config, out_dir, WallClock(), drain_timeout_s, account, stop) as daemons:
-        last_bar = daemons.bus.last_event(BarSet.TOPIC)
-        after_ms = None
-        if last_bar is not None:
-            after_ms = int(last_bar.payload.bar_open.timestamp() * 1000)
-        market = LiveMarketDataService(daemons.bus, source, since_ms, after_ms=after_ms)
-        scheduler = SchedulerService(
-            daemons.bus,
-            schedule_trigger(config),
-            config.schedule.name,
-            source.timeframe,
-            misfire_grace_s=config.schedule.misfire_grace_s,
-            leader_lock_s=config.schedule.leader_lock_s,
-        )
-        run = daemons.run
-        log.info(
-            "paper.started",
-            namespace=run.namespace,
-            redis=run.redis_url,
-            feed="live",
-            exchange=source.exchange_id,
-            symbols=list(source.symbols),
-            timeframe=source.timeframe,
-            warmup_bars=warmup_bars,
-            out=str(out_dir),
-        )
-        scheduler.start()
-        try:
-            market.run(stop, poll)
-        finally:
-            scheduler.shutdown()
-        run.interrupted = True
-        daemons.bus.publish(
-            Control.TOPIC,
-            make_event(
-                Control(command="halt", reason="stopped"), source=market.name, corr="end-of-data"
-            ),
-        )
-        if not daemons.quiet.wait(timeout_s=drain_timeout_s):
-            log.warning("paper.drain_timeout", timeout_s=drain_timeout_s)
     periods_per_year = 365 * 86_400 / step.total_seconds()  # crypto trades every day
+    daemons: _Daemons | None = None
+    market: LiveMarketDataService | None = None
+    try:
+        with _daemons(config, out_dir, WallClock(), drain_timeout_s, account, stop) as daemons:
+            market = _live_market(daemons.bus, source, since_ms)
+            _live(daemons, market, source, config, poll, warmup_bars, stop)
+            if not daemons.quiet.wait(timeout_s=drain_timeout_s):
+                log.warning("paper.drain_timeout", timeout_s=drain_timeout_s)
+    except RedisDataLostError as error:
+        bars = market.bars_published if market is not None else 0
+        _halt_on_data_lost(daemons, error, config, periods_per_year, bars)
+        raise
+    assert daemons is not None and market is not None
+    run = daemons.run
     _finish(daemons, config, periods_per_year, market.bars_published)
     log.info(
         "paper.done",

@@ -47,8 +47,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from engine.bus import Bus, ConsumeStats
+from engine.bus import Bus, ConsumeStats, RedisBus, keys
 from engine.bus.factory import consume_settings, open_redis_bus
+from engine.bus.redis_streams import RedisDataLostError, redact_url
 from engine.clock import Clock
 from engine.config import Config
 from engine.errors import DeepfactorError, UsageError
@@ -77,6 +78,7 @@ class AccountRecord:
     namespace: str
     feed: str
     starts: int
+    marked: bool = False
 
 
 def read_account(run_dir: Path, option: str = "--out") -> AccountRecord | None:
@@ -90,7 +92,12 @@ def read_account(run_dir: Path, option: str = "--out") -> AccountRecord | None:
     path = run_dir / ACCOUNT_FILE
     try:
         record = json.loads(path.read_text())
-        return AccountRecord(str(record["namespace"]), str(record["feed"]), int(record["starts"]))
+        return AccountRecord(
+            str(record["namespace"]),
+            str(record["feed"]),
+            int(record["starts"]),
+            bool(record.get("marked", False)),
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -124,6 +131,52 @@ def wait_for_account(
             announced = True
         stop.wait(0.1)
     return None
+
+
+def guard_account(
+    bus: RedisBus,
+    run_dir: Path,
+    account: AccountRecord,
+    wait_s: float,
+    stop: threading.Event,
+    option: str = "--out",
+) -> bool:
+    """Guard a consumer process's bus with the account's marker key (``bind_account``): its
+    disappearance later halts the process. Return False if ``stop`` was set first.
+
+    The market-data process writes the mark when it connects; until then (a new account) this
+    waits, ``wait_s`` seconds at most.
+
+    Raises
+    ------
+    RedisDataLostError
+        account.json says the account is marked but Redis has no mark: the data was lost.
+    StartTimeoutError
+        The mark did not appear within ``wait_s`` seconds.
+    """
+    marker = keys.account(account.namespace)
+    deadline = time.monotonic() + wait_s
+    while not stop.is_set():
+        if bus.call("exists_account", lambda: bus.redis.exists(marker)):
+            bus.guard_data(marker)
+            return True
+        if account.marked:
+            log.error("run.redis_data_lost", namespace=account.namespace, marker=marker)
+            raise RedisDataLostError(
+                f"{option} {run_dir}: account.json says paper account {account.namespace} "
+                f"exists, but Redis at {redact_url(bus.url)} has no key {marker}: the Redis "
+                "data was lost (restarted without persistence, or flushed). Start a new "
+                "account there with `deepfactor run market-data --fresh`"
+            )
+        if time.monotonic() >= deadline:
+            raise StartTimeoutError(
+                f"{option} {run_dir}: the account {account.namespace} has no mark in Redis at "
+                f"{redact_url(bus.url)} after {wait_s:g}s; start `deepfactor run market-data "
+                f"--out {run_dir}` on the same Redis"
+            )
+        stop.wait(0.1)
+        account = read_account(run_dir, option) or account
+    return False
 
 
 class EventTimeClock:
@@ -276,15 +329,18 @@ class RecorderProcess(RecorderService):
         if control.command == "halt":
             self.write_files(f"halt: {control.reason or 'operator'}")
 
-    def write_files(self, why: str) -> dict[str, Any] | None:
-        """Write ``summary.json`` and ``equity.csv``; return the summary (None if it failed:
-        logged, never raised, so the service goes on)."""
+    def write_files(self, why: str, stopped_reason: str | None = None) -> dict[str, Any] | None:
+        """Write ``summary.json`` and ``equity.csv`` (with ``stopped_reason`` when the run was
+        halted by a fault); return the summary (None if it failed: logged, never raised, so
+        the service goes on)."""
         try:
             account = read_account(self.out_dir)
             times = sorted(self.rows)
             periods = _periods_per_year(self.out_dir, account and account.feed, times)
             summary = self.summary(self.initial_cash, periods, len(self.rows))
             summary["restarts"] = account.starts - 1 if account else 0
+            if stopped_reason is not None:
+                summary["stopped_reason"] = stopped_reason
             self.write(self.out_dir, summary)
         except (OSError, UsageError, ValueError) as error:
             log.error("recorder.write_failed", out=str(self.out_dir), why=why, error=str(error))
@@ -340,7 +396,9 @@ def run_service(
             config, run=msgspec.structs.replace(config.run, namespace=account.namespace)
         )
         clock = EventTimeClock()
-        with open_redis_bus(config) as bus:
+        with open_redis_bus(config, stop=stop) as bus:
+            if not guard_account(bus, out_dir, account, wait_s, stop, option):
+                return None
             service = build_service(name, config, bus, clock, out_dir)
             runner = ServiceRunner(
                 service, consume_settings(config), config.paper.heartbeat_s, config.run.instance
@@ -353,7 +411,14 @@ def run_service(
                 pid=os.getpid(),
                 out=str(out_dir),
             )
-            stats = runner.run(stop)
+            try:
+                stats = runner.run(stop)
+            except RedisDataLostError as error:
+                log.error("run.redis_data_lost", namespace=account.namespace, service=name)
+                if isinstance(service, RecorderProcess):
+                    reason = f"redis data lost: {error}"
+                    service.write_files("redis data lost", stopped_reason=reason)
+                raise
             if isinstance(service, RecorderProcess):
                 service.write_files("stopped")
     return stats

@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from engine.bus.base import Consumer, Delivery, Outbox
+from engine.errors import BusError
 from engine.events import Envelope
 
 Handler = Callable[[Envelope], None]
@@ -209,6 +210,8 @@ class ConsumerLoop:
                     bound_corr = event.corr
                 try:
                     handler(event)
+                except BusError:  # the bus itself failed under the handler: not the message's
+                    raise
                 except Exception as error:  # a handler bug must not stop the service
                     outcome = self._retry_in_place(delivery, error)
                     if outcome == _DEAD_LETTERED:
@@ -277,6 +280,8 @@ class ConsumerLoop:
             delay = min(delay * 2, settings.retry_backoff_max_s)
             try:
                 self.handler(event)
+            except BusError:
+                raise
             except Exception as again:  # the same guard as the first attempt
                 error = again
                 continue

@@ -47,6 +47,22 @@ class RedisDataLostError(BusError):
     key is gone. Nothing more may be published or committed there."""
 
 
+def _exchange(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    # One write of ``commands`` on ``connection``, then every reply read (see ``roundtrip``).
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    first_error: redis.ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as error:
+            replies.append(error)
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return replies
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``, for logs and error messages."""
     try:
@@ -223,9 +239,10 @@ class RedisBus(Bus):
 
     # -- data-loss guard -------------------------------------------------------------------
     def guard_data(self, marker_key: str) -> None:
-        """From now on, treat the disappearance of ``marker_key`` as lost data: it is checked
-        after each reconnection and before a missing consumer group is recreated, and
-        ``check_data`` checks it on demand. Once found gone, every call raises
+        """From now on, treat the disappearance of ``marker_key`` as lost data: every write
+        (publish, commit, ack, dead letter) is a transaction that runs only while it exists,
+        it is checked after each reconnection and before a missing consumer group is
+        recreated, and ``check_data`` checks it on demand. Once found gone, every call raises
         ``RedisDataLostError``."""
         self._marker_key = marker_key
 
@@ -271,22 +288,54 @@ class RedisBus(Bus):
         pool = self.redis.connection_pool
         connection = pool.get_connection()
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            first_error: redis.ResponseError | None = None
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as error:
-                    replies.append(error)
-                    first_error = first_error or error
+            return _exchange(connection, commands)
         except BaseException:
             connection.disconnect()
             raise
         finally:
             pool.release(connection)
-        if first_error is not None:
-            raise first_error
+
+    def transaction(self, operation: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC (retried per ``call``) and return EXEC's replies.
+
+        On a guarded bus (``guard_data``) the transaction runs only while the account's marker
+        key exists: it WATCHes the marker and checks it first, so a FLUSHALL or an empty
+        restart before or during the transaction makes it write nothing and raise
+        ``RedisDataLostError`` (a commit in flight never leaves a stray key behind).
+
+        Raises
+        ------
+        RedisDataLostError
+            The guarded marker key is gone.
+        BusError
+            The transaction was aborted for another reason.
+        """
+        if not commands:
+            return []
+        marker = self._marker_key
+        batch = [("MULTI",), *commands, ("EXEC",)]
+
+        def run() -> list[Any] | None:
+            pool = self.redis.connection_pool
+            connection = pool.get_connection()
+            try:
+                if marker is not None:
+                    _, present = _exchange(connection, [("WATCH", marker), ("EXISTS", marker)])
+                    if not present:
+                        _exchange(connection, [("UNWATCH",)])
+                        return None
+                return _exchange(connection, batch)[-1]
+            except BaseException:
+                connection.disconnect()  # never hand back a connection that still WATCHes
+                raise
+            finally:
+                pool.release(connection)
+
+        replies = self.call(operation, run)
+        if replies is None:
+            if marker is not None:
+                self.check_data()
+            raise BusError(f"redis {operation}: transaction was aborted")
         return replies
 
     # -- publishing ------------------------------------------------------------------------
@@ -300,6 +349,10 @@ class RedisBus(Bus):
 
     def publish_raw(self, topic: str, data: bytes) -> str:
         key = keys.stream(self.namespace, check_topic(topic))
+        if self._marker_key is not None:  # guarded: only while the account's data is there
+            command: tuple[Any, ...] = ("XADD", key, "*", _EVENT_FIELD, data)
+            trim = [] if topic in LEDGER_TOPICS else [self._trim_command(key)]
+            return _text(self.transaction("xadd", [command, *trim])[0])
         args = self._xadd_args(topic)
         message_id = self.call("xadd", lambda: self.redis.xadd(key, {_EVENT_FIELD: data}, **args))
         return _text(message_id)
@@ -312,15 +365,21 @@ class RedisBus(Bus):
         ]
         if topic not in LEDGER_TOPICS:
             # One approximate trim per batch rather than one per entry.
-            commands.append(("XTRIM", key, "MAXLEN", "~", self._stream_maxlen))
+            commands.append(self._trim_command(key))
         return commands
+
+    def _trim_command(self, key: str) -> tuple[Any, ...]:
+        return ("XTRIM", key, "MAXLEN", "~", self._stream_maxlen)
 
     def publish_many(self, topic: str, events: Sequence[Envelope]) -> list[str]:
         if not events:
             return []
         commands = self.publish_commands(topic, events)
-        replies = self.call("xadd_batch", lambda: self.roundtrip(commands))
-        return [message_id.decode() for message_id in replies[: len(events)]]
+        if self._marker_key is not None:  # guarded: only while the account's data is there
+            replies = self.transaction("xadd_batch", commands)
+        else:
+            replies = self.call("xadd_batch", lambda: self.roundtrip(commands))
+        return [_text(message_id) for message_id in replies[: len(events)]]
 
     # -- consuming -------------------------------------------------------------------------
     def consumer(self, group: str, name: str, topics: Sequence[str]) -> RedisConsumer:
@@ -435,10 +494,11 @@ class RedisConsumer(Consumer):
 
     def _call_grouped(self, operation: str, function: Callable[[], T]) -> T:
         # A Redis that came back empty (no persistence) has lost our groups: recreate, retry.
+        # A read blocked at that moment says UNBLOCKED (Redis 7: the stream was deleted).
         try:
             return self._bus.call(operation, function)
         except redis.ResponseError as error:
-            if "NOGROUP" not in str(error):
+            if not str(error).startswith(("NOGROUP", "UNBLOCKED")):
                 raise BusError(f"redis {operation} failed: {error}") from error
             self._bus.check_data()  # a group gone with the account's data: never recreate it
             log.warning("bus.group_recreated", group=self.group, topics=list(self.topics))
@@ -634,12 +694,7 @@ class RedisConsumer(Consumer):
         ]
 
     def _transaction(self, operation: str, commands: list[tuple[Any, ...]]) -> None:
-        if not commands:
-            return
-        batch = [("MULTI",), *commands, ("EXEC",)]
-        replies = self._bus.call(operation, lambda: self._bus.roundtrip(batch))
-        if replies[-1] is None:
-            raise BusError(f"redis {operation}: transaction was aborted")
+        self._bus.transaction(operation, commands)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._transaction("xack", self._ack_commands(deliveries))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import redis
 
-from services.account import open_account
+from engine.bus import RedisBus
+from services.account import bind_account, open_account
 from tests.conftest import delete_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,14 @@ def start(*arguments: str, env: dict[str, str], log: Path) -> subprocess.Popen:
             [sys.executable, "-m", "services.cli", *arguments],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=handle,
         )  # fmt: skip
+
+
+def mark_account(redis_url: str, account, run_dir: Path) -> None:
+    bus = RedisBus(redis_url, account.namespace, give_up_after_s=5)
+    try:
+        bind_account(bus, account, run_dir)
+    finally:
+        bus.close()
 
 
 def wait_for(condition, what: str, timeout_s: float = 60) -> None:
@@ -139,6 +148,7 @@ def test_one_process_per_service_and_none_beside_a_paper_run(tmp_path, redis_url
 def test_sigterm_commits_and_exits_0_and_a_second_signal_exits_130(tmp_path, redis_url):
     base = f"test-run-{uuid.uuid4().hex[:8]}"
     account = open_account(tmp_path, base, "replay:test")
+    mark_account(redis_url, account, tmp_path)  # what the market-data process does
     # Reads block 5 s: the first signal stops the loop only once the read in hand returns.
     env = environment(DEEPFACTOR_BUS__REDIS_URL=redis_url, DEEPFACTOR_BUS__BLOCK_MS="5000")
     log = tmp_path / "signal.log"

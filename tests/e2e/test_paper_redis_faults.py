@@ -254,3 +254,38 @@ def test_embedded_server_killed_mid_run_stops_the_run(short_tmp: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bars"] == 120 and summary["restarts"] == 1, summary
+
+
+def test_redis_restarted_with_its_data_continues_the_run(tmp_path: Path, short_tmp: Path) -> None:
+    # An external Redis with an append-only file, restarted mid-run: the run waits for it,
+    # reconnects, and ends where the same run without the restart ends.
+    with EmbeddedRedis(short_tmp / "aof", appendonly=True) as server:
+        calm = subprocess.run(
+            paper(tmp_path / "calm", "max", 120), cwd=ROOT, env=environment(server.url),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert calm.returncode == 0, calm.stderr[-3000:]
+        out = tmp_path / "restarted"
+        process = subprocess.Popen(
+            paper(out, "40", 120), cwd=ROOT, env=environment(server.url),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for_bars(process, out, server.url, 15)
+            server.stop()  # SIGTERM: the server writes its append-only file and exits
+            time.sleep(1.0)  # the run meets the outage
+            server.start()
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "bus.redis_unavailable" in stderr  # it did meet the outage
+    assert "redis_data_lost" not in stderr
+    expected = json.loads((tmp_path / "calm" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bars"] == expected["bars"] == 120
+    assert summary["orders"] == expected["orders"] > 0
+    assert summary["final_equity"] == pytest.approx(expected["final_equity"], rel=1e-12)
+    assert "stopped_reason" not in summary

@@ -15,11 +15,12 @@ import msgspec
 import pytest
 import redis
 
-from engine.bus import EmbeddedRedis, RedisBus, keys
+from engine.bus import EmbeddedRedis, RedisBus, keys, redis_streams
 from engine.bus.factory import open_redis_bus
 from engine.bus.redis_streams import RedisDataLostError, redact_url
 from engine.config import Config
 from engine.errors import BusUnavailableError
+from tests.events import heartbeat
 
 
 def test_redact_url_hides_only_the_password() -> None:
@@ -116,4 +117,56 @@ def test_guard_lets_a_healthy_run_be(server: EmbeddedRedis) -> None:
         assert client.exists(marker)
         client.close()
     finally:
+        bus.close()
+
+
+def test_writes_after_a_flush_leave_nothing_behind(server: EmbeddedRedis) -> None:
+    bus = RedisBus(server.url, "acct", give_up_after_s=5)
+    try:
+        marker = keys.account("acct")
+        bus.redis.set(marker, "created")
+        bus.guard_data(marker)
+        bus.publish("bars", heartbeat(1))
+        consumer = bus.consumer("g", "g-1", ["bars"])
+        (delivery,) = consumer.read(10)
+        bus.redis.flushall()
+        # The commit of work in flight when the data went: state, outbox and ack, none written.
+        with pytest.raises(RedisDataLostError, match="acct:account"):
+            consumer.commit([delivery], b"state", [("orders", [heartbeat(2)])])
+        for write in (
+            lambda: bus.publish_many("bars", [heartbeat(3)]),
+            lambda: bus.publish("bars", heartbeat(4)),
+            lambda: consumer.dead_letter(delivery, "poison"),
+        ):
+            with pytest.raises(RedisDataLostError):
+                write()
+        assert bus.redis.dbsize() == 0
+    finally:
+        bus.close()
+
+
+def test_a_flush_during_a_commit_aborts_it(server: EmbeddedRedis, monkeypatch) -> None:
+    bus = RedisBus(server.url, "acct", give_up_after_s=5)
+    other = redis.Redis.from_url(server.url)
+    try:
+        marker = keys.account("acct")
+        bus.redis.set(marker, "created")
+        bus.guard_data(marker)
+        bus.publish("bars", heartbeat(1))
+        consumer = bus.consumer("g", "g-1", ["bars"])
+        (delivery,) = consumer.read(10)
+        exchange = redis_streams._exchange
+
+        def flush_after_the_check(connection, commands):
+            replies = exchange(connection, commands)
+            if commands[0][0] == "WATCH":  # the marker was there; now it goes
+                other.flushall()
+            return replies
+
+        monkeypatch.setattr(redis_streams, "_exchange", flush_after_the_check)
+        with pytest.raises(RedisDataLostError):
+            consumer.commit([delivery], b"state", [("orders", [heartbeat(2)])])
+        assert other.dbsize() == 0  # EXEC was aborted by the WATCHed marker
+    finally:
+        other.close()
         bus.close()

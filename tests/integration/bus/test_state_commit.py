@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus
+from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus, redis_streams
 from engine.bus import keys as bus_keys
 from engine.clock import SimulatedClock
 from engine.events import Envelope, Heartbeat
@@ -57,19 +57,21 @@ def test_commit_with_state_acks_and_stores_it_and_load_state_returns_the_last(bu
     assert consumer.already_processed([d.event.id for d in (first, second, third)]) == [True] * 3
 
 
-def test_redis_writes_the_state_in_the_same_transaction_as_the_ack(redis_url, namespace):
+def test_redis_writes_the_state_in_the_same_transaction_as_the_ack(
+    redis_url, namespace, monkeypatch
+):
     bus = RedisBus(redis_url, namespace, give_up_after_s=5)
     bus.publish("alpha", heartbeat(1))
     consumer = bus.consumer("svc", "svc-1", ["alpha"])
     (delivery,) = consumer.read(10)
     sent: list[list[tuple]] = []
-    roundtrip = bus.roundtrip
+    exchange = redis_streams._exchange
 
-    def spy(commands):
+    def spy(connection, commands):  # what goes on the wire, one write per call
         sent.append(list(commands))
-        return roundtrip(commands)
+        return exchange(connection, commands)
 
-    bus.roundtrip = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(redis_streams, "_exchange", spy)
     consumer.commit([delivery], b"blob")
     (batch,) = sent
     names = [command[0] for command in batch]
