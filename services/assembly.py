@@ -89,7 +89,15 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
     )
     return Services(
         factor_update=FactorUpdateService(bus, clock, config.strategy),
-        signal=SignalService(bus, clock, factors, model=config.strategy.name),
+        signal=SignalService(
+            bus,
+            clock,
+            factors,
+            model=config.strategy.name,
+            registry=config.model.registry,
+            lookback=config.model.lookback,
+            device=config.model.device,
+        ),
         rebalance=RebalanceService(bus, clock, config.portfolio),
         execution=ExecutionService(bus, clock, broker),
         recorder=RecorderService(bus, clock),

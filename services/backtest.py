@@ -77,6 +77,8 @@ class Backtest:
         summary = self.services.recorder.summary(
             self.config.portfolio.initial_cash, self.panel.periods_per_year(), market.bars_published
         )
+        summary["model"] = self.services.signal.last_model
+        summary["signal_fallbacks"] = self.services.signal.fallbacks
         if out_dir is not None:
             self.services.recorder.write(out_dir, summary)
         log.info(

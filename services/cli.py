@@ -22,7 +22,7 @@ EXIT_FAILED = 1  # the run started and failed
 EXIT_USAGE = 2  # bad arguments, config or data: nothing was started
 EXIT_INTERRUPTED = 130
 
-STRATEGIES = ("equal-weight",)
+STRATEGIES = ("equal-weight", "trailing-ic", "lstm", "asset-lstm", "ridge")
 
 
 def _version() -> str:
@@ -100,7 +100,7 @@ def _backtest(arguments: argparse.Namespace) -> int:
     from engine.errors import ConfigError, DataError, UsageError
     from services.preflight import check_output_dir
 
-    if arguments.strategy not in STRATEGIES:
+    if arguments.strategy is not None and arguments.strategy not in STRATEGIES:
         return _error(
             f"--strategy must be one of {list(STRATEGIES)}, received {arguments.strategy!r}"
         )
@@ -109,6 +109,7 @@ def _backtest(arguments: argparse.Namespace) -> int:
         config = _load(arguments, "backtest")
         from services.assembly import check_universe
 
+        config = _with_model(config, arguments.strategy, arguments.registry)
         panel = FileSource(Path(arguments.data)).panel()
         check_universe(config, panel.symbols, f"--data {arguments.data}")
         from services.backtest import run_backtest
@@ -117,6 +118,51 @@ def _backtest(arguments: argparse.Namespace) -> int:
     except (ConfigError, DataError, UsageError) as error:
         return _error(str(error))
     _print_summary("backtest", summary, Path(arguments.out))
+    return EXIT_OK
+
+
+def _with_model(config, strategy: str | None, registry: str | None):  # -> Config
+    # --strategy and --registry override [strategy] name and [model] registry.
+    import msgspec
+
+    if strategy is not None:
+        config = msgspec.structs.replace(
+            config, strategy=msgspec.structs.replace(config.strategy, name=strategy)
+        )
+    if registry is not None:
+        config = msgspec.structs.replace(
+            config, model=msgspec.structs.replace(config.model, registry=registry)
+        )
+    return config
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    from engine.errors import ConfigError, DataError, UsageError
+    from services.preflight import check_output_dir
+    from strategies.models import ModelError
+
+    try:
+        out_dir = Path(arguments.out)
+        check_output_dir(out_dir)
+        config = _with_model(_load(arguments, "train"), None, arguments.registry)
+        if arguments.bars is None:
+            arguments.bars = 0  # all of it: the paper's default window is not a training set
+        panel = _paper_panel(arguments, config)
+        from services.train import print_report, run_train
+
+        baselines = tuple(b.strip() for b in arguments.baselines.split(",") if b.strip())
+        result = run_train(
+            config,
+            panel,
+            out_dir,
+            kind=arguments.model,
+            device=arguments.device,
+            baselines=baselines,
+            progress=not arguments.no_progress,
+        )
+    except (ConfigError, DataError, UsageError, ModelError) as error:
+        return _error(str(error))
+    print_report(result, out_dir)
     return EXIT_OK
 
 
@@ -580,10 +626,44 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--strategy",
         metavar="NAME",
-        default="equal-weight",
-        help=f"signal model: {', '.join(STRATEGIES)}",
+        default=None,
+        help=f"signal model: {', '.join(STRATEGIES)} (default: [strategy] name); lstm, "
+        "asset-lstm and ridge serve the active checkpoint of the registry",
+    )
+    backtest.add_argument(
+        "--registry", metavar="DIR", help="model registry (default: [model] registry)"
     )
     backtest.set_defaults(run=_backtest)
+
+    train = commands.add_parser(
+        "train",
+        help="train a signal model walk-forward on a data file and save a checkpoint",
+        description="Walk-forward training: refits every [model] retrain_every periods and "
+        "scores each fit on the periods after it, next to the baselines; then fits once more "
+        "on all the data and saves the checkpoint in the registry (active when there is none "
+        "or when it validates better). Writes train.json into --out.",
+    )
+    train_source = train.add_mutually_exclusive_group()
+    train_source.add_argument("--data", metavar="F", help="data file (default: the bundled sample)")
+    train_source.add_argument(
+        "--synthetic", action="store_true", help="train on the synthetic market"
+    )
+    train.add_argument("--bars", type=int, metavar="N", help="use the first N bars (0: all)")
+    train.add_argument("--out", metavar="DIR", required=True, help="where train.json goes")
+    train.add_argument("--config", metavar="F")
+    train.add_argument(
+        "--model", default="lstm", choices=("lstm", "asset-lstm", "ridge"), help="what to train"
+    )
+    train.add_argument(
+        "--baselines",
+        default="trailing-ic,equal-weight,ridge",
+        metavar="LIST",
+        help="models scored next to it, comma-separated (default trailing-ic,equal-weight,ridge)",
+    )
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: [model] device")
+    train.add_argument("--registry", metavar="DIR", help="default: [model] registry")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=_train, bars=None)
 
     factors = commands.add_parser("factors", help="factor research")
     factor_commands = factors.add_subparsers(dest="factors_command", required=True)

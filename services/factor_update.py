@@ -376,10 +376,11 @@ class FactorUpdateService(Service):
             "assets": assets,
         }
 
-    def _performance(self, exposures: np.ndarray, close: np.ndarray) -> tuple[dict, dict]:
-        # How the previous snapshot's exposures did against the returns realised since.
+    def _performance(self, exposures: np.ndarray, close: np.ndarray) -> tuple[dict, dict, float]:
+        # How the previous snapshot's exposures did against the returns realised since, and
+        # the cross-sectional dispersion (standard deviation) of those returns.
         if self._previous is None:
-            return dict.fromkeys(self.labels), dict.fromkeys(self.labels)
+            return dict.fromkeys(self.labels), dict.fromkeys(self.labels), 0.0
         previous_exposures, previous_close, _ = self._previous
         width = previous_exposures.shape[1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -395,7 +396,9 @@ class FactorUpdateService(Service):
                 for label, value in zip(self.labels, values)
             }
 
-        return as_dict(ic), as_dict(spread)
+        known = realised[np.isfinite(realised)]
+        dispersion = float(known.std()) if len(known) > 1 else 0.0
+        return as_dict(ic), as_dict(spread), dispersion
 
     def _publish(self, asof: datetime, corr: str, ts: datetime) -> None:
         computed = self._computed.get(asof)
@@ -408,7 +411,7 @@ class FactorUpdateService(Service):
             if len(computed.raw)
             else computed.raw
         )
-        factor_ic, factor_returns = self._performance(exposures, computed.close)
+        factor_ic, factor_returns, dispersion = self._performance(exposures, computed.close)
         self._previous = (exposures, computed.close.copy(), computed.symbols)
         snapshot = FactorSnapshot(
             asof=asof,
@@ -417,6 +420,6 @@ class FactorUpdateService(Service):
             exposures=tuple(tuple(row) for row in exposures.tolist()),
             factor_ic=factor_ic,
             factor_returns=factor_returns,
-            market_state=computed.market,
+            market_state={**computed.market, "dispersion": dispersion},
         )
         self.emit([snapshot], corr=corr, ts=ts)

@@ -241,6 +241,8 @@ def _finish(
     run.summary = daemons.services.recorder.summary(
         config.portfolio.initial_cash, periods_per_year, bars
     )
+    run.summary["model"] = daemons.services.signal.last_model
+    run.summary["signal_fallbacks"] = daemons.services.signal.fallbacks
     run.summary["restarts"] = run.restarts
     if stopped_reason is not None:
         run.summary["stopped_reason"] = stopped_reason

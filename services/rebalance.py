@@ -566,6 +566,8 @@ class RebalanceService(Service):
             "rebalance.done",
             rebalance_id=tick.rebalance_id,
             decision_time=tick.decision_time.isoformat(),
+            model=signal.model,
+            fallback=signal.fallback,
             equity=round(equity, 2),
             holdings=len(targets),
             n_orders=len(requests),

@@ -108,7 +108,10 @@ _DEFAULT_FACTORS = (
 class StrategyConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which signal model scores assets, from which factors, preprocessed how."""
 
-    name: Literal["equal-weight"] = "equal-weight"
+    # equal-weight: the configured factor weights (equal by default); trailing-ic: weights
+    # from each factor's recent rank IC; lstm, asset-lstm, ridge: the active checkpoint of that
+    # name in the model registry ([model] registry), trained with `deepfactor train`.
+    name: Literal["equal-weight", "trailing-ic", "lstm", "asset-lstm", "ridge"] = "equal-weight"
     factors: tuple[FactorConfig, ...] = _DEFAULT_FACTORS
     # "bar": exposures on every bar (what a model reading factor history needs);
     # "rebalance": only at each rebalance's decision bar (all a periodic strategy reads).
@@ -118,6 +121,36 @@ class StrategyConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     neutralize_against: tuple[str, ...] = ()
     # Long files (timestamp, symbol, one column per factor) whose columns join the factors.
     factor_files: tuple[str, ...] = ()
+
+
+class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The signal models: where checkpoints live, how they are trained and served.
+
+    ``registry`` is the checkpoint directory (``deepfactor train`` writes there, the signal
+    service reads its active model there). ``lookback`` is in periods (factor snapshots);
+    ``min_train`` and ``retrain_every`` are walk-forward steps in periods.
+    """
+
+    registry: str = "models"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lookback: PositiveInt = 20
+    hidden: PositiveInt = 32
+    layers: PositiveInt = 1
+    epochs: PositiveInt = 60
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-2
+    weight_decay: Annotated[float, msgspec.Meta(ge=0)] = 1e-4
+    patience: PositiveInt = 8
+    validation_fraction: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.2
+    objective: Literal["ic", "mean-variance"] = "ic"
+    gate_penalty: Annotated[float, msgspec.Meta(ge=0)] = 1e-3
+    risk_aversion: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    ridge_alpha: PositiveFloat = 10.0
+    seed: NonNegativeInt = 0
+    min_train: Annotated[int, msgspec.Meta(ge=10)] = 120
+    retrain_every: PositiveInt = 20
+    window: Literal["expanding", "rolling"] = "expanding"
+    train_periods: NonNegativeInt = 0
 
 
 class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -156,6 +189,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     market: MarketConfig = MarketConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     strategy: StrategyConfig = StrategyConfig()
+    model: ModelConfig = ModelConfig()
     portfolio: PortfolioConfig = PortfolioConfig()
     broker: BrokerConfig = BrokerConfig()
     paper: PaperConfig = PaperConfig()

@@ -12,8 +12,10 @@ class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Per-asset scores for the next period and the factor weights that produced them.
 
     ``asof`` is the close time of the bar the scores were computed on; a missing score (NaN
-    in process, None after decoding) marks an asset that cannot be scored. ``fallback`` is True
-    when the model was unusable and a baseline weighting was served.
+    in process, None after decoding) marks an asset that cannot be scored. ``model`` names the
+    model's version; ``fallback`` is True when the model was unusable and a baseline weighting
+    was served. ``selected`` lists the factors the model used (non-zero weight) and
+    ``latency_ms`` how long its inference took.
     """
 
     TYPE: ClassVar[str] = "Signal"
@@ -25,6 +27,8 @@ class Signal(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True
     symbols: tuple[Symbol, ...]
     scores: tuple[float | None, ...]
     fallback: bool = False
+    selected: tuple[str, ...] = ()
+    latency_ms: NonNegativeFloat = 0.0
 
     def __post_init__(self) -> None:
         if len(self.scores) != len(self.symbols):

@@ -70,7 +70,10 @@ def ic_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> t
     y = torch.where(mask, labels, torch.zeros_like(labels))
     s = (s - s.sum(dim=1, keepdim=True) / count[:, None]) * m
     y = (y - y.sum(dim=1, keepdim=True) / count[:, None]) * m
-    correlation = (s * y).sum(dim=1) / (torch.sqrt((s * s).sum(dim=1) * (y * y).sum(dim=1)) + 1e-8)
+    # The epsilon inside the root: a row with no valid asset (all zero) must give a zero
+    # gradient, not the infinite one of sqrt at 0.
+    scale = torch.sqrt((s * s).sum(dim=1) * (y * y).sum(dim=1) + 1e-12)
+    correlation = (s * y).sum(dim=1) / scale
     return -correlation.mean()
 
 

@@ -45,6 +45,7 @@ from strategies.models.networks import (
 )
 
 log = structlog.get_logger("strategies.models.training")
+MIN_ASSETS = 5
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,9 @@ def fit(
         raise ModelError(f"model kind must be one of {MODEL_KINDS}, received {kind!r}")
     rows = np.asarray(rows)
     rows = rows[rows >= settings.lookback - 1]
+    # A period with too few assets scorable and labelled teaches nothing (the factors' warm-up).
+    scorable = np.isfinite(data.exposures[rows]).all(axis=1) & np.isfinite(data.returns[rows])
+    rows = rows[scorable.sum(axis=1) >= MIN_ASSETS]
     if kind == "equal-weight":
         return EqualWeightModel(data.factors), FitReport(kind, 0, 0)
     if kind == "trailing-ic":

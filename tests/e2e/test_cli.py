@@ -65,6 +65,8 @@ SUMMARY_KEYS = {
     "fees",
     "turnover",
     "periods_per_year",
+    "model",
+    "signal_fallbacks",
 }
 EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
 
