@@ -166,6 +166,74 @@ def _train(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _retrain(arguments: argparse.Namespace) -> int:
+    import os
+
+    from engine.errors import BusError, ConfigError, DataError, UsageError
+    from engine.scheduling import build_trigger
+    from strategies.models import ModelError
+
+    try:
+        if arguments.redis_url:
+            os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
+        config = _with_model(_load(arguments, "retrain"), None, arguments.registry)
+        if arguments.bars is None:
+            arguments.bars = 0
+        trigger = None
+        if not arguments.once:
+            trigger = build_trigger(
+                arguments.cron, arguments.interval, owner="retrain --cron/--interval"
+            )
+        out_dir = Path(arguments.out) if arguments.out else None
+        if out_dir is not None and not config.bus.redis_url:
+            raise UsageError(
+                "--out: publishing a reload to the account needs its Redis (--redis-url or "
+                "[bus] redis_url)"
+            )
+        _paper_panel(arguments, config)  # the data must load now, not at the first fire
+    except (ConfigError, DataError, UsageError) as error:
+        return _error(str(error))
+    from services.retrain import account_namespace, publish_reload, retrain_once, run_worker
+
+    def job() -> None:
+        outcome = retrain_once(
+            config, _paper_panel(arguments, config), arguments.model, arguments.device
+        )
+        if outcome.verdict.challenger_wins and out_dir is not None:
+            namespace = account_namespace(out_dir)
+            if namespace is None:
+                print(f"retrain: no paper account in {out_dir}: no reload sent", file=sys.stderr)
+                return
+            publish_reload(config, namespace, outcome.version)
+        print(
+            f"retrain: {outcome.version} "
+            f"({'active' if outcome.verdict.challenger_wins else 'not activated'}: "
+            f"{outcome.verdict.reason}; validation IC {outcome.verdict.challenger_ic:+.4f} vs "
+            f"{outcome.verdict.active_ic:+.4f})",
+            flush=True,
+        )
+
+    if arguments.once:
+        try:
+            job()
+        except (DataError, ModelError, BusError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_worker(trigger, job, stop)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return EXIT_OK
+
+
 def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
     from engine.data import SAMPLE_PATH
     from engine.data.sources import BarSource, FileSource, SyntheticSource
@@ -664,6 +732,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--registry", metavar="DIR", help="default: [model] registry")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=_train, bars=None)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="the periodic retraining worker: refit on a schedule, activate only a better model",
+        description="On each fire (--cron or --interval, APScheduler) re-read the data, fit the "
+        "model on every labelled period, save it, and make it active only if it beats the "
+        "active one on the same validation periods; with --out and a Redis, tell that paper "
+        "account's signal service to reload. --once: one retraining now, then exit.",
+    )
+    retrain_source = retrain.add_mutually_exclusive_group()
+    retrain_source.add_argument("--data", metavar="F", help="data file (default: the sample)")
+    retrain_source.add_argument("--synthetic", action="store_true", help="the synthetic market")
+    retrain.add_argument("--bars", type=int, metavar="N", help="use the first N bars (0: all)")
+    retrain.add_argument("--config", metavar="F")
+    retrain.add_argument("--model", default="lstm", choices=("lstm", "asset-lstm", "ridge"))
+    retrain_when = retrain.add_mutually_exclusive_group(required=True)
+    retrain_when.add_argument("--cron", default="", metavar="EXPR", help="crontab (UTC)")
+    retrain_when.add_argument("--interval", default="", metavar="N[smhdw]", help="e.g. 7d")
+    retrain_when.add_argument("--once", action="store_true", help="retrain once now and exit")
+    retrain.add_argument("--out", metavar="DIR", help="paper account to send the reload to")
+    retrain.add_argument("--redis-url", metavar="URL", help="that account's Redis")
+    retrain.add_argument("--registry", metavar="DIR", help="default: [model] registry")
+    retrain.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="default: [model] device"
+    )
+    retrain.set_defaults(run=_retrain)
 
     factors = commands.add_parser("factors", help="factor research")
     factor_commands = factors.add_subparsers(dest="factors_command", required=True)

@@ -6,7 +6,8 @@ The data are the FactorSnapshots the factor service publishes over the file
 ``[model] retrain_every`` periods from ``min_train`` on and scores each fit only on the
 periods up to the next refit. Then the model is fitted once more on every period whose label
 is known and saved; it becomes the active model of its strategy when there is none yet, or
-when its validation IC beats the active one's (said either way).
+when its validation IC beats the active one's on the same periods (``services.challenge``;
+said either way).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from engine.config import Config
 from engine.data import Panel
+from services.challenge import challenge
 from services.model_data import period_data
 from strategies.models import MODEL_KINDS, ModelError
 from strategies.models.registry import ModelRegistry
@@ -168,11 +170,8 @@ def run_train(
         bar.close()
     summary = result.summary()
     registry = ModelRegistry(config.model.registry)
-    current = registry.active(kind)
-    current_ic = math.nan
-    if current is not None:
-        current_ic = float(registry.meta(kind, current)["metrics"].get("validation_ic", math.nan))
-    better = current is None or not (fit_report.validation_ic <= current_ic)
+    verdict = challenge(registry, kind, model, data, fit_report.validation, "cpu")
+    better = verdict.challenger_wins
     training = {
         "start": str(data.times[final_rows[0]])[:19],
         "end": str(data.times[final_rows[-1]])[:19],
@@ -202,14 +201,19 @@ def run_train(
         version=version,
         registry=str(registry.root),
         activated=better,
-        validation_ic=round(fit_report.validation_ic, 4),
-        active_validation_ic=None if math.isnan(current_ic) else round(current_ic, 4),
+        reason=verdict.reason,
+        validation_ic=round(verdict.challenger_ic, 4),
+        active=verdict.active,
+        active_validation_ic=None if math.isnan(verdict.active_ic) else round(verdict.active_ic, 4),
     )
     report = {
         "model": kind,
         "version": version,
         "activated": better,
-        "replaced": current if better else None,
+        "replaced": verdict.active if better else None,
+        "verdict": verdict.reason,
+        "validation_ic": verdict.challenger_ic,
+        "active_validation_ic": verdict.active_ic,
         "periods": data.n_periods,
         "assets": len(data.symbols),
         "factors": list(data.factors),

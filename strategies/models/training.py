@@ -95,6 +95,8 @@ class FitReport:
     validation_loss: float = math.nan
     samples_per_s: float = math.nan
     history: list[dict[str, float]] = field(default_factory=list)
+    # The rows validated on: where a challenger and the active model are compared.
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 Progress = Callable[[dict[str, Any]], None]
@@ -180,7 +182,7 @@ def _fit_network(
 
     train_index = tensors.position(train)
     validation_index = tensors.position(validation)
-    report = FitReport(kind, len(train), len(validation))
+    report = FitReport(kind, len(train), len(validation), validation=validation)
     best_state, best_loss, waited = None, math.inf, 0
     seen, started = 0, time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
@@ -259,7 +261,9 @@ def _fit_ridge(
         np.asarray(ridge.coef_, dtype=np.float64).reshape(len(data.factors), -1),
         np.asarray(ridge.intercept_, dtype=np.float64).reshape(len(data.factors)),
     )
-    report = FitReport("ridge", len(train), len(validation), epochs=1, best_epoch=1)
+    report = FitReport(
+        "ridge", len(train), len(validation), epochs=1, best_epoch=1, validation=validation
+    )
     report.validation_ic = float(np.nanmean(score_rows(model, data, validation)))
     return model, report
 
