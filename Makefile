@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The LSTM signal on the bundled sample (deploy/configs/lstm-sample.toml): trained at start on
+# the sample's history before the replay, then paper-traded over the embedded Redis.
+PAPER_CONFIG ?= deploy/configs/lstm-sample.toml
 paper: $(STAMP)
-	$(BIN)/deepfactor paper $(ARGS)
+	$(BIN)/deepfactor paper --config $(PAPER_CONFIG) $(ARGS)
 
 # pytest exits 5 when it collects no tests; that is not a failure of the code under test.
 test: $(STAMP)

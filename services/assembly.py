@@ -53,6 +53,28 @@ def validate(config: Config) -> None:
     """
     schedule_trigger(config)
     FactorUpdateService(MemoryBus(), WallClock(), config.strategy)
+    replay_start(config)
+
+
+def replay_start(config: Config):  # -> np.datetime64 | None
+    """``[paper] start`` as a UTC time (None when empty).
+
+    Raises
+    ------
+    ConfigError
+        Not an ISO date or date-time.
+    """
+    import numpy as np
+
+    text = config.paper.start.strip()
+    if not text:
+        return None
+    try:
+        return np.datetime64(text.removesuffix("Z"), "ns")
+    except ValueError:
+        raise ConfigError(
+            f"[paper] start must be an ISO date such as 2020-01-01, received {text!r}"
+        ) from None
 
 
 def check_universe(config: Config, symbols: Sequence[str], where: str) -> None:
@@ -97,6 +119,7 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
             registry=config.model.registry,
             lookback=config.model.lookback,
             device=config.model.device,
+            inference_threads=config.model.inference_threads,
         ),
         rebalance=RebalanceService(bus, clock, config.portfolio),
         execution=ExecutionService(bus, clock, broker),

@@ -16,6 +16,7 @@ from engine.data import Panel
 from services.assembly import Services, build_services, schedule_trigger
 from services.market_data import MarketDataService, to_datetime
 from services.runtime import Pump
+from services.signal import CHECKPOINT_KINDS
 
 log = structlog.get_logger("services.backtest")
 BLOCK_BARS = 1024
@@ -37,6 +38,9 @@ class Backtest:
         self.bus = MemoryBus(namespace="backtest")
         self.clock = SimulatedClock(to_datetime(panel.bar_open[0]))
         self.services: Services = build_services(config, self.bus, self.clock)
+        if config.model.walk_forward and config.strategy.name in CHECKPOINT_KINDS:
+            self.walk_forward = _walk_forward(config, panel)
+            self.services.signal.serve_schedule(self.walk_forward.schedule[config.strategy.name])
         self.market = MarketDataService(
             self.bus, panel, schedule_trigger(config), config.schedule.name, self.clock
         )
@@ -91,6 +95,26 @@ class Backtest:
             pending=pump.pending(),
         )
         return summary
+
+
+def _walk_forward(config: Config, panel: Panel):  # -> WalkForwardResult
+    # Fit the configured model walk-forward on the same snapshots the run will publish.
+    from services.model_data import period_data
+    from services.train import settings_of
+    from strategies.models.training import walk_forward
+
+    started = time.perf_counter()
+    kind = config.strategy.name
+    result = walk_forward(period_data(config, panel), (kind,), settings_of(config))
+    log.info(
+        "backtest.walk_forward",
+        model=kind,
+        windows=len(result.windows),
+        first_serves=str(result.schedule[kind][0][0])[:19],
+        out_of_sample_ic=round(result.summary()[kind]["mean_ic"], 4),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return result
 
 
 def run_backtest(config: Config, panel: Panel, out_dir: Path | None = None) -> dict[str, Any]:

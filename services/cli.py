@@ -234,12 +234,13 @@ def _retrain(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
+def _paper_panel(arguments: argparse.Namespace, config, bars: int | None = None):  # -> Panel
     from engine.data import SAMPLE_PATH
     from engine.data.sources import BarSource, FileSource, SyntheticSource
     from engine.errors import UsageError
 
-    bars = config.paper.bars if arguments.bars is None else arguments.bars
+    if bars is None:
+        bars = config.paper.bars if arguments.bars is None else arguments.bars
     if bars < 0:
         raise UsageError(f"--bars must be a number of bars >= 0 (0: all), received {bars}")
     source: BarSource
@@ -256,6 +257,28 @@ def _paper_panel(arguments: argparse.Namespace, config):  # -> Panel
         source = FileSource(Path(arguments.data) if arguments.data else SAMPLE_PATH)
     panel = source.panel()
     return panel.slice(0, bars) if bars and bars < panel.n_bars else panel
+
+
+def _replay_panels(arguments: argparse.Namespace, config):  # -> (history, replay)
+    # The replay of `paper` and `run market-data`: [paper] bars from [paper] start; the bars
+    # before the start are the history a model may be trained on.
+    from engine.errors import UsageError
+    from services.assembly import replay_start
+
+    start = replay_start(config)
+    if start is None:
+        panel = _paper_panel(arguments, config)
+        return panel.slice(0, 0), panel
+    bars = config.paper.bars if arguments.bars is None else arguments.bars
+    full = _paper_panel(arguments, config, bars=0)
+    first = int(full.bar_open.searchsorted(start))
+    if first >= full.n_bars:
+        raise UsageError(
+            f"[paper] start {config.paper.start}: {full.source} ends before it "
+            f"(last bar {str(full.bar_open[-1])[:19]})"
+        )
+    stop = first + bars if bars else full.n_bars
+    return full.slice(0, first), full.slice(first, min(stop, full.n_bars))
 
 
 def _parse_speed(text: str | None, default: float) -> float:
@@ -308,7 +331,7 @@ def _paper(arguments: argparse.Namespace) -> int:
             panel = None
             check_universe(config, symbols, "--symbols")
         else:
-            panel = _paper_panel(arguments, config)
+            history, panel = _replay_panels(arguments, config)
             where = f"--data {arguments.data}" if arguments.data else "the data"
             check_universe(config, panel.symbols, where)
     except (ConfigError, DataError, UsageError) as error:
@@ -361,6 +384,9 @@ def _paper(arguments: argparse.Namespace) -> int:
                 account=account,
             )
         else:
+            from services.model_start import ensure_model
+
+            ensure_model(config, history)
             run = run_paper(config, panel, out_dir, speed=speed, stop=stop, account=account)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -431,7 +457,7 @@ def _run_service(arguments: argparse.Namespace) -> int:
             from services.assembly import check_universe
 
             speed = _parse_speed(arguments.speed, config.paper.speed)
-            panel = _paper_panel(arguments, config)
+            _, panel = _replay_panels(arguments, config)
             where = f"--data {arguments.data}" if arguments.data else "the data"
             check_universe(config, panel.symbols, where)
     except (ConfigError, DataError, UsageError) as error:

@@ -21,7 +21,7 @@ from services.backtest import BLOCK_BARS
 from services.factor_update import FactorUpdateService
 from services.market_data import MarketDataService, to_datetime
 from services.runtime import Handler, Pump, Service
-from strategies.models.dataset import PeriodData, build_period_data
+from strategies.models.dataset import PeriodData, build_period_data, utc64
 
 
 class _SnapshotCollector(Service):
@@ -81,7 +81,7 @@ def period_data(config: Config, panel: Panel) -> PeriodData:
             "compute_on = 'bar')"
         )
     close_times = panel.close_time
-    asof = np.array([np.datetime64(s.asof.replace(tzinfo=None), "ns") for s in snapshots])
+    asof = np.array([utc64(s.asof) for s in snapshots])
     rows = np.searchsorted(close_times.astype("datetime64[ns]"), asof, side="right") - 1
     closes = carry_forward(panel.close, np.full(len(panel.symbols), np.nan))[rows]
     return build_period_data(snapshots, panel.symbols, closes)

@@ -28,6 +28,7 @@ from engine.events import Control, Envelope, EventPayload, FactorSnapshot, Signa
 from services.factor_update import factor_label
 from services.runtime import Handler, Service
 from strategies.models import ModelError, Prediction
+from strategies.models.dataset import utc64
 from strategies.models.features import snapshot_features
 from strategies.models.models import TrailingICModel
 from strategies.models.registry import ModelRegistry
@@ -83,12 +84,14 @@ class SignalService(Service):
         registry: str | Path | None = None,
         lookback: int = 20,
         device: str = "cpu",
+        inference_threads: int | None = None,
     ) -> None:
         self.configured = {factor_label(f): f.weight for f in factors}
         self.model = model
         self.registry = ModelRegistry(registry) if registry is not None else None
         self.lookback = lookback
         self.device = device
+        self.inference_threads = inference_threads
         self._weights_for: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = {}
         self._served: object | None = None  # the loaded model (checkpoint kinds, trailing-ic)
         self._served_for: tuple[str, ...] | None = None
@@ -97,7 +100,14 @@ class SignalService(Service):
         self.fallbacks = 0
         self.last_model = model  # the version of the model behind the last Signal
         self._history = _History(lookback) if model != "equal-weight" else None
+        self._schedule: list[tuple[np.datetime64, object]] = []
         super().__init__(bus, clock)
+
+    def serve_schedule(self, schedule: list[tuple[np.datetime64, object]]) -> None:
+        """Serve, at each snapshot, the latest model of ``schedule`` (decision time from which
+        it serves, model) that starts at or before the snapshot: a walk-forward backtest."""
+        self._schedule = list(schedule)
+        self._starts = np.array([start for start, _ in schedule], dtype="datetime64[ns]")
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
         return {FactorSnapshot: self.on_factors}
@@ -141,6 +151,10 @@ class SignalService(Service):
         if self.registry is None:
             self._load_error = f"strategy {self.model} needs a model registry ([model] registry)"
             return
+        if self.inference_threads:
+            import torch
+
+            torch.set_num_threads(self.inference_threads)
         try:
             self._served = self.registry.load(self.model, factors=names, device=self.device)
         except ModelError as error:
@@ -183,10 +197,16 @@ class SignalService(Service):
         # (model served, its prediction, why the fallback was served or None).
         assert self._history is not None
         names = snapshot.factor_names
-        if names != self._served_for:
-            self._load(names)
-        model = self._served
-        reason = self._load_error
+        if self._schedule:
+            at = utc64(snapshot.asof)
+            position = int(np.searchsorted(self._starts, at, side="right")) - 1
+            model = self._schedule[position][1] if position >= 0 else None
+            reason = None if model is not None else "before the first walk-forward fit"
+        else:
+            if names != self._served_for:
+                self._load(names)
+            model = self._served
+            reason = self._load_error
         if model is not None and len(self._history) < model.lookback:  # type: ignore[attr-defined]
             reason = f"warming up: the model reads {model.lookback} snapshots"  # type: ignore[attr-defined]
         if reason is None and model is not None:

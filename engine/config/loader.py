@@ -4,6 +4,7 @@ was received."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import tomllib
@@ -28,6 +29,18 @@ def _parse_env_value(text: str) -> Any:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def _dates_as_text(value: Any) -> Any:
+    # TOML reads `start = 2020-01-02` (unquoted, in a file or an environment value) as a date;
+    # every date in the config is a string field, so it is taken as its ISO text.
+    if isinstance(value, dict):
+        return {key: _dates_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(item) for item in value]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return value
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -157,7 +170,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     for key, (name, value) in overrides.items():
         _set_path(tree, key, value, name)
     try:
-        config = msgspec.convert(tree, Config, strict=True)
+        config = msgspec.convert(_dates_as_text(tree), Config, strict=True)
     except msgspec.ValidationError as error:
         raise ConfigError(_validation_message(error, tree, source, env_origins)) from None
     _check_redis_url(config.bus.redis_url, source, ("bus", "redis_url") in env_origins)

@@ -133,6 +133,10 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     registry: str = "models"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads of the signal service's inference (torch.set_num_threads, set when it first
+    # loads a model): a small LSTM gains nothing from more, and its p99 suffers when the
+    # threads compete with the other services for the cores.
+    inference_threads: PositiveInt = 1
     lookback: PositiveInt = 20
     hidden: PositiveInt = 32
     layers: PositiveInt = 1
@@ -151,6 +155,9 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     retrain_every: PositiveInt = 20
     window: Literal["expanding", "rolling"] = "expanding"
     train_periods: NonNegativeInt = 0
+    # Backtests: fit walk-forward inside the run (each period scored by a model fitted before
+    # it) instead of serving the registry's active checkpoint.
+    walk_forward: bool = False
 
 
 class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -172,12 +179,16 @@ class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class PaperConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Paper replay pace: ``bars`` to run (0: the whole source) at ``speed`` bars per second
-    (0: as fast as the services keep up)."""
+    """Paper replay: ``bars`` to run (0: the rest of the source) from ``start`` at ``speed``
+    bars per second (0: as fast as the services keep up)."""
 
     bars: NonNegativeInt = 250
     speed: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     heartbeat_s: PositiveFloat = 5.0
+    # The replay starts at the first bar opening at or after this UTC date ("": the first bar
+    # of the data). The bars before it are history: a model strategy ([strategy] name lstm,
+    # asset-lstm, ridge) with no active checkpoint is trained on them at start.
+    start: str = ""
 
 
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -59,6 +60,11 @@ class PeriodData:
         return np.flatnonzero(known)
 
 
+def utc64(moment: datetime) -> np.datetime64:
+    """A tz-aware datetime as a naive UTC ``datetime64[ns]`` (the instant, whatever offset)."""
+    return np.datetime64(moment.astimezone(UTC).replace(tzinfo=None), "ns")
+
+
 def build_period_data(
     snapshots: Sequence[FactorSnapshot], symbols: Sequence[str], closes: np.ndarray
 ) -> PeriodData:
@@ -88,13 +94,19 @@ def build_period_data(
     column = {s: i for i, s in enumerate(symbols)}
     exposures = np.full((len(snapshots), len(factors), len(symbols)), np.nan, dtype=np.float32)
     for t, snapshot in enumerate(snapshots):
+        unknown = [s for s in snapshot.symbols if s not in column]
+        if unknown:
+            raise ModelError(
+                f"the snapshot at {snapshot.asof.isoformat()} has symbols {unknown} that are not "
+                "in the universe the closes are given for"
+            )
         where = [column[s] for s in snapshot.symbols]
         values = np.array(snapshot.exposures, dtype=np.float64)  # None -> nan
         exposures[t][:, where] = values
     with np.errstate(invalid="ignore", divide="ignore"):
         returns = closes[1:] / closes[:-1] - 1.0
     returns = np.vstack([returns, np.full((1, len(symbols)), np.nan)]).astype(np.float32)
-    times = np.array([np.datetime64(s.asof.replace(tzinfo=None), "ns") for s in snapshots])
+    times = np.array([utc64(s.asof) for s in snapshots])
     label_times = np.concatenate([times[1:], np.array([np.datetime64("NaT", "ns")])])
     features = np.stack([snapshot_features(s, factors) for s in snapshots])
     return PeriodData(times, label_times, symbols, factors, features, exposures, returns)

@@ -76,7 +76,12 @@ class ModelRegistry:
         folder = self.root / strategy
         if not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if (p / META_FILE).is_file())
+        # A ".{name}.partial" folder is a save that never finished: never a version.
+        return sorted(
+            p.name
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and (p / META_FILE).is_file()
+        )
 
     def save(
         self,
@@ -173,8 +178,10 @@ class ModelRegistry:
             tensors = torch.load(
                 self.root / strategy / name / WEIGHTS_FILE, map_location="cpu", weights_only=True
             )
-        except (OSError, RuntimeError, ValueError) as error:
-            raise ModelError(f"{where}: weights unreadable ({error})") from None
+        except Exception as error:  # a damaged file fails in many ways (pickle, EOF, keys)
+            raise ModelError(
+                f"{where}: weights unreadable ({type(error).__name__}: {error})"
+            ) from None
         stats = meta.get("normalisation")
         normaliser = (
             None if stats is None else Normaliser(np.array(stats["mean"]), np.array(stats["std"]))

@@ -78,8 +78,13 @@ class TrainSettings:
             raise ModelError(f"objective must be one of {OBJECTIVES}, received {self.objective!r}")
         if self.window not in ("expanding", "rolling"):
             raise ModelError(f"window must be expanding or rolling, received {self.window!r}")
-        if self.lookback < 1 or self.min_train < 10 or self.retrain_every < 1:
-            raise ModelError("lookback >= 1, min_train >= 10 and retrain_every >= 1 are needed")
+        if self.lookback < 1 or self.retrain_every < 1:
+            raise ModelError("lookback >= 1 and retrain_every >= 1 are needed")
+        if self.min_train < self.lookback + 10:
+            raise ModelError(
+                f"[model] min_train ({self.min_train}) must exceed lookback ({self.lookback}) "
+                "by at least 10 periods: the first fit needs samples with a full history"
+            )
 
 
 @dataclass
@@ -341,6 +346,9 @@ class WalkForwardResult:
     weights: dict[str, np.ndarray]  # factor-weight kinds -> (test rows, F)
     test_rows: np.ndarray
     models: dict[str, Any]  # kind -> the last window's model
+    # kind -> (decision time from which it serves, model), one per window, in time order:
+    # what a backtest serves so that every period is scored by a model fitted before it.
+    schedule: dict[str, list[tuple[np.datetime64, Any]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {kind: ic_summary(self.ic[kind]) for kind in self.kinds}
@@ -375,6 +383,7 @@ def walk_forward(
     rows_done: list[np.ndarray] = []
     reports: list[dict[str, Any]] = []
     models: dict[str, Any] = {}
+    schedule: dict[str, list[tuple[np.datetime64, Any]]] = {kind: [] for kind in kinds}
     for number, window in enumerate(plan, 1):
         entry: dict[str, Any] = {
             "window": number,
@@ -387,7 +396,9 @@ def walk_forward(
         }
         for kind in kinds:
             model, report = fit(kind, data, window.train_rows, settings, progress)
+            model.version = f"{kind}-wf{number}"
             models[kind] = model
+            schedule[kind].append((data.times[window.cutoff], model))
             window_ic = score_rows(model, data, window.test_rows)
             ic[kind].append(window_ic)
             entry[kind] = float(np.nanmean(window_ic)) if np.isfinite(window_ic).any() else None
@@ -414,4 +425,5 @@ def walk_forward(
         {kind: np.concatenate(values) for kind, values in weights.items() if values},
         np.concatenate(rows_done),
         models,
+        schedule,
     )
