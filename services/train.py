@@ -25,6 +25,7 @@ from tqdm import tqdm
 from engine.config import Config
 from engine.data import Panel
 from services.challenge import challenge
+from services.factor_update import factor_label
 from services.model_data import period_data
 from strategies.models import MODEL_KINDS, ModelError
 from strategies.models.registry import ModelRegistry
@@ -59,6 +60,7 @@ def settings_of(config: Config, device: str | None = None) -> TrainSettings:
         retrain_every=m.retrain_every,
         window=m.window,
         train_periods=m.train_periods,
+        factor_weights=tuple((factor_label(f), f.weight) for f in config.strategy.factors),
     )
 
 

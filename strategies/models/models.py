@@ -44,17 +44,25 @@ def _factor_prediction(
 
 
 class EqualWeightModel:
-    """Every factor weighs the same: the classical multi-factor baseline."""
+    """Fixed factor weights: the classical multi-factor baseline. Equal unless ``weights``
+    (one per factor, the configured ``[[strategy.factors]] weight``, signs included) says
+    otherwise: what the signal service's ``equal-weight`` strategy serves."""
 
     kind = "equal-weight"
     lookback = 1
 
-    def __init__(self, factors: tuple[str, ...], version: str = "equal-weight") -> None:
+    def __init__(
+        self,
+        factors: tuple[str, ...],
+        version: str = "equal-weight",
+        weights: np.ndarray | None = None,
+    ) -> None:
         self.factors = factors
         self.version = version
+        self.weights = np.ones(len(factors)) if weights is None else np.asarray(weights, float)
 
     def predict(self, features: np.ndarray, exposures: np.ndarray) -> Prediction:
-        return _factor_prediction(self.factors, np.ones(len(self.factors)), exposures)
+        return _factor_prediction(self.factors, self.weights, exposures)
 
     def describe(self) -> dict[str, Any]:
         return {}

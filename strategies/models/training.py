@@ -72,6 +72,8 @@ class TrainSettings:
     retrain_every: int = 20
     window: str = "expanding"
     train_periods: int = 0  # rolling window length (0: expanding)
+    # The equal-weight baseline's weight per factor label (absent: 1): the configured ones.
+    factor_weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -273,6 +275,15 @@ def _fit_ridge(
     return model, report
 
 
+def usable_rows(data: PeriodData, rows: np.ndarray, settings: TrainSettings) -> np.ndarray:
+    """The rows of ``rows`` a fit learns from: a full lookback behind them, and at least
+    ``MIN_ASSETS`` assets scorable and labelled (the factors' warm-up teaches nothing)."""
+    rows = np.asarray(rows)
+    rows = rows[rows >= settings.lookback - 1]
+    scorable = np.isfinite(data.exposures[rows]).all(axis=1) & np.isfinite(data.returns[rows])
+    return rows[scorable.sum(axis=1) >= MIN_ASSETS]
+
+
 def fit(
     kind: str,
     data: PeriodData,
@@ -284,13 +295,11 @@ def fit(
     caller's decision time); return (model, FitReport)."""
     if kind not in MODEL_KINDS:
         raise ModelError(f"model kind must be one of {MODEL_KINDS}, received {kind!r}")
-    rows = np.asarray(rows)
-    rows = rows[rows >= settings.lookback - 1]
-    # A period with too few assets scorable and labelled teaches nothing (the factors' warm-up).
-    scorable = np.isfinite(data.exposures[rows]).all(axis=1) & np.isfinite(data.returns[rows])
-    rows = rows[scorable.sum(axis=1) >= MIN_ASSETS]
+    rows = usable_rows(data, rows, settings)
     if kind == "equal-weight":
-        return EqualWeightModel(data.factors), FitReport(kind, 0, 0)
+        configured = dict(settings.factor_weights)
+        weights = np.array([configured.get(f, 1.0) for f in data.factors])
+        return EqualWeightModel(data.factors, weights=weights), FitReport(kind, len(rows), 0)
     if kind == "trailing-ic":
         return TrailingICModel(data.factors, settings.lookback), FitReport(kind, 0, 0)
     if kind == "ridge":
@@ -391,11 +400,15 @@ def walk_forward(
             "train_end": str(data.times[window.train_rows[-1]])[:19],
             "test_start": str(data.times[window.test_rows[0]])[:19],
             "test_end": str(data.times[window.test_rows[-1]])[:19],
-            "train_samples": int(len(window.train_rows)),
+            "train_samples": int(len(usable_rows(data, window.train_rows, settings))),
             "test_periods": int(len(window.test_rows)),
         }
         for kind in kinds:
             model, report = fit(kind, data, window.train_rows, settings, progress)
+            if report.validation_rows:
+                entry[f"{kind}:fitted"] = report.train_rows
+                entry[f"{kind}:validated"] = report.validation_rows
+                entry[f"{kind}:best_epoch"] = report.best_epoch
             model.version = f"{kind}-wf{number}"
             models[kind] = model
             schedule[kind].append((data.times[window.cutoff], model))
