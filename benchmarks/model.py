@@ -1,8 +1,7 @@
 """Signal model speed: LSTM training throughput against a bare PyTorch loop, and serving latency.
 
-Data: the planted-regime market of ``strategies.models.synthetic`` built by the same recipe
-(same draws in the same order; checked against ``planted_regime_market`` at its own 4 factors
-before anything is timed) but over the 18 live factor names of ``strategies.factors.FACTORS``:
+Data: the planted-regime market of ``strategies.models.synthetic`` (``planted_regime_market``)
+over the 18 live factor names of ``strategies.factors.FACTORS``:
 "momentum" pays in the calm regime, "low_volatility" in the volatile one, the other 16 never.
 Features are K = 2 x 18 + 5 = 41 columns.
 
@@ -69,12 +68,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from strategies.evaluation import quantile_spread, rank_ic  # noqa: E402
 from strategies.factors import FACTORS as LIVE_FACTORS  # noqa: E402
 from strategies.models import synthetic, training  # noqa: E402
 from strategies.models.base import ModelError  # noqa: E402
 from strategies.models.dataset import Normaliser, PeriodData, rank_labels, windows  # noqa: E402
-from strategies.models.features import MARKET_FEATURES  # noqa: E402
 from strategies.models.models import AssetLSTMModel, FactorLSTMModel, resolve_device  # noqa: E402
 from strategies.models.networks import (  # noqa: E402
     AssetLSTM,
@@ -97,57 +94,12 @@ def planted_market(
     assets: int,
     factors: tuple[str, ...],
     paying: tuple[int, int],
-    premium: float = 0.2,
-    persistence: float = 0.95,
-    state_noise: float = 0.5,
     seed: int = 0,
 ) -> PeriodData:
-    """``synthetic.planted_regime_market`` over any factor set: factor ``paying[0]`` pays in the
-    calm regime, ``paying[1]`` in the volatile one. Same draws, same order: with
-    ``synthetic.FACTORS`` and paying (0, 1) the arrays are identical (``check_recipe``)."""
-    rng = np.random.default_rng(seed)
-    n_factors = len(factors)
-    regime = np.zeros(periods, dtype=np.int64)
-    for t in range(1, periods):
-        stay = rng.random() < persistence
-        regime[t] = regime[t - 1] if stay else 1 - regime[t - 1]
-    exposures = rng.standard_normal((periods, n_factors, assets))
-    paying_factor = np.asarray(paying)[regime]
-    noise = rng.standard_normal((periods, assets))
-    signal = exposures[np.arange(periods), paying_factor]
-    returns = 0.02 * (premium * signal + np.sqrt(1 - premium**2) * noise)
-    realised_ic = np.zeros((periods, n_factors))
-    realised_ls = np.zeros((periods, n_factors))
-    for f in range(n_factors):
-        realised_ic[1:, f] = rank_ic(exposures[:-1, f], returns[:-1])
-        realised_ls[1:, f] = quantile_spread(exposures[:-1, f], returns[:-1])
-    market = np.zeros((periods, len(MARKET_FEATURES)))
-    market[1:, 0] = returns[:-1].mean(axis=1)
-    market[:, 1] = 0.01 * (1.0 + regime + state_noise * rng.standard_normal(periods))
-    market[1:, 4] = returns[:-1].std(axis=1)
-    market[:, 3] = 0.5 + 0.05 * rng.standard_normal(periods)
-    features = np.hstack([realised_ic, realised_ls, market])
-    times = np.datetime64("2020-01-03", "ns") + np.arange(periods) * np.timedelta64(7, "D")
-    label_times = np.concatenate([times[1:], np.array([np.datetime64("NaT", "ns")])])
-    returns_out = returns.astype(np.float32)
-    returns_out[-1] = np.nan
-    return PeriodData(
-        times=times,
-        label_times=label_times,
-        symbols=tuple(f"A{i:03d}" for i in range(assets)),
-        factors=tuple(factors),
-        features=features,
-        exposures=exposures.astype(np.float32),
-        returns=returns_out,
-    )
-
-
-def check_recipe() -> None:
-    """The generalised recipe reproduces ``planted_regime_market`` exactly at its 4 factors."""
-    reference = synthetic.planted_regime_market(periods=80, assets=12, seed=3).data
-    ours = planted_market(80, 12, synthetic.FACTORS, (0, 1), seed=3)
-    for name in ("features", "exposures", "returns"):
-        np.testing.assert_array_equal(getattr(ours, name), getattr(reference, name), err_msg=name)
+    """``synthetic.planted_regime_market`` over the live factor names."""
+    return synthetic.planted_regime_market(
+        periods=periods, assets=assets, seed=seed, factors=factors, paying_factors=paying
+    ).data
 
 
 def live_market(periods: int, assets: int, seed: int) -> PeriodData:
@@ -363,7 +315,6 @@ def main() -> int:
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    check_recipe()
     load_before = os.getloadavg()
 
     data = live_market(args.periods, args.assets, args.seed)

@@ -15,7 +15,7 @@ from engine.data import Panel
 from engine.errors import DataError
 from services.model_data import period_data
 from services.signal import CHECKPOINT_KINDS
-from services.train import settings_of
+from services.train import settings_of, training_record
 from strategies.models import ModelError
 from strategies.models.registry import ModelRegistry
 from strategies.models.training import fit
@@ -40,7 +40,8 @@ def ensure_model(config: Config, history: Panel) -> str | None:
             raise DataError("no bars before [paper] start")
         data = period_data(config, history)
         rows = data.usable_before(data.n_periods - 1)
-        model, report = fit(kind, data, rows, settings_of(config))
+        settings = settings_of(config)
+        model, report = fit(kind, data, rows, settings)
     except (DataError, ModelError) as error:
         log.warning(
             "paper.model_not_trained",
@@ -53,14 +54,7 @@ def ensure_model(config: Config, history: Panel) -> str | None:
     version = registry.save(
         kind,
         model,
-        training={
-            "start": str(data.times[rows[0]])[:19],
-            "end": str(data.times[rows[-1]])[:19],
-            "samples": int(report.train_rows),
-            "data": history.source,
-            "data_hash": data.digest(),
-            "settings": settings_of(config).__dict__,
-        },
+        training=training_record(data, rows, report.train_rows, history.source, settings),
         metrics={"validation_ic": report.validation_ic, "best_epoch": report.best_epoch},
         activate=True,
     )

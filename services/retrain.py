@@ -27,7 +27,7 @@ from engine.data import Panel
 from engine.events import Control, make_event
 from services.challenge import Verdict, challenge
 from services.model_data import period_data
-from services.train import settings_of
+from services.train import settings_of, training_record
 from strategies.models.registry import ModelRegistry
 from strategies.models.training import fit
 
@@ -56,14 +56,7 @@ def retrain_once(config: Config, panel: Panel, kind: str, device: str | None = N
     version = registry.save(
         kind,
         model,
-        training={
-            "start": str(data.times[rows[0]])[:19],
-            "end": str(data.times[rows[-1]])[:19],
-            "samples": int(report.train_rows),
-            "data": panel.source,
-            "data_hash": data.digest(),
-            "settings": settings.__dict__,
-        },
+        training=training_record(data, rows, report.train_rows, panel.source, settings),
         metrics={"validation_ic": verdict.challenger_ic, "best_epoch": report.best_epoch},
         activate=verdict.challenger_wins,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import structlog
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ from services.challenge import challenge
 from services.factor_update import factor_label
 from services.model_data import period_data
 from strategies.models import MODEL_KINDS, ModelError
+from strategies.models.dataset import PeriodData
 from strategies.models.registry import ModelRegistry
 from strategies.models.training import TrainSettings, fit, walk_forward
 
@@ -62,6 +64,21 @@ def settings_of(config: Config, device: str | None = None) -> TrainSettings:
         train_periods=m.train_periods,
         factor_weights=tuple((factor_label(f), f.weight) for f in config.strategy.factors),
     )
+
+
+def training_record(
+    data: PeriodData, rows: np.ndarray, samples: int, source: str, settings: TrainSettings
+) -> dict[str, Any]:
+    """What a checkpoint's ``meta.json`` says of its training: span, samples, data, settings."""
+    return {
+        "start": str(data.times[rows[0]])[:19],
+        "end": str(data.times[rows[-1]])[:19],
+        "samples": int(samples),
+        "assets": len(data.symbols),
+        "data": source,
+        "data_hash": data.digest(),
+        "settings": settings.__dict__,
+    }
 
 
 @dataclass
@@ -174,15 +191,7 @@ def run_train(
     registry = ModelRegistry(config.model.registry)
     verdict = challenge(registry, kind, model, data, fit_report.validation, "cpu")
     better = verdict.challenger_wins
-    training = {
-        "start": str(data.times[final_rows[0]])[:19],
-        "end": str(data.times[final_rows[-1]])[:19],
-        "samples": int(len(final_rows)),
-        "assets": len(data.symbols),
-        "data": panel.source,
-        "data_hash": data.digest(),
-        "settings": settings.__dict__,
-    }
+    training = training_record(data, final_rows, fit_report.train_rows, panel.source, settings)
     metrics = {
         "validation_ic": fit_report.validation_ic,
         "best_epoch": fit_report.best_epoch,

@@ -39,15 +39,19 @@ def planted_regime_market(
     persistence: float = 0.95,
     state_noise: float = 0.5,
     seed: int = 0,
+    factors: tuple[str, ...] = FACTORS,
+    paying_factors: tuple[int, int] = (0, 1),
 ) -> PlantedMarket:
+    """``factors[paying_factors[0]]`` pays in the calm regime, ``factors[paying_factors[1]]``
+    in the volatile one (by default momentum, then low_volatility); the others never pay."""
     rng = np.random.default_rng(seed)
-    n_factors = len(FACTORS)
+    n_factors = len(factors)
     regime = np.zeros(periods, dtype=np.int64)
     for t in range(1, periods):
         stay = rng.random() < persistence
         regime[t] = regime[t - 1] if stay else 1 - regime[t - 1]
     exposures = rng.standard_normal((periods, n_factors, assets))
-    paying = regime  # factor 0 in the calm regime, factor 1 in the volatile one
+    paying = np.asarray(paying_factors)[regime]
     noise = rng.standard_normal((periods, assets))
     signal = exposures[np.arange(periods), paying]  # (T, N)
     returns = 0.02 * (premium * signal + np.sqrt(1 - premium**2) * noise)
@@ -72,7 +76,7 @@ def planted_regime_market(
         times=times,
         label_times=label_times,
         symbols=tuple(f"A{i:03d}" for i in range(assets)),
-        factors=FACTORS,
+        factors=tuple(factors),
         features=features,
         exposures=exposures.astype(np.float32),
         returns=returns_out,
