@@ -47,6 +47,11 @@ class _History:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def keep(self, length: int) -> None:
+        """Keep at least ``length`` snapshots from now on (a model that reads more)."""
+        if self.rows.maxlen is not None and length > self.rows.maxlen:
+            self.rows = deque(self.rows, maxlen=length)
+
     def add(self, features: np.ndarray, snapshot: FactorSnapshot) -> None:
         exposures = np.array(snapshot.exposures, dtype=np.float64)
         self.rows.append((features, snapshot.symbols, exposures))
@@ -117,13 +122,26 @@ class SignalService(Service):
         """Rebuild the snapshot history from what this group consumed before a restart."""
         if self._history is None:
             return
-        history = self.bus.consumed_history(self.name, FactorSnapshot.TOPIC, self.lookback)
+        # As many as the active checkpoint reads, when it reads more than [model] lookback.
+        self._history.keep(self._active_lookback())
+        count = self._history.rows.maxlen
+        history = self.bus.consumed_history(self.name, FactorSnapshot.TOPIC, count)
         for event in history:
             snapshot = event.payload
             assert isinstance(snapshot, FactorSnapshot)
             self._history.add(snapshot_features(snapshot, snapshot.factor_names), snapshot)
         if history:
             log.info("signal.warmed_up", snapshots=len(history))
+
+    def _active_lookback(self) -> int:
+        # The lookback in the active checkpoint's meta.json (0 when there is none to read).
+        if self.registry is None or self.model not in CHECKPOINT_KINDS:
+            return 0
+        try:
+            active = self.registry.active(self.model)
+            return int(self.registry.meta(self.model, active)["lookback"]) if active else 0
+        except (ModelError, KeyError, TypeError, ValueError):
+            return 0  # loading it will say what is wrong
 
     def on_control(self, control: Control, event: Envelope) -> None:
         super().on_control(control, event)
@@ -161,6 +179,8 @@ class SignalService(Service):
             self._load_error = str(error)
             log.error("signal.model_unavailable", strategy=self.model, error=str(error))
             return
+        if self._history is not None:
+            self._history.keep(self._served.lookback)  # type: ignore[attr-defined]
         log.info(
             "signal.model_loaded",
             strategy=self.model,

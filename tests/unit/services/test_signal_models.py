@@ -146,3 +146,20 @@ def test_a_restarted_service_rebuilds_its_history_and_signals_the_same(registry)
     got += restarted.send(*(snapshot(t) for t in range(106, 112)))
     assert [s.scores for s in got] == [s.scores for s in expected]
     assert [s.fallback for s in got] == [s.fallback for s in expected]
+
+
+def test_a_checkpoint_reading_more_than_the_configured_lookback_is_served(tmp_path):
+    # [model] lookback 5, a checkpoint trained on 8: the service keeps 8 snapshots, also after
+    # a restart, instead of warming up forever.
+    own = ModelRegistry(tmp_path / "models")
+    settings = TrainSettings(lookback=8, hidden=8, epochs=2, min_train=50, device="cpu")
+    model, _ = fit("lstm", DATA, DATA.usable_before(100), settings)
+    version = own.save("lstm", model, training={}, metrics={}, activate=True)
+    bus = MemoryBus()
+    first = Harness(own.root, bus=bus)
+    signals = first.send(*(snapshot(t) for t in range(100, 110)))
+    assert [s.fallback for s in signals] == [True] * 7 + [False] * 3
+    assert signals[-1].model == version
+    restarted = Harness(own.root, bus=bus)
+    (after,) = restarted.send(snapshot(110))
+    assert not after.fallback and after.model == version
