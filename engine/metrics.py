@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from engine.risk import measures
 
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
@@ -14,10 +14,11 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
 
 
 def historical_var(returns: np.ndarray, confidence: float) -> float:
-    """Return the historical Value-at-Risk of ``returns`` as a positive loss fraction."""
-    if len(returns) == 0:
-        return 0.0
-    return float(max(0.0, -np.quantile(returns, 1.0 - confidence)))
+    """Return the historical Value-at-Risk of ``returns`` as a positive loss fraction.
+
+    Kept for its callers; ``engine.risk.measures.historical_var`` computes it (and a horizon).
+    """
+    return measures.historical_var(returns, confidence)
 
 
 def performance_summary(equity: np.ndarray, periods_per_year: float) -> dict[str, float]:
@@ -26,24 +27,11 @@ def performance_summary(equity: np.ndarray, periods_per_year: float) -> dict[str
     if len(equity) == 0:
         raise ValueError("performance_summary needs at least one equity point")
     returns = equity[1:] / equity[:-1] - 1.0
-    total_return = float(equity[-1] / equity[0] - 1.0)
-    years = len(returns) / periods_per_year
-    cagr = (
-        float((equity[-1] / equity[0]) ** (1.0 / years) - 1.0)
-        if years > 0 and equity[-1] > 0
-        else 0.0
-    )
-    volatility = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
-    sharpe = (
-        float(np.mean(returns) / volatility * math.sqrt(periods_per_year))
-        if volatility > 0
-        else 0.0
-    )
     return {
-        "total_return": total_return,
-        "cagr": cagr,
-        "sharpe": sharpe,
-        "max_drawdown": float(drawdown(equity).max()),
-        "var_95": historical_var(returns, 0.95),
-        "var_99": historical_var(returns, 0.99),
+        "total_return": float(equity[-1] / equity[0] - 1.0),
+        "cagr": measures.cagr(equity, periods_per_year),
+        "sharpe": measures.sharpe_ratio(returns, periods_per_year),
+        "max_drawdown": measures.max_drawdown(equity),
+        "var_95": measures.historical_var(returns, 0.95),
+        "var_99": measures.historical_var(returns, 0.99),
     }

@@ -90,6 +90,23 @@ def _read(path: Path, option: str) -> dict | None:
     return record
 
 
+def account_namespace(run_dir: Path) -> str:
+    """The Redis namespace of the paper account in ``run_dir``.
+
+    Raises
+    ------
+    UsageError
+        No account there (naming the directory), or its account.json is unreadable.
+    """
+    record = _read(run_dir / ACCOUNT_FILE, "--out")
+    if record is None:
+        raise UsageError(
+            f"--out {run_dir}: no paper account here (no {ACCOUNT_FILE}); start one with "
+            "`deepfactor paper --out DIR` or `deepfactor run market-data --out DIR`"
+        )
+    return str(record["namespace"])
+
+
 def open_account(
     run_dir: Path,
     base_namespace: str,

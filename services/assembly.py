@@ -13,6 +13,7 @@ from engine.bus import Bus, MemoryBus
 from engine.clock import Clock, WallClock
 from engine.config import Config
 from engine.errors import ConfigError
+from engine.portfolio.lots import LotRules
 from engine.scheduling import build_trigger
 from services.execution import ExecutionService
 from services.factor_update import FactorUpdateService
@@ -54,6 +55,28 @@ def validate(config: Config) -> None:
     schedule_trigger(config)
     FactorUpdateService(MemoryBus(), WallClock(), config.strategy)
     replay_start(config)
+    check_portfolio(config)
+
+
+def check_portfolio(config: Config) -> None:
+    """Check the [portfolio] and [risk] keys that bound each other.
+
+    Raises
+    ------
+    ConfigError
+        Naming both keys and their values.
+    """
+    portfolio = config.portfolio
+    if portfolio.net_exposure_min > portfolio.net_exposure_max:
+        raise ConfigError(
+            f"[portfolio] net_exposure_min {portfolio.net_exposure_min} is above "
+            f"net_exposure_max {portfolio.net_exposure_max}"
+        )
+    if portfolio.max_weight > portfolio.gross_exposure:
+        raise ConfigError(
+            f"[portfolio] max_weight {portfolio.max_weight} is above gross_exposure "
+            f"{portfolio.gross_exposure}: no asset can hold more than the whole book"
+        )
 
 
 def replay_start(config: Config):  # -> np.datetime64 | None
@@ -121,7 +144,15 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
             device=config.model.device,
             inference_threads=config.model.inference_threads,
         ),
-        rebalance=RebalanceService(bus, clock, config.portfolio),
+        rebalance=RebalanceService(
+            bus,
+            clock,
+            config.portfolio,
+            config.risk,
+            # Whole units when the broker trades no fractions; a market's own lot rules
+            # (ccxt metadata) are passed in by the adapters that know them.
+            default_lot=LotRules() if config.broker.fractional else LotRules(amount_step=1.0),
+        ),
         execution=ExecutionService(bus, clock, broker),
-        recorder=RecorderService(bus, clock),
+        recorder=RecorderService(bus, clock, config.risk),
     )

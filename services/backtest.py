@@ -70,6 +70,12 @@ class Backtest:
                 stop = published + 1
                 if self._quiet():
                     stop = min(count, published + self.block_bars)
+                    # Bars on which the drawdown stop may act go one by one: its orders must
+                    # reach the broker before the next bar, as they do bar by bar.
+                    if stop > published + 1 and self.services.rebalance.stop_possible(
+                        self.panel.symbols, self.panel.close[published:stop]
+                    ):
+                        stop = published + 1
                 market.publish_bars(published, stop)
                 pump.pump()
                 published = stop

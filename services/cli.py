@@ -77,6 +77,72 @@ def _config_check(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _operator(arguments: argparse.Namespace) -> int:
+    import json
+
+    import msgspec
+
+    from engine.errors import BusError, ConfigError, UsageError
+    from services.operator import account_bus, portfolio_status, set_kill_switch
+
+    try:
+        config = _validated_config(arguments)
+        if arguments.redis_url:
+            config = msgspec.structs.replace(
+                config, bus=msgspec.structs.replace(config.bus, redis_url=arguments.redis_url)
+            )
+        out_dir = Path(arguments.out or config.run.run_dir)
+        reading = arguments.command_name == "status"
+        with account_bus(config, out_dir, start_server=not reading) as bus:
+            if reading:
+                status = portfolio_status(bus)
+            else:
+                halt = arguments.command_name == "halt"
+                flag = set_kill_switch(
+                    bus,
+                    halt=halt,
+                    flatten=halt and arguments.flatten,
+                    reason=arguments.reason or "operator",
+                )
+    except (ConfigError, UsageError, BusError) as error:
+        return _error(str(error))
+    if arguments.command_name == "halt":
+        print(
+            f"halted {out_dir} since {flag['since']}"
+            + (": closing every position" if flag["flatten"] else "")
+        )
+    elif arguments.command_name == "resume":
+        print(f"resumed {out_dir}: the kill switch is off")
+    elif arguments.json:
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(status, out_dir)
+    return EXIT_OK
+
+
+def _print_status(status: dict, out_dir: Path) -> None:
+    switch = status["kill_switch"]
+    halted = "no" if switch is None else f"yes, since {switch['since']} ({switch['reason']})"
+    rows = [("account", f"{out_dir} (namespace {status['namespace']})"), ("halted", halted)]
+    portfolio = status.get("portfolio")
+    if portfolio is not None:
+
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.2%}"
+
+        stopped = " (drawdown stop on)" if portfolio["drawdown_stopped"] else ""
+        rows += [
+            ("as of", portfolio["asof"]),
+            ("equity", f"{portfolio['equity']:,.2f}"),
+            ("positions", f"{portfolio['positions']}, gross {portfolio['gross_exposure']:.2f}"),
+            ("drawdown", percent(portfolio["drawdown"]) + stopped),
+            ("VaR realised", percent(portfolio["realised_var"])),
+            ("VaR expected", percent(portfolio["expected_var"])),
+        ]
+    for name, value in rows:
+        print(f"  {name:<13} {value}")
+
+
 def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
     rows = [
         ("bars", f"{summary['bars']}"),
@@ -88,8 +154,22 @@ def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
         ("VaR 95 / 99", f"{summary['var_95']:.2%} / {summary['var_99']:.2%}"),
         ("orders / fills", f"{summary['orders']} / {summary['fills']}"),
         ("fees", f"{summary['fees']:,.2f}"),
-        ("written to", str(out_dir)),
     ]
+    limits = summary.get("risk_limits")
+    if limits is not None:
+        stop = limits["drawdown_stop"]
+        acted = summary.get("limits_acted") or {}
+        rows += [
+            (
+                "risk limits",
+                "off"
+                if not limits["enabled"]
+                else f"drawdown stop {stop:.0%}, {limits['var_method']} VaR "
+                f"{limits['var_confidence']:.0%} limit {limits['var_limit']:.2%}",
+            ),
+            ("limits acted", ", ".join(f"{k} x{n}" for k, n in acted.items()) or "none"),
+        ]
+    rows.append(("written to", str(out_dir)))
     print(title)
     for name, value in rows:
         print(f"  {name:<15} {value}")
@@ -827,6 +907,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.set_defaults(run=_replay)
+
+    for name, help_text in (
+        ("halt", "kill switch: stop every new order of a paper account (--flatten: close all)"),
+        ("resume", "lift the kill switch of a paper account"),
+        ("status", "show a paper account's equity, drawdown, VaR and kill switch"),
+    ):
+        operator = commands.add_parser(name, help=help_text, description=help_text)
+        operator.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
+        operator.add_argument(
+            "--out", metavar="DIR", help="the account's run directory (default: [run] run_dir)"
+        )
+        operator.add_argument("--redis-url", metavar="URL", help="the account's Redis")
+        if name == "halt":
+            operator.add_argument(
+                "--flatten",
+                action="store_true",
+                help="also close every position, with reduce-only orders",
+            )
+        if name in ("halt", "resume"):
+            operator.add_argument("--reason", default="", help="why, kept with the flag and logged")
+        else:
+            operator.add_argument("--json", action="store_true", help="print JSON")
+        operator.set_defaults(run=_operator, command_name=name)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -80,7 +80,9 @@ class ExecutionService(Service):
         # Both calls are idempotent by client order id: an order handled before (this handler
         # run again, or the request published again) is answered with its current state, and
         # trades nothing. The answer is passed on as it is.
-        if self.halted:
+        # An operator's halt lets reduce-only orders through: they are how --flatten and the
+        # risk cuts close positions. A run's halt (the end of a replay) lets nothing through.
+        if self.halted and not (order.reduce_only and self.halt_origin == "operator"):
             self.emit(self.broker.reject(order, "trading halted"), corr=event.corr)
             return
         self.emit(self.broker.submit(order), corr=event.corr)

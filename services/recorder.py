@@ -22,6 +22,7 @@ import structlog
 
 from engine.bus import Bus
 from engine.clock import Clock
+from engine.config import RiskConfig
 from engine.events import (
     Envelope,
     EventPayload,
@@ -29,6 +30,7 @@ from engine.events import (
     OrderRequest,
     PortfolioMarks,
     PortfolioSnapshot,
+    RiskAlert,
 )
 from engine.metrics import performance_summary
 from services.runtime import Handler, Service
@@ -45,7 +47,9 @@ class RecorderService(Service):
 
     name = "recorder"
 
-    def __init__(self, bus: Bus, clock: Clock) -> None:
+    def __init__(self, bus: Bus, clock: Clock, risk: RiskConfig | None = None) -> None:
+        self.risk = risk or RiskConfig()
+        self.alerts: dict[str, int] = {}  # RiskAlerts per kind: the limits that acted
         self.rows: dict[datetime, _Row] = {}
         self.order_ids: set[str] = set()
         self.fill_ids: set[str] = set()
@@ -59,12 +63,13 @@ class RecorderService(Service):
             PortfolioMarks: self.on_marks,
             OrderRequest: self.on_order,
             Fill: self.on_fill,
+            RiskAlert: self.on_alert,
         }
 
     def start(self) -> None:
         """Rebuild from everything this service consumed before a restart."""
         replayed = 0
-        for topic in (PortfolioSnapshot.TOPIC, OrderRequest.TOPIC, Fill.TOPIC):
+        for topic in (PortfolioSnapshot.TOPIC, OrderRequest.TOPIC, Fill.TOPIC, RiskAlert.TOPIC):
             history = self.bus.consumed_history(self.name, topic, None)
             for event in history:
                 self.handle(event)
@@ -105,6 +110,11 @@ class RecorderService(Service):
         self.fees += fill.fee
         self.traded_notional += fill.quantity * fill.price
 
+    def on_alert(self, event: Envelope) -> None:
+        alert = event.payload
+        assert isinstance(alert, RiskAlert)
+        self.alerts[alert.kind] = self.alerts.get(alert.kind, 0) + 1
+
     def summary(self, initial_equity: float, periods_per_year: float, bars: int) -> dict[str, Any]:
         """Return the run's summary with the keys of the command-line contract."""
         times = sorted(self.rows)
@@ -124,6 +134,15 @@ class RecorderService(Service):
             "fees": self.fees,
             "turnover": self.traded_notional / average_equity if average_equity > 0 else 0.0,
             "periods_per_year": periods_per_year,
+            "risk_limits": {
+                "enabled": self.risk.enabled,
+                "drawdown_stop": self.risk.drawdown_stop,
+                "var_limit": self.risk.var_limit,
+                "var_method": self.risk.var_method,
+                "var_confidence": self.risk.var_confidence,
+            },
+            # How often each limit acted (RiskAlerts by kind).
+            "limits_acted": dict(sorted(self.alerts.items())),
         }
 
     def write(self, out_dir: Path, summary: dict[str, Any]) -> None:

@@ -114,6 +114,8 @@ class Service:
         self.bus = bus
         self.clock = clock
         self.halted = False
+        # Who halted it: "run" (the end of a replay) or "operator" (the kill switch).
+        self.halt_origin: str | None = None
         self._outbox: list[tuple[str, list[Envelope]]] | None = None
         self._dispatch: dict[type[EventPayload], Handler] = {Control: self._on_control}
         self._dispatch.update(self.handlers())
@@ -203,11 +205,19 @@ class Service:
             return
         if control.command == "halt":
             self.halted = True
+            if self.halt_origin != "operator":
+                self.halt_origin = control.origin
         elif control.command == "resume":
-            self.halted = False
+            # A run's resume (a continued account) does not lift an operator's halt.
+            if control.origin == "operator" or self.halt_origin != "operator":
+                self.halted, self.halt_origin = False, None
         self.on_control(control, event)
         log.info(
-            "service.control", command=control.command, halted=self.halted, reason=control.reason
+            "service.control",
+            command=control.command,
+            origin=control.origin,
+            halted=self.halted,
+            reason=control.reason,
         )
 
     def on_control(self, control: Control, event: Envelope) -> None:

@@ -38,3 +38,9 @@ def account(namespace: str) -> str:
     """Marker of a paper account (its creation time), written when its namespace is first
     used: gone while the account exists means the Redis data was lost."""
     return f"{namespace}:account"
+
+
+def kill_switch(namespace: str) -> str:
+    """The operator's halt of an account (JSON: since, reason, flatten), set by ``deepfactor
+    halt`` and deleted by ``deepfactor resume`` in the same MULTI as their Control event."""
+    return f"{namespace}:kill_switch"

@@ -161,12 +161,78 @@ class ModelConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How scores become holdings: the top fraction of assets, equal-weight, long-only."""
+    """How scores become target weights.
+
+    ``optimizer`` (the default) maximises expected return minus ``risk_aversion``/2 times the
+    variance (Ledoit-Wolf covariance of the last ``covariance_window`` bars) minus
+    ``turnover_cost`` per unit of weight traded, under the caps. Expected returns follow
+    Grinold's rule: ``expected_ic`` x volatility x z-score, over ``horizon_bars`` (the bars a
+    rebalance's weights are held, over which the turnover cost is paid once). The simple schemes
+    hold the top ``top_fraction`` of scored assets: equally (``top-k``), by score
+    (``score-proportional``) or by inverse volatility.
+    """
 
     initial_cash: PositiveFloat = 1_000_000.0
+    construction: Literal["optimizer", "top-k", "score-proportional", "inverse-volatility"] = (
+        "optimizer"
+    )
     top_fraction: Fraction = 0.25
+    # The most the book may hold in all (sum of |weights|, the rest in cash), and per asset.
     gross_exposure: Fraction = 1.0
+    max_weight: Fraction = 0.25
+    long_only: bool = True
+    # Long-short only (long_only = false): bounds on the sum of signed weights.
+    net_exposure_min: Annotated[float, msgspec.Meta(ge=-1, le=1)] = -0.1
+    net_exposure_max: Annotated[float, msgspec.Meta(ge=-1, le=1)] = 0.1
+    risk_aversion: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    expected_ic: PositiveFloat = 0.05
+    horizon_bars: PositiveInt = 5
+    turnover_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.002
+    # Most weight one rebalance may trade (sum of |changes|); 0: no cap.
+    turnover_cap: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    covariance_window: Annotated[int, msgspec.Meta(ge=10)] = 120
+    # A solve that fails (infeasible, solver error) keeps the previous weights, or goes to cash.
+    on_failure: Literal["previous", "cash"] = "previous"
     min_order_notional: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+Probability = Annotated[float, msgspec.Meta(gt=0.5, lt=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class RiskConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Risk limits, applied in order to the constructed target: volatility target, VaR and
+    Expected Shortfall limits (scale exposure down, the rest in cash), drawdown stop. A limit
+    set to 0 is off; ``enabled = false`` turns them all off (the kill switch and the pre-trade
+    checks stay on).
+
+    The drawdown stop measures equity against its peak since the last re-entry; at
+    ``drawdown_stop`` it cuts exposure to ``drawdown_exposure`` of the target on the bar it
+    happens, and re-enters at a rebalance once ``reentry_cooldown_bars`` bars have passed and,
+    with ``reentry_filter = "market-trend"``, the equal-weight index of the universe is above
+    its ``reentry_trend_bars``-bar average.
+    """
+
+    enabled: bool = True
+    var_method: Literal["historical", "parametric", "cornish-fisher"] = "historical"
+    var_confidence: Probability = 0.99
+    var_horizon: PositiveInt = 1
+    var_window: Annotated[int, msgspec.Meta(ge=20)] = 250
+    var_limit: NonNegativeFloat = 0.04
+    es_limit: NonNegativeFloat = 0.0
+    # Annualised volatility the target is scaled down to when its forecast is above (0: off).
+    vol_target: NonNegativeFloat = 0.0
+    drawdown_stop: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
+    drawdown_exposure: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    reentry_cooldown_bars: NonNegativeInt = 10
+    reentry_filter: Literal["none", "market-trend"] = "market-trend"
+    reentry_trend_bars: PositiveInt = 50
+    # Pre-trade checks (0: off): an order whose reference price is further than this fraction
+    # from the last price, or worth more than max_order_notional (quote currency), is blocked;
+    # no rebalance runs on a decision bar older than max_data_age_bars bar lengths.
+    price_collar: NonNegativeFloat = 0.1
+    max_order_notional: NonNegativeFloat = 0.0
+    max_data_age_bars: NonNegativeFloat = 3.0
 
 
 class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -202,5 +268,6 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     strategy: StrategyConfig = StrategyConfig()
     model: ModelConfig = ModelConfig()
     portfolio: PortfolioConfig = PortfolioConfig()
+    risk: RiskConfig = RiskConfig()
     broker: BrokerConfig = BrokerConfig()
     paper: PaperConfig = PaperConfig()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from engine.events.base import EventPayload, NonNegativeFloat, NonNegativeInt
+from engine.events.base import EventPayload, NonNegativeFloat, NonNegativeInt, UtcDatetime
 
 RiskAlertKind = Literal[
     "var_limit",
+    "es_limit",
+    "vol_target",
     "drawdown_stop",
+    "drawdown_hold",
     "drawdown_reentry",
     "kill_switch",
+    "optimiser_fallback",
+    "pre_trade",
     "model_fallback",
     "broker_reject",
     "data_quality",
@@ -32,10 +37,20 @@ class RiskAlert(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=T
     message: str
     action: str = ""
     metrics: dict[str, float] = {}
+    # The bar the limit acted on (None: not tied to a bar, e.g. an operator's halt), and the
+    # rebalance it shaped, if any.
+    asof: UtcDatetime | None = None
+    rebalance_id: str = ""
 
 
 class Control(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An operator command to one service (``target``) or to all (``"*"``)."""
+    """An operator command to one service (``target``) or to all (``"*"``).
+
+    ``origin`` tells a run's own halts and resumes (the end of a replay, a continued account)
+    from the kill switch (``deepfactor halt`` / ``resume``): only an operator's resume lifts an
+    operator's halt, and that halt is kept in the rebalancer's state across restarts.
+    ``flatten`` (operator halts) closes every position with reduce-only orders.
+    """
 
     TYPE: ClassVar[str] = "Control"
     TOPIC: ClassVar[str] = "control"
@@ -44,6 +59,7 @@ class Control(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     target: str = "*"
     flatten: bool = False
     reason: str = ""
+    origin: Literal["run", "operator"] = "run"
 
 
 class Heartbeat(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):

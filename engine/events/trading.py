@@ -39,6 +39,8 @@ class OrderRequest(EventPayload, frozen=True, kw_only=True, forbid_unknown_field
     order_type: Literal["market", "limit"] = "market"
     limit_price: PositiveFloat | None = None
     reference_price: PositiveFloat | None = None
+    # Only reduces a position towards zero (a risk cut, a flatten): passes a halted execution.
+    reduce_only: bool = False
 
     def __post_init__(self) -> None:
         if self.order_type == "limit" and self.limit_price is None:
@@ -100,6 +102,13 @@ class PortfolioSnapshot(EventPayload, frozen=True, kw_only=True, forbid_unknown_
     high_water_mark: float
     drawdown: NonNegativeFloat
     fills_applied: NonNegativeInt = 0
+    # VaR at the [risk] confidence and horizon, as positive loss fractions of equity: of the
+    # account's own trailing returns, and of the last target by the risk model (None: too
+    # little history yet).
+    realised_var: NonNegativeFloat | None = None
+    expected_var: NonNegativeFloat | None = None
+    halted: bool = False
+    drawdown_stopped: bool = False
 
 
 class PortfolioMarks(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -140,7 +149,8 @@ class PortfolioMarks(EventPayload, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("PortfolioMarks.prices must hold exactly the symbols of positions")
 
     def rows(self) -> list[PortfolioSnapshot]:
-        """Return the snapshots these marks stand for, one per bar."""
+        """Return the snapshots these marks stand for, one per bar (the account only: the
+        risk figures, VaR and flags, come with the snapshot that follows the marks)."""
         return [
             PortfolioSnapshot(
                 asof=asof,

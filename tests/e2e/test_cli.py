@@ -41,7 +41,12 @@ name = "momentum"
 params = { lookback = 288, skip = 12 }
 
 [portfolio]
+construction = "top-k"
 top_fraction = 0.25
+max_weight = 1.0
+
+[risk]
+enabled = false
 
 [broker]
 fee_rate = 0.001
@@ -67,6 +72,8 @@ SUMMARY_KEYS = {
     "periods_per_year",
     "model",
     "signal_fallbacks",
+    "risk_limits",
+    "limits_acted",
 }
 EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
 
@@ -119,7 +126,11 @@ def test_backtest_on_a_real_file_writes_the_contract_files(
     assert len(rows) - 1 == summary["bars"]
     assert float(rows[-1][1]) == pytest.approx(summary["final_equity"], rel=1e-12)
     log_lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    rebalances = [line for line in log_lines if line["event"] == "rebalance.done"]
+    rebalances = [
+        line
+        for line in log_lines
+        if line["event"] == "rebalance.completed" and line["kind"] == "scheduled"
+    ]
     assert rebalances and all(line["service"] == "rebalance" for line in rebalances)
     if schedule is not None:
         every, lookback = schedule
@@ -175,7 +186,7 @@ def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
         seen_rebalance = False
         while not seen_rebalance and time.monotonic() < deadline:
             line = process.stderr.readline()
-            seen_rebalance = '"rebalance.done"' in line
+            seen_rebalance = '"rebalance.completed"' in line
         assert seen_rebalance, "paper never rebalanced"
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)

@@ -239,12 +239,22 @@ def check_books(outcome: Outcome, bars: int) -> None:
 
 def check_same_account(outcome: Outcome, expected: Outcome) -> None:
     ledger, reference = outcome.ledger, expected.ledger
-    assert [(o.client_order_id, o.side, o.quantity) for o in ledger.orders] == [
-        (o.client_order_id, o.side, o.quantity) for o in reference.orders
+    # The same orders and fills, by id, side and price exactly; quantities to 1e-12. A
+    # restarted factor-update rebuilds its rolling sums from the bars it consumed, which can
+    # differ from the uninterrupted run's in the last bit; the optimiser's weights follow the
+    # scores continuously, so such a bit shows in the 15th digit of a quantity.
+    assert [(o.client_order_id, o.side) for o in ledger.orders] == [
+        (o.client_order_id, o.side) for o in reference.orders
     ]
-    assert [(f.fill_id, f.quantity, f.price) for f in ledger.fills] == [
-        (f.fill_id, f.quantity, f.price) for f in reference.fills
+    assert [o.quantity for o in ledger.orders] == pytest.approx(
+        [o.quantity for o in reference.orders], rel=1e-12
+    )
+    assert [(f.fill_id, f.price) for f in ledger.fills] == [
+        (f.fill_id, f.price) for f in reference.fills
     ]
+    assert [f.quantity for f in ledger.fills] == pytest.approx(
+        [f.quantity for f in reference.fills], rel=1e-12
+    )
     last, reference_last = ledger.snapshots[-1], reference.snapshots[-1]
     assert last.asof == reference_last.asof
     assert last.equity == pytest.approx(reference_last.equity, rel=1e-12)

@@ -64,7 +64,11 @@ def test_a_retrained_model_is_served_by_the_running_account(short_tmp: Path) -> 
     first_fallback = events.index("signal.fallback")
     reloaded = next(i for i, line in enumerate(lines) if line["event"] == "signal.reloaded")
     assert first_fallback < reloaded and lines[reloaded]["model"] == version
-    served = [line["model"] for line in lines[reloaded:] if line["event"] == "rebalance.done"]
+    served = [
+        line["model"]
+        for line in lines[reloaded:]
+        if line["event"] == "rebalance.completed" and line["kind"] == "scheduled"
+    ]
     assert served and served[-1] == version
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == version and summary["signal_fallbacks"] > 0

@@ -181,6 +181,7 @@ def test_the_archive_reads_every_topic_of_a_run_but_heartbeats_control_first():
         "order_updates",
         "fills",
         "portfolio",
+        "risk",
         "control",
     }
     assert Heartbeat.TOPIC not in topics

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
-from engine.config import PortfolioConfig
+from engine.config import PortfolioConfig, RiskConfig
 from engine.events import (
     BarSet,
     Fill,
@@ -56,7 +56,11 @@ class Harness:
         self.service = RebalanceService(
             self.bus,
             SimulatedClock(T0),
-            PortfolioConfig(initial_cash=1000.0, top_fraction=top_fraction),
+            PortfolioConfig(
+                initial_cash=1000.0, top_fraction=top_fraction, construction="top-k", max_weight=1.0
+            ),
+            # The bookkeeping under test, not the limits (see test_rebalance_risk.py).
+            RiskConfig(enabled=False, price_collar=0.0, max_data_age_bars=0.0),
         )
         self.orders = self.bus.consumer("probe", "p", ["orders", "targets"])
 

@@ -1,0 +1,35 @@
+"""From asset scores to target weights: a risk model, a constrained optimiser, simple weighting
+schemes, and rounding to an exchange's lot rules."""
+
+from engine.portfolio.covariance import RiskModel, ledoit_wolf_model
+from engine.portfolio.lots import LotRules, lot_rules_from_ccxt, round_quantity
+from engine.portfolio.optimiser import (
+    OptimisationError,
+    OptimiserResult,
+    OptimiserSettings,
+    PortfolioOptimiser,
+)
+from engine.portfolio.schemes import (
+    expected_returns,
+    inverse_volatility_weights,
+    score_proportional_weights,
+    top_fraction_count,
+    top_fraction_weights,
+)
+
+__all__ = [
+    "LotRules",
+    "OptimisationError",
+    "OptimiserResult",
+    "OptimiserSettings",
+    "PortfolioOptimiser",
+    "RiskModel",
+    "expected_returns",
+    "inverse_volatility_weights",
+    "ledoit_wolf_model",
+    "lot_rules_from_ccxt",
+    "round_quantity",
+    "score_proportional_weights",
+    "top_fraction_count",
+    "top_fraction_weights",
+]
