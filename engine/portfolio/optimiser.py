@@ -43,8 +43,12 @@ from engine.portfolio.covariance import RiskModel
 
 __all__ = ["OptimisationError", "OptimiserResult", "OptimiserSettings", "PortfolioOptimiser"]
 
-# Weights smaller than this (in absolute value) are solver noise and come back as 0.
-_ZERO_WEIGHT = 1e-8
+# An interior-point solve is accurate to about 1e-8; a weight within this of the current one (or
+# of 0) is solver noise and comes back as exactly the current weight (or 0). Without the snap, a
+# held asset the turnover cost keeps in place is "traded" by a few units of 1e-9 of equity, and
+# which way depends on the last bit of the scores: a restarted service would send a different
+# dust order than the run it replaces. One millionth of equity is far below any trade worth fees.
+_WEIGHT_TOLERANCE = 1e-6
 _SOLVERS = ("CLARABEL", "OSQP")
 _SOLVER_OPTIONS: dict[str, dict[str, float | int | bool]] = {
     "CLARABEL": {"direct_solve_method": "qdldl"},
@@ -265,7 +269,11 @@ class PortfolioOptimiser:
         if status not in _ACCEPTED:
             raise OptimisationError(self._failure(status, solver, previous, lower, upper, settings))
         weights = np.clip(np.asarray(template.weights.value, dtype=np.float64), lower, upper)
-        weights[np.abs(weights) < _ZERO_WEIGHT] = 0.0
+        unchanged = (np.abs(weights - previous) < _WEIGHT_TOLERANCE) & (
+            (previous >= lower) & (previous <= upper)
+        )
+        weights[unchanged] = previous[unchanged]
+        weights[np.abs(weights) < _WEIGHT_TOLERANCE] = 0.0
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return OptimiserResult(weights, status, elapsed_ms)
 
