@@ -122,16 +122,28 @@ def check_universe(config: Config, symbols: Sequence[str], where: str) -> None:
     )
 
 
+def simulated_broker(config: Config) -> SimulatedBroker:
+    """The paper broker of ``[broker]``, with a fresh account of ``[portfolio] initial_cash``."""
+    settings = config.broker
+    return SimulatedBroker(
+        initial_cash=config.portfolio.initial_cash,
+        fee_rate=settings.fee_rate,
+        maker_fee_rate=settings.maker_fee_rate,
+        fill_price=settings.fill_price,
+        fractional=settings.fractional,
+        fee_currency=settings.quote_currency,
+        slippage_bps=settings.slippage_bps,
+        impact_coefficient=settings.impact_coefficient,
+        max_participation=settings.max_participation,
+        order_ttl_bars=settings.order_ttl_bars,
+        latency_s=settings.latency_ms / 1000.0,
+    )
+
+
 def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
     """Return every consuming service wired to ``bus`` and ``clock``."""
     factors = config.strategy.factors
-    broker = SimulatedBroker(
-        initial_cash=config.portfolio.initial_cash,
-        fee_rate=config.broker.fee_rate,
-        fill_price=config.broker.fill_price,
-        fractional=config.broker.fractional,
-        fee_currency=config.broker.quote_currency,
-    )
+    broker = simulated_broker(config)
     return Services(
         factor_update=FactorUpdateService(bus, clock, config.strategy),
         signal=SignalService(
@@ -152,6 +164,7 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
             # Whole units when the broker trades no fractions; a market's own lot rules
             # (ccxt metadata) are passed in by the adapters that know them.
             default_lot=LotRules() if config.broker.fractional else LotRules(amount_step=1.0),
+            fee_rate=config.broker.fee_rate,
         ),
         execution=ExecutionService(bus, clock, broker),
         recorder=RecorderService(bus, clock, config.risk),

@@ -155,6 +155,10 @@ def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
         ("orders / fills", f"{summary['orders']} / {summary['fills']}"),
         ("fees", f"{summary['fees']:,.2f}"),
     ]
+    outcomes = summary.get("order_outcomes")
+    if outcomes:
+        ended = ", ".join(f"{status} {count}" for status, count in outcomes.items())
+        rows.append(("orders ended", f"{ended}; {summary.get('partial_fills', 0)} part-filled"))
     limits = summary.get("risk_limits")
     if limits is not None:
         stop = limits["drawdown_stop"]

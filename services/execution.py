@@ -1,15 +1,17 @@
 """Execution service: hands OrderRequests to the broker adapter and publishes what comes back
-(OrderUpdate, Fill). The simulated broker is fed the same bars the strategy sees.
+(OrderUpdate, Fill). It knows brokers only through ``brokers.protocol.Broker``: the simulated
+broker matches the bars it is fed, an exchange adapter polls the exchange on each bar.
 
 A request delivered again (the bus delivers at least once; a rebalance run again publishes the
 same client order ids) trades nothing: the broker answers it with the order's current state.
 
-State: the broker's account (``SimulatedBroker.state``) is committed with the acknowledgement
-of each message, so a restarted service trades on exactly the account its last commit left,
-and handles again only the messages that commit did not cover. A message handled again
-publishes again what it published the first time (the same fills, numbered within their order,
-the same updates): the rebalancer books a fill once by its id and counts one terminal update
-per order. ``halted`` is not part of the state: a halt belongs to the run that sent it.
+State: the adapter's ``snapshot`` (the simulated account, or an exchange adapter's order book)
+is committed with the acknowledgement of each message, so a restarted service trades on
+exactly the account its last commit left, and handles again only the messages that commit did
+not cover. A message handled again publishes again what it published the first time (the same
+fills, numbered within their order, the same updates): the rebalancer books a fill once by its
+id and counts one terminal update per order. ``halted`` is not part of the state: a halt
+belongs to the run that sent it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from brokers.simulated import BrokerState, SimulatedBroker
+from brokers.protocol import Broker
 from engine.bus import Bus
 from engine.clock import Clock
 from engine.events import (
@@ -31,14 +33,15 @@ from engine.events import (
 from services.runtime import Handler, Service, decode_state, encode_state
 
 log = structlog.get_logger("services.execution")
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ExecutionState(msgspec.Struct, frozen=True, kw_only=True):
-    """The execution service's committed state: its broker's account."""
+    """The execution service's committed state: its broker adapter's snapshot."""
 
     version: int
-    broker: BrokerState
+    broker: str  # the adapter's name: a snapshot restores only into the same kind of adapter
+    account: bytes
 
 
 class ExecutionService(Service):
@@ -47,7 +50,7 @@ class ExecutionService(Service):
     name = "execution"
     commit_each_message = True  # its handlers publish orders or trade: no batch replay
 
-    def __init__(self, bus: Bus, clock: Clock, broker: SimulatedBroker) -> None:
+    def __init__(self, bus: Bus, clock: Clock, broker: Broker) -> None:
         self.broker = broker
         super().__init__(bus, clock)
 
@@ -55,23 +58,37 @@ class ExecutionService(Service):
         return {OrderRequest: self.on_order, BarSet: self.on_bars, BarBlock: self.on_block}
 
     def state(self) -> ExecutionState:
-        return ExecutionState(version=STATE_VERSION, broker=self.broker.state())
+        return ExecutionState(
+            version=STATE_VERSION, broker=self.broker.name, account=self.broker.snapshot()
+        )
 
     def snapshot_state(self) -> bytes:
         return encode_state(self.state())
 
     def restore_state(self, blob: bytes) -> None:
         state = decode_state(blob, ExecutionState, STATE_VERSION, self.name)
-        self.broker.restore(state.broker)
+        if state.broker != self.broker.name:
+            raise ValueError(
+                f"the execution state holds a {state.broker!r} account, this run's broker is "
+                f"{self.broker.name!r}: a paper account cannot continue on another broker "
+                "(start over with --fresh, or use the broker it was created with)"
+            )
+        self.broker.restore(state.account)
+
+    def start(self) -> None:
+        """Book what happened at the venue while this service was down (an exchange adapter's
+        fills and cancels), before handling anything new."""
+        missed = self.broker.reconcile()
+        if missed:
+            log.warning("execution.reconciled", events=len(missed), broker=self.broker.name)
+            self.emit(missed, corr="reconcile")
 
     def state_figures(self) -> dict[str, object]:
-        broker = self.broker.state()
+        balances = self.broker.balances()
         return {
-            "cash": round(broker.cash, 2),
-            "positions": len(broker.positions),
-            "known_orders": len(broker.orders),
-            "queued_orders": len(broker.queued),
-            "last_bar": broker.bars[-1].close_time.isoformat() if broker.bars else None,
+            "cash": round(balances.cash, 2),
+            "positions": len(balances.positions),
+            "open_orders": len(self.broker.open_orders()),
         }
 
     def on_order(self, event: Envelope) -> None:
@@ -90,7 +107,7 @@ class ExecutionService(Service):
     def on_bars(self, event: Envelope) -> None:
         bars = event.payload
         assert isinstance(bars, BarSet)
-        results = self.broker.on_bar(bars, bars.close_time)
+        results = self.broker.on_bar(bars)
         if results:
             self.emit(results, corr=event.corr)
 

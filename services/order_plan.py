@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from engine.config import PortfolioConfig, RiskConfig
 from engine.events import OrderRequest
 from engine.portfolio.lots import LotRules, round_quantity
@@ -20,6 +22,10 @@ class OrderPlan:
     requests: list[OrderRequest] = field(default_factory=list)
     blocked: list[tuple[str, str]] = field(default_factory=list)  # symbol, reason
     turnover: float = 0.0  # traded value / equity
+    # Buys were scaled by this factor to fit the cash (1.0: they fitted), and the figures.
+    buy_scale: float = 1.0
+    buys_value: float = 0.0  # quote currency at the conservative price, fees included
+    cash_available: float = 0.0
 
 
 def plan_orders(
@@ -36,11 +42,16 @@ def plan_orders(
     portfolio: PortfolioConfig,
     risk: RiskConfig,
     reduce_only: bool = False,
+    cash: float | None = None,
+    fee_rate: float = 0.0,
 ) -> OrderPlan:
     """Orders taking ``positions`` to ``targets`` (quantities) at ``prices``.
 
     Symbols without a price are left alone (nothing can be done at a known price). With
     ``reduce_only`` every order only moves a position towards zero (risk cuts, a flatten).
+    Given the book's ``cash``, buys are scaled down together until they fit it plus what
+    the sells free, every price ``portfolio.cash_buffer`` against the account and
+    ``fee_rate`` paid on both (see ``fit_buys_to_cash``).
     """
     sized: list[tuple[float, OrderRequest]] = []
     plan = OrderPlan()
@@ -82,6 +93,10 @@ def plan_orders(
                 ),
             )
         )
+    if cash is not None and not reduce_only:
+        sized = _fit_buys_to_cash(
+            sized, cash, fee_rate, portfolio, prices, lot_rules, default_rules, equity, plan
+        )
     # Sells first, then buys from the smallest: cash is freed before it is spent. The sort
     # is stable, so equal values go by symbol: the same orders whatever order the symbols
     # first arrived in (vectorbt's call_seq="auto" keeps column order, alphabetical here).
@@ -89,3 +104,49 @@ def plan_orders(
     plan.requests = [request for _, request in sized]
     plan.turnover = sum(abs(value) for value, _ in sized)
     return plan
+
+
+def _fit_buys_to_cash(
+    sized: list[tuple[float, OrderRequest]],
+    cash: float,
+    fee_rate: float,
+    portfolio: PortfolioConfig,
+    prices: dict[str, float],
+    lot_rules: dict[str, LotRules],
+    default_rules: LotRules,
+    equity: float,
+    plan: OrderPlan,
+) -> list[tuple[float, OrderRequest]]:
+    """Scale every buy by one factor so that, at prices ``cash_buffer`` worse than the
+    decision close, the buys and their fees fit the cash plus the sells' proceeds after fees.
+
+    One factor keeps the target's proportions; the broker still cuts a buy that does not fit
+    (prices moved further than the buffer), so this only makes that rare.
+    """
+    buffer = portfolio.cash_buffer
+    available = cash
+    needed = 0.0
+    for _, request in sized:
+        value = request.quantity * prices[request.symbol]
+        if request.side == "sell":
+            available += value * (1.0 - buffer) * (1.0 - fee_rate)
+        else:
+            needed += value * (1.0 + buffer) * (1.0 + fee_rate)
+    plan.buys_value, plan.cash_available = needed, available
+    if needed <= available or needed == 0.0:
+        return sized
+    scale = max(available, 0.0) / needed
+    plan.buy_scale = scale
+    fitted: list[tuple[float, OrderRequest]] = []
+    for value, request in sized:
+        if request.side == "sell":
+            fitted.append((value, request))
+            continue
+        price = prices[request.symbol]
+        rules = lot_rules.get(request.symbol, default_rules)
+        quantity = round_quantity(request.quantity * scale, price, rules)
+        if quantity <= 0.0 or quantity * price <= max(portfolio.min_order_notional, 1e-9 * equity):
+            continue
+        smaller = msgspec.structs.replace(request, quantity=quantity)
+        fitted.append((round(quantity * price / equity, 9), smaller))
+    return fitted

@@ -194,8 +194,10 @@ class RebalanceService(Service):
         risk: RiskConfig | None = None,
         lot_rules: dict[str, LotRules] | None = None,
         default_lot: LotRules | None = None,
+        fee_rate: float = 0.0,
     ) -> None:
         self.config = portfolio
+        self.fee_rate = fee_rate  # the broker's taker fee: buys are sized to pay it
         self.risk_config = risk or RiskConfig()
         self.lot_rules = lot_rules or {}
         self.default_lot = default_lot or LotRules()
@@ -973,7 +975,19 @@ class RebalanceService(Service):
             default_rules=self.default_lot,
             portfolio=config,
             risk=risk_config,
+            cash=self.book.cash,
+            fee_rate=self.fee_rate,
         )
+        if plan.buy_scale < 1.0:
+            log.info(
+                "rebalance.buys_scaled",
+                rebalance_id=tick.rebalance_id,
+                scale=round(plan.buy_scale, 6),
+                buys_value=round(plan.buys_value, 2),
+                cash_available=round(plan.cash_available, 2),
+                cash_buffer=config.cash_buffer,
+                fee_rate=self.fee_rate,
+            )
         target = TargetPortfolio(
             rebalance_id=tick.rebalance_id,
             asof=tick.decision_time,

@@ -28,6 +28,7 @@ from engine.events import (
     EventPayload,
     Fill,
     OrderRequest,
+    OrderUpdate,
     PortfolioMarks,
     PortfolioSnapshot,
     RiskAlert,
@@ -53,6 +54,10 @@ class RecorderService(Service):
         self.rows: dict[datetime, _Row] = {}
         self.order_ids: set[str] = set()
         self.fill_ids: set[str] = set()
+        # How each order ended (its first terminal update: a duplicate submit's answer repeats
+        # it) and how much of it had filled then; fills per order.
+        self.outcomes: dict[str, tuple[str, float]] = {}
+        self.fills_per_order: dict[str, int] = {}
         self.fees = 0.0
         self.traded_notional = 0.0
         super().__init__(bus, clock)
@@ -62,6 +67,7 @@ class RecorderService(Service):
             PortfolioSnapshot: self.on_snapshot,
             PortfolioMarks: self.on_marks,
             OrderRequest: self.on_order,
+            OrderUpdate: self.on_order_update,
             Fill: self.on_fill,
             RiskAlert: self.on_alert,
         }
@@ -69,7 +75,14 @@ class RecorderService(Service):
     def start(self) -> None:
         """Rebuild from everything this service consumed before a restart."""
         replayed = 0
-        for topic in (PortfolioSnapshot.TOPIC, OrderRequest.TOPIC, Fill.TOPIC, RiskAlert.TOPIC):
+        topics = (
+            PortfolioSnapshot.TOPIC,
+            OrderRequest.TOPIC,
+            OrderUpdate.TOPIC,
+            Fill.TOPIC,
+            RiskAlert.TOPIC,
+        )
+        for topic in topics:
             history = self.bus.consumed_history(self.name, topic, None)
             for event in history:
                 self.handle(event)
@@ -101,12 +114,20 @@ class RecorderService(Service):
         assert isinstance(order, OrderRequest)
         self.order_ids.add(order.client_order_id)
 
+    def on_order_update(self, event: Envelope) -> None:
+        update = event.payload
+        assert isinstance(update, OrderUpdate)
+        if update.is_terminal and update.client_order_id not in self.outcomes:
+            self.outcomes[update.client_order_id] = (update.status, update.filled_quantity)
+
     def on_fill(self, event: Envelope) -> None:
         fill = event.payload
         assert isinstance(fill, Fill)
         if fill.fill_id in self.fill_ids:
             return
         self.fill_ids.add(fill.fill_id)
+        order = fill.client_order_id
+        self.fills_per_order[order] = self.fills_per_order.get(order, 0) + 1
         self.fees += fill.fee
         self.traded_notional += fill.quantity * fill.price
 
@@ -114,6 +135,12 @@ class RecorderService(Service):
         alert = event.payload
         assert isinstance(alert, RiskAlert)
         self.alerts[alert.kind] = self.alerts.get(alert.kind, 0) + 1
+
+    def _outcome_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status, _ in self.outcomes.values():
+            counts[status] = counts.get(status, 0) + 1
+        return dict(sorted(counts.items()))
 
     def summary(self, initial_equity: float, periods_per_year: float, bars: int) -> dict[str, Any]:
         """Return the run's summary with the keys of the command-line contract."""
@@ -132,6 +159,13 @@ class RecorderService(Service):
             "orders": len(self.order_ids),
             "fills": len(self.fill_ids),
             "fees": self.fees,
+            "order_outcomes": self._outcome_counts(),
+            # Orders filled in more than one fill, or ended (cut, expired, cancelled) part-way.
+            "partial_fills": sum(
+                1
+                for order, count in self.fills_per_order.items()
+                if count > 1 or (order in self.outcomes and self.outcomes[order][0] != "filled")
+            ),
             "turnover": self.traded_notional / average_equity if average_equity > 0 else 0.0,
             "periods_per_year": periods_per_year,
             "risk_limits": {

@@ -194,6 +194,11 @@ class PortfolioConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     # A solve that fails (infeasible, solver error) keeps the previous weights, or goes to cash.
     on_failure: Literal["previous", "cash"] = "previous"
     min_order_notional: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Orders are sized at the decision bar's close and fill later (the next open): buys are
+    # scaled down, all by one factor, until they fit the cash plus what the sells free when
+    # every price moves this fraction against the account (fees included). 0: sized at the
+    # close itself, fees still counted.
+    cash_buffer: Annotated[float, msgspec.Meta(ge=0, lt=0.5)] = 0.0
 
 
 Probability = Annotated[float, msgspec.Meta(gt=0.5, lt=1)]
@@ -236,12 +241,22 @@ class RiskConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The simulated broker: fees as a fraction of notional, and which price fills."""
+    """The simulated broker's market model (brokers/fill_model.py): fees as fractions of
+    notional (``fee_rate`` for takers, ``maker_fee_rate`` for resting limit orders, empty:
+    the taker rate), which price fills, fixed slippage plus square-root impact, the share of
+    a bar's volume one bar can fill, how many bars an order works before what is left
+    expires (0: good till cancelled), and the latency from decision to market."""
 
     fee_rate: Annotated[float, msgspec.Meta(ge=0, lt=0.1)] = 0.001
-    fill_price: Literal["next_open", "close"] = "next_open"
+    maker_fee_rate: Annotated[float, msgspec.Meta(ge=0, lt=0.1)] | None = None
+    fill_price: Literal["next_open", "close", "next_vwap"] = "next_open"
     fractional: bool = True
     quote_currency: str = "USDT"
+    slippage_bps: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 0.0
+    impact_coefficient: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    max_participation: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    order_ttl_bars: NonNegativeInt = 1
+    latency_ms: NonNegativeFloat = 0.0
 
 
 class PaperConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

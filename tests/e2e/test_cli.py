@@ -68,6 +68,8 @@ SUMMARY_KEYS = {
     "orders",
     "fills",
     "fees",
+    "order_outcomes",
+    "partial_fills",
     "turnover",
     "periods_per_year",
     "model",

@@ -136,7 +136,7 @@ def test_queued_orders_fill_in_arrival_order():
 
 
 def test_unknown_fill_price_mode_is_refused_naming_it():
-    expected = "fill_price must be 'next_open' or 'close', received 'vwap'"
+    expected = "fill_price must be one of 'next_open', 'close', 'next_vwap', received 'vwap'"
     with pytest.raises(ValueError, match=expected):
         SimulatedBroker(initial_cash=1.0, fill_price="vwap")  # type: ignore[arg-type]
 
@@ -188,7 +188,7 @@ def test_buy_with_no_cash_left_is_rejected():
     broker = SimulatedBroker(initial_cash=0.0)
     feed(broker, BAR1)
     [_, terminal] = updates(broker.submit(order("BTC/USDT", "buy", 1.0)))
-    assert (terminal.status, terminal.reason) == ("rejected", "no cash")
+    assert (terminal.status, terminal.reason) == ("rejected", "insufficient cash")
 
 
 def test_sell_larger_than_the_position_is_cut_to_the_position():
@@ -287,7 +287,7 @@ def test_a_resubmitted_rejected_or_cancelled_order_stays_so():
     broker.submit(rejected)
     [answer] = broker.submit(rejected)
     assert (answer.status, answer.filled_quantity) == ("rejected", 0.0)
-    assert answer.reason == f"{DUPLICATE_SUBMIT}; no cash"
+    assert answer.reason == f"{DUPLICATE_SUBMIT}; insufficient cash"
     queued = order("ETH/USDT", "sell", 1.0, asof=day(5), client_order_id="late")
     broker.submit(queued)
     broker.cancel_open_orders("end of data")
@@ -326,14 +326,27 @@ def test_a_fill_id_depends_on_its_order_alone():
     assert from_busy.fill_id == from_fresh.fill_id == "o2-f1"
 
 
-def test_symbol_missing_from_the_fill_bar_is_rejected_naming_it():
+def test_symbol_missing_from_its_only_fill_bar_expires_naming_it():
     broker = SimulatedBroker(initial_cash=10_000.0)
     broker.submit(order("SOL/USDT", "buy", 1.0))
     events = feed(broker, BAR1)
     [terminal] = updates(events)
-    assert terminal.status == "rejected"
-    assert terminal.reason == f"no bar for SOL/USDT at {BAR1.close_time.isoformat()}"
+    assert terminal.status == "expired"
+    assert terminal.reason == (
+        f"expired after 1 bar(s): nothing filled (no bar for SOL/USDT at "
+        f"{BAR1.close_time.isoformat()})"
+    )
     assert not fills(events) and broker.cash == 10_000.0
+
+
+def test_a_working_order_waits_out_a_bar_its_symbol_misses():
+    broker = SimulatedBroker(initial_cash=10_000.0, fee_rate=0.0, order_ttl_bars=2)
+    broker.submit(order("SOL/USDT", "buy", 1.0))
+    assert feed(broker, BAR1) == []  # no SOL bar: nothing happens, one bar of two used
+    with_sol = bar_set(2, (130.0, 13.0, 40.0), (135.0, 13.5, 41.0), SYMBOLS + ("SOL/USDT",))
+    events = feed(broker, with_sol)
+    assert [(f.quantity, f.price) for f in fills(events)] == [(1.0, 40.0)]
+    assert updates(events)[-1].status == "filled"
 
 
 def test_universe_change_between_bars_maps_symbols_to_the_right_column():
@@ -350,16 +363,6 @@ def test_universe_change_between_bars_maps_symbols_to_the_right_column():
     )
     [fill] = fills(broker.submit(order("BTC/USDT", "buy", 1.0)))
     assert fill.price == 120.0
-
-
-def test_limit_orders_are_rejected():
-    broker = SimulatedBroker(initial_cash=10_000.0)
-    feed(broker, BAR1)
-    events = broker.submit(order("BTC/USDT", "buy", 1.0, order_type="limit", limit_price=100.0))
-    assert [(u.status, u.reason) for u in updates(events)] == [
-        ("rejected", "simulated broker fills market orders only")
-    ]
-    assert not fills(events) and broker.open_order_count == 0
 
 
 def test_cancel_open_orders_cancels_every_queued_order_with_the_reason():

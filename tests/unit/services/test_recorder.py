@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
-from engine.events import Fill, OrderRequest, PortfolioSnapshot, make_event
+from engine.events import Fill, OrderRequest, OrderUpdate, PortfolioSnapshot, make_event
 from services.recorder import RecorderService
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -59,3 +61,31 @@ def test_orders_and_fills_published_again_under_new_event_ids_count_once():
     assert (summary["orders"], summary["fills"]) == (2, 2)
     assert summary["fees"] == 0.02 + 0.06
     assert summary["turnover"] == (2 * 10.0 + 2 * 30.0) / ((1000.0 + 999.92) / 2)
+
+
+def test_order_outcomes_count_each_order_once_and_partial_fills_are_counted():
+    recorder = RecorderService(MemoryBus(), SimulatedClock(T0))
+
+    def update(symbol: str, status: str, filled: float, reason: str | None = None):
+        return OrderUpdate(
+            client_order_id=f"rb-1-{symbol}", status=status, filled_quantity=filled, reason=reason
+        )
+
+    second = msgspec.structs.replace(fill("A", 11.0, 0.01), fill_id="rb-1-A-f2")
+    payloads = [
+        fill("A", 10.0, 0.02),
+        second,  # A filled over two bars
+        update("A", "partially_filled", 2.0),
+        update("A", "filled", 4.0),
+        fill("B", 30.0, 0.06),
+        update("B", "expired", 2.0),  # B ended part-way
+        update("B", "expired", 2.0, reason="duplicate submit: order already known"),
+        update("C", "rejected", 0.0),
+        fill("D", 5.0, 0.0),
+        update("D", "filled", 2.0),  # one fill, whole: not partial
+    ]
+    for payload in payloads:
+        recorder.handle(make_event(payload, source="test", ts=T0))
+    summary = recorder.summary(1000.0, 252.0, bars=1)
+    assert summary["order_outcomes"] == {"expired": 1, "filled": 2, "rejected": 1}
+    assert summary["partial_fills"] == 2  # A (two fills) and B (expired after a fill)

@@ -142,7 +142,7 @@ def test_the_broker_forgets_the_oldest_terminal_orders_beyond_its_bound_never_op
     # A forgotten order would trade again; a kept one is answered with its state.
     assert broker.submit(order(5))[0].reason.startswith("duplicate submit")
     restored = SimulatedBroker(initial_cash=1.0, orders_kept=3)
-    restored.restore(state)
+    restored.restore_state(state)
     assert restored.state() == state
     assert restored.open_order_count == 1
     assert restored.submit(order(0))[0].status == "accepted"  # the duplicate's answer
