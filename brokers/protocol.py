@@ -19,7 +19,11 @@ from typing import Protocol, runtime_checkable
 
 from engine.events import BarBlock, BarSet, EventPayload, Fill, OrderRequest, OrderUpdate
 
-__all__ = ["Balances", "Broker", "BrokerError", "OpenOrder"]
+__all__ = ["DUPLICATE_SUBMIT", "Balances", "Broker", "BrokerError", "OpenOrder"]
+
+# The reason of the update that answers a second submit of a known client order id (every
+# adapter words it alike, so logs and tests can tell such an answer from a new state).
+DUPLICATE_SUBMIT = "duplicate submit: order already known"
 
 
 class BrokerError(Exception):

@@ -41,7 +41,7 @@ import msgspec
 import structlog
 
 from brokers.fill_model import BarQuote, FillModel, FillPrice
-from brokers.protocol import Balances, OpenOrder
+from brokers.protocol import DUPLICATE_SUBMIT, Balances, OpenOrder
 from engine.events import (
     TERMINAL_ORDER_STATUSES,
     BarBlock,
@@ -73,7 +73,6 @@ _BARS_KEPT = 8
 ORDERS_KEPT = 1024
 # The latest fills kept for ``fills_since`` (the untrimmed fills stream is the ledger).
 FILLS_KEPT = 1024
-DUPLICATE_SUBMIT = "duplicate submit: order already known"
 STATE_VERSION = 2
 
 

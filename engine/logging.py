@@ -1,7 +1,10 @@
 """structlog set-up: JSON lines for daemons, readable console output in a terminal.
 
 Every line carries ``service``, ``event`` and ``corr``; one processor redacts anything that looks
-like a key, secret or password before a renderer sees it, so no code path can leak one.
+like a key, secret or password before a renderer sees it, so no code path can leak one. Values
+known to be secret (an exchange's API key and secret, read from the environment) are
+registered with ``register_secret`` and masked wherever they appear, under any field name and
+inside any text, in structlog lines and, through ``SecretFilter``, in a library's stdlib logging.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from typing import Any, Literal, TextIO
 import structlog
 
 REDACTED = "***"
+# Registered secret values are masked only from this length on: a very short value (a test's
+# "x") would mask innocent text everywhere and protects nothing.
+MIN_SECRET_LENGTH = 6
+_registered_secrets: set[str] = set()
 _SECRET_KEY = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|private[_-]?key|credential|"
     r"signature|auth(orization)?|cookie)$|^(key|pwd)$",
@@ -30,7 +37,30 @@ _INLINE_SECRET = re.compile(
 )
 
 
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` wherever it appears in a log line from now on (in any field, inside any
+    text); values shorter than ``MIN_SECRET_LENGTH`` are ignored."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        _registered_secrets.add(value)
+
+
+def forget_secrets() -> None:
+    """Stop masking the registered values (tests that register throwaway keys)."""
+    _registered_secrets.clear()
+
+
+def mask_secrets(text: str) -> str:
+    """Return ``text`` with every registered secret value replaced by ``REDACTED``: for text
+    that leaves the process other than through a log line (an error message, a reason)."""
+    # Longest first, so a secret that contains another is masked whole.
+    for secret in sorted(_registered_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def _redact_text(text: str) -> str:
+    text = mask_secrets(text)
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
     return _INLINE_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
 
@@ -44,6 +74,13 @@ def _redact_value(key: str | None, value: Any) -> Any:
         return {k: _redact_value(str(k), v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_redact_value(None, v) for v in value)
+    if _registered_secrets and not isinstance(value, (int, float, bool)) and value is not None:
+        # An object rendered later by str() (an exception, a request): render it now if that
+        # text holds a registered secret, so the renderer never sees the value.
+        text = str(value)
+        masked = mask_secrets(text)
+        if masked != text:
+            return masked
     return value
 
 
@@ -54,6 +91,20 @@ def redact_secrets(
     for key, value in list(event_dict.items()):
         event_dict[key] = _redact_value(key, value)
     return event_dict
+
+
+class SecretFilter(logging.Filter):
+    """A stdlib logging filter that masks registered secrets in a record's message: for a
+    library that logs through ``logging`` (ccxt logs request headers, the API key among them,
+    at debug level). Attach it to the logger the library logs to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _registered_secrets:
+            message = record.getMessage()
+            masked = mask_secrets(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
 
 
 def _require_fields(service: str) -> structlog.types.Processor:

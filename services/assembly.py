@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from apscheduler.triggers.base import BaseTrigger
 
+from brokers.protocol import Broker
 from brokers.simulated import SimulatedBroker
 from engine.bus import Bus, MemoryBus
 from engine.clock import Clock, WallClock
@@ -140,10 +142,55 @@ def simulated_broker(config: Config) -> SimulatedBroker:
     )
 
 
-def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
-    """Return every consuming service wired to ``bus`` and ``clock``."""
+def make_broker(
+    config: Config, *, live: bool = False, environ: Mapping[str, str] | None = None
+) -> Broker:
+    """The broker of ``[broker] kind``: the paper broker, or an exchange through ccxt (its
+    sandbox, or real money with ``live`` and ``[broker] live_confirm``; keys from
+    ``environ``, the process environment by default). Builds without any network call."""
+    settings = config.broker
+    if settings.kind == "simulated":
+        if live:
+            raise ConfigError(
+                '--live trades through an exchange: set [broker] kind = "ccxt" (and '
+                "sandbox = false, live_confirm = true); the simulated broker is paper only"
+            )
+        return simulated_broker(config)
+    # Imported here: ccxt and its hundred exchanges load only for a run that trades on one.
+    from brokers.ccxt_broker import CcxtBroker, CcxtSettings, exchange_from_settings
+
+    exchange = exchange_from_settings(
+        settings.exchange,
+        sandbox=settings.sandbox,
+        live=live,
+        live_confirmed=settings.live_confirm,
+        environ=os.environ if environ is None else environ,
+    )
+    return CcxtBroker(exchange, CcxtSettings(quote_currency=settings.quote_currency))
+
+
+def trading_venue(
+    config: Config, *, live: bool = False
+) -> tuple[Broker, dict[str, LotRules] | None]:
+    """The broker of a paper or live run and the market rules its orders must keep (an
+    exchange's, loaded from it: the one network call here; None for the paper broker)."""
+    broker = make_broker(config, live=live)
+    lot_rules = getattr(broker, "lot_rules", None)
+    return broker, (lot_rules() if callable(lot_rules) else None)
+
+
+def build_services(
+    config: Config,
+    bus: Bus,
+    clock: Clock,
+    broker: Broker | None = None,
+    lot_rules: dict[str, LotRules] | None = None,
+) -> Services:
+    """Return every consuming service wired to ``bus`` and ``clock``; execution trades through
+    ``broker`` (default: the paper broker of ``[broker]``) and the rebalancer rounds to
+    ``lot_rules`` (an exchange's market rules, by symbol)."""
     factors = config.strategy.factors
-    broker = simulated_broker(config)
+    broker = broker if broker is not None else simulated_broker(config)
     return Services(
         factor_update=FactorUpdateService(bus, clock, config.strategy),
         signal=SignalService(
@@ -161,6 +208,7 @@ def build_services(config: Config, bus: Bus, clock: Clock) -> Services:
             clock,
             config.portfolio,
             config.risk,
+            lot_rules=lot_rules,
             # Whole units when the broker trades no fractions; a market's own lot rules
             # (ccxt metadata) are passed in by the adapters that know them.
             default_lot=LotRules() if config.broker.fractional else LotRules(amount_step=1.0),

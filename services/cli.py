@@ -517,6 +517,11 @@ def _run_service(arguments: argparse.Namespace) -> int:
             )
             if value is not None
         ]
+        if arguments.live and service not in ("execution", "rebalance"):
+            raise UsageError(
+                f"--live: an option of `run execution` and `run rebalance` (the processes that "
+                f"trade and size orders on the exchange), not of `run {service}`"
+            )
         if service != "market-data" and replay_only:
             raise UsageError(
                 f"{', '.join(replay_only)}: options of `run market-data` (the replay), not of "
@@ -528,6 +533,10 @@ def _run_service(arguments: argparse.Namespace) -> int:
         # A service process is a daemon: JSON lines unless the config asks for the console.
         log_format = "json" if config.log.format == "auto" else config.log.format
         configure_logging(service, config.log.level, log_format)
+        if service in ("execution", "rebalance"):
+            from services.assembly import make_broker
+
+            make_broker(config, live=arguments.live)  # the venue's settings and keys, at once
         if not config.bus.redis_url:
             raise UsageError(
                 f"run {service} needs a Redis every process of the account can reach: set "
@@ -572,7 +581,13 @@ def _run_service(arguments: argparse.Namespace) -> int:
             from services.standalone import run_service
 
             run_service(
-                config, service, out_dir, stop=stop, wait_s=arguments.wait, option=out_option
+                config,
+                service,
+                out_dir,
+                stop=stop,
+                wait_s=arguments.wait,
+                option=out_option,
+                live=arguments.live,
             )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -786,6 +801,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="market-data: start a new account in --out, deleting the one there",
+    )
+    run_command.add_argument(
+        "--live",
+        action="store_true",
+        help="execution, rebalance: trade real money on [broker] exchange (also needs [broker] "
+        'kind = "ccxt", sandbox = false, live_confirm = true; keys from '
+        "DEEPFACTOR_EXCHANGE_API_KEY and DEEPFACTOR_EXCHANGE_SECRET)",
     )
     run_command.set_defaults(run=_run_service)
 

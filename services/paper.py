@@ -32,7 +32,7 @@ from engine.errors import BusError
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.timeframes import timeframe_delta
 from services.account import PaperAccount, bind_account, delete_namespace, open_account
-from services.assembly import Services, build_services, schedule_trigger
+from services.assembly import Services, build_services, schedule_trigger, trading_venue
 from services.live_market_data import LiveMarketDataService
 from services.market_data import MarketDataService, Step, to_datetime
 from services.quiescence import RedisQuiescence
@@ -95,7 +95,7 @@ def _daemons(
             delete_namespace(bus, account.retired_namespace)
         # Mark (or check) the account in Redis: its data gone halts the run loudly.
         bind_account(bus, account, out_dir)
-        services = build_services(config, bus, clock)
+        services = build_services(config, bus, clock, *trading_venue(config))
         runners = [
             ServiceRunner(
                 s, consume_settings(config), config.paper.heartbeat_s, config.run.instance

@@ -247,6 +247,14 @@ class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     a bar's volume one bar can fill, how many bars an order works before what is left
     expires (0: good till cancelled), and the latency from decision to market."""
 
+    # "simulated": the paper broker below. "ccxt": orders go to ``exchange`` through ccxt
+    # (brokers/ccxt_broker.py), keys from DEEPFACTOR_EXCHANGE_API_KEY / _SECRET; its sandbox
+    # (testnet) unless ``sandbox = false``, which also needs ``live_confirm = true`` and the
+    # command's --live flag.
+    kind: Literal["simulated", "ccxt"] = "simulated"
+    exchange: str = "binance"
+    sandbox: bool = True
+    live_confirm: bool = False
     fee_rate: Annotated[float, msgspec.Meta(ge=0, lt=0.1)] = 0.001
     maker_fee_rate: Annotated[float, msgspec.Meta(ge=0, lt=0.1)] | None = None
     fill_price: Literal["next_open", "close", "next_vwap"] = "next_open"

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 import structlog
 
-from engine.logging import REDACTED, configure_logging, get_logger, redact_secrets
+from engine.logging import (
+    REDACTED,
+    SecretFilter,
+    configure_logging,
+    forget_secrets,
+    get_logger,
+    redact_secrets,
+    register_secret,
+)
 
 
 @pytest.fixture
@@ -74,3 +83,37 @@ def test_console_format_is_readable_text():
     structlog.reset_defaults()
     output = stream.getvalue()
     assert "data.gap" in output and "symbol=BTC/USDT" in output and not output.startswith("{")
+
+
+def test_registered_secrets_are_masked_in_any_field_and_inside_text(json_lines):
+    register_secret("AKIAregistered123")
+    register_secret("abc")  # too short to mask: it would blank innocent text
+    try:
+        get_logger().error(
+            "broker.down",
+            detail="sent header X-MBX-APIKEY: AKIAregistered123 to the exchange",
+            nested={"calls": [("GET", "key=AKIAregistered123")]},
+            error=RuntimeError("request failed with AKIAregistered123"),
+            label="abc",
+        )
+    finally:
+        forget_secrets()
+    (line,) = json_lines()
+    assert "AKIAregistered123" not in json.dumps(line)
+    assert line["detail"] == f"sent header X-MBX-APIKEY: {REDACTED} to the exchange"
+    assert line["error"] == f"request failed with {REDACTED}" and line["label"] == "abc"
+
+
+def test_secret_filter_masks_registered_secrets_in_stdlib_records():
+    register_secret("s3cr3t-library-value")
+    stream = io.StringIO()
+    logger = logging.getLogger("tests.secret_filter")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.addFilter(SecretFilter())
+    try:
+        logger.warning("headers: %s", {"X-MBX-APIKEY": "s3cr3t-library-value"})
+    finally:
+        logger.removeHandler(handler)
+        forget_secrets()
+    assert stream.getvalue() == f"headers: {{'X-MBX-APIKEY': '{REDACTED}'}}\n"

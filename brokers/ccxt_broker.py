@@ -1,0 +1,504 @@
+"""The exchange broker: orders placed, polled and reconciled through ccxt's unified API.
+
+Idempotency rests on the client order id. Ours are too long for Binance, so each is sent as a
+digest of it (``venue_client_id``), the same on every run. The execution service commits this
+adapter's ``snapshot`` only after a call returns, so a crash between ``create_order`` reaching
+the exchange and that commit leaves an order the restarted adapter has no record of, and the
+same OrderRequest comes again. Hence ``submit`` of an unknown id first looks the order up at
+the exchange by its venue client id and answers with what it finds (its state and every fill);
+it creates the order only when the exchange has none. A timed-out create is the same case: the
+retry looks the order up before sending it again, so an order is never placed twice.
+
+Every call either returns the events it caused together with the state changes behind them,
+or raises ``BrokerError`` and leaves the adapter as it was: a handler retried in place then
+learns again from the exchange what the failed try had seen, and its events go out once.
+
+Order errors (a filter failure, insufficient funds, an unknown symbol) are the exchange's
+answer: a ``rejected`` update carrying its message, never retried. Fills are the exchange's
+trades, one per trade, ids built from our client order id and the trade id, so each is booked
+once across restarts; fees are the exchange's, in its currency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import ccxt
+import msgspec
+import structlog
+
+from brokers.ccxt_exchange import CcxtSettings, ExchangeCalls, describe, exchange_from_settings
+from brokers.ccxt_orders import (
+    STATE_VERSION,
+    CcxtState,
+    OrderRecord,
+    RecordState,
+    fill_from_trade,
+    terminal_status,
+    venue_client_id,
+)
+from brokers.ccxt_reads import ExchangeReads, find_by_client_id
+from brokers.protocol import DUPLICATE_SUBMIT, Balances, OpenOrder
+from engine.events import BarBlock, BarSet, EventPayload, Fill, OrderRequest, OrderUpdate
+from engine.portfolio.lots import LotRules, lot_rules_from_ccxt
+
+__all__ = [
+    "DUPLICATE_SUBMIT",
+    "CcxtBroker",
+    "CcxtSettings",
+    "exchange_from_settings",
+    "venue_client_id",
+]
+
+log = structlog.get_logger("brokers.ccxt")
+_STEP_TOLERANCE = 1e-9
+
+
+class CcxtBroker:
+    """``brokers.protocol.Broker`` over a ccxt exchange (see the module docstring).
+
+    ``exchange`` must keep ccxt's rate limiter on (``enableRateLimit``); ``sleep`` does the
+    retry backoff waits (tests pass one that does not sleep).
+    """
+
+    def __init__(
+        self,
+        exchange: ccxt.Exchange,
+        settings: CcxtSettings | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not exchange.enableRateLimit:
+            raise ValueError(
+                f"CcxtBroker: exchange {exchange.id!r} has enableRateLimit off; build it with "
+                "enableRateLimit=True so ccxt keeps to the exchange's rate limits"
+            )
+        self.exchange = exchange
+        self.settings = settings or CcxtSettings()
+        self.name = f"ccxt:{exchange.id}"
+        self._calls = ExchangeCalls(exchange, self.settings, sleep, self.name)
+        self._reads = ExchangeReads(self._calls, self.settings.trades_page)
+        self._orders: dict[str, OrderRecord] = {}  # our client order id -> record, oldest first
+        self._last_fill_ms: int | None = None
+
+    # -- orders in -------------------------------------------------------------------------
+    def submit(self, order: OrderRequest) -> list[EventPayload]:
+        """Place ``order``, or answer with its state: a known id from this adapter's records,
+        an unknown one from the exchange when the order is there already."""
+        known = self._orders.get(order.client_order_id)
+        if known is not None:
+            return [self._duplicate(order, known)]
+        with self._transaction():
+            record = OrderRecord(
+                request=order, venue_client_id=venue_client_id(order.client_order_id)
+            )
+            refused = self._market_rule_broken(order)
+            if refused is not None:
+                return [self._refuse(record, refused)]
+            try:
+                placed = self._calls.run(
+                    "create_order", order.symbol, lambda: self._find_or_create(record)
+                )
+            except ccxt.ExchangeError as error:  # the exchange's answer: not placed
+                return [self._refuse(record, f"{self.exchange.id}: {describe(error)}")]
+            except ccxt.BaseError as error:  # a garbled answer: the outcome is unknown
+                raise self._calls.unanswered("create_order", order.symbol, error) from error
+            return self._adopt(record, placed)
+
+    def reject(self, order: OrderRequest, reason: str) -> list[EventPayload]:
+        """Refuse ``order`` without sending it; an order the exchange holds already (placed
+        before a crash) is answered with its state instead, as by ``submit``."""
+        known = self._orders.get(order.client_order_id)
+        if known is not None:
+            return [self._duplicate(order, known)]
+        with self._transaction():
+            record = OrderRecord(
+                request=order, venue_client_id=venue_client_id(order.client_order_id)
+            )
+            if order.symbol in self._reads.markets():
+                found = self._reads.lookup(record)
+                if found is not None:
+                    return self._adopt(record, found)
+            return [self._refuse(record, reason)]
+
+    def cancel(self, client_order_id: str, reason: str) -> list[EventPayload]:
+        """Cancel a working order; a terminal one answers its state, an unknown id is refused."""
+        record = self._orders.get(client_order_id)
+        if record is None:
+            return [
+                OrderUpdate(
+                    client_order_id=client_order_id,
+                    status="rejected",
+                    reason=f"cancel refused: unknown order {client_order_id}",
+                )
+            ]
+        if record.terminal_sent:
+            return [record.as_update()]
+        with self._transaction():
+            return self._cancel(record, reason)
+
+    def cancel_open_orders(self, reason: str) -> list[EventPayload]:
+        """Cancel every order still working (halt, end of data), oldest first."""
+        with self._transaction():
+            out: list[EventPayload] = []
+            for record in self._working():
+                out += self._cancel(record, reason)
+            return out
+
+    # -- the exchange moves on -------------------------------------------------------------
+    def on_bar(self, bars: BarSet) -> list[EventPayload]:
+        """Poll the exchange for the orders still working: new trades, status changes."""
+        return self._poll()
+
+    def on_block(self, block: BarBlock) -> list[EventPayload]:
+        """Poll once for the whole block: the exchange trades in real time, not per bar."""
+        return self._poll()
+
+    def reconcile(self) -> list[EventPayload]:
+        """On start: book the trades and status changes of the orders open in the restored
+        state that happened while the adapter was down. Nothing is submitted."""
+        working = self._working()
+        if not working:
+            return []
+        with self._transaction():
+            reported = {r.client_order_id: r.filled_quantity for r in working}
+            out: list[EventPayload] = self._scan_missed_trades(working)
+            for record in working:
+                out += self._refresh(record, reported[record.client_order_id])
+            log.info(
+                "broker.reconciled",
+                broker=self.name,
+                open_orders=len(working),
+                events=len(out),
+                fills=sum(isinstance(event, Fill) for event in out),
+            )
+            return out
+
+    # -- queries ---------------------------------------------------------------------------
+    def open_orders(self) -> list[OpenOrder]:
+        """The orders working as of the last call that saw them, oldest first (no exchange
+        call: ``on_bar`` and ``reconcile`` keep them current)."""
+        return [
+            OpenOrder(r.request, r.status, r.filled_quantity, r.average_price, r.exchange_order_id)
+            for r in self._working()
+        ]
+
+    def order_status(self, client_order_id: str) -> OrderUpdate | None:
+        record = self._orders.get(client_order_id)
+        return None if record is None else record.as_update()
+
+    def balances(self) -> Balances:
+        """Free quote cash, and every other currency with a non-zero total as ``BASE/QUOTE``."""
+        balance = self._reads.balance()
+        quote = self.settings.quote_currency
+        cash = float((balance.get(quote) or {}).get("free") or 0.0)
+        positions = {
+            f"{currency}/{quote}": float(total)
+            for currency, total in (balance.get("total") or {}).items()
+            if currency != quote and total
+        }
+        return Balances(cash=cash, positions=positions, quote_currency=quote)
+
+    def fills_since(self, since: datetime) -> list[Fill]:
+        """The fills of this adapter's orders executed at or after ``since``, from the
+        exchange's trade list, oldest first."""
+        by_exchange_id = self._by_exchange_id()
+        symbols = list(dict.fromkeys(r.symbol for r in self._orders.values()))
+        fills: list[Fill] = []
+        for symbol in symbols:
+            for trade in self._reads.trades_since(symbol, int(since.timestamp() * 1000)):
+                record = by_exchange_id.get((symbol, str(trade.get("order"))))
+                if record is not None:
+                    fills.append(fill_from_trade(record, trade, int(trade["timestamp"])))
+        return sorted(fills, key=lambda fill: (fill.executed_at, fill.fill_id))
+
+    def lot_rules(self) -> dict[str, LotRules]:
+        """The quantity rules of every market quoted in the account's currency, so the
+        rebalancer can round orders to what the exchange accepts."""
+        quote = self.settings.quote_currency
+        return {
+            symbol: lot_rules_from_ccxt(market, self.exchange.precisionMode)
+            for symbol, market in self._reads.markets().items()
+            if market.get("quote") == quote and market.get("spot", True)
+        }
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(
+            CcxtState(
+                exchange=self.exchange.id,
+                orders=[RecordState.of(record) for record in self._orders.values()],
+                last_fill_ms=self._last_fill_ms,
+            )
+        )
+
+    def restore(self, blob: bytes) -> None:
+        state = msgspec.msgpack.decode(blob, type=CcxtState)
+        if state.version != STATE_VERSION:
+            raise ValueError(
+                f"{self.name} state version {state.version} is not {STATE_VERSION}: written "
+                "by another build; start over with --fresh after checking the exchange's orders"
+            )
+        if state.exchange != self.exchange.id:
+            raise ValueError(
+                f"{self.name}: the state holds orders of exchange {state.exchange!r}, this "
+                f"adapter trades on {self.exchange.id!r}"
+            )
+        self._orders = {row.client_order_id: row.record() for row in state.orders}
+        self._last_fill_ms = state.last_fill_ms
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Undo this adapter's state changes when the block raises (see module docstring)."""
+        before = self.snapshot()
+        try:
+            yield
+        except BaseException:
+            self.restore(before)
+            raise
+        self._forget_old_orders()
+
+    # -- placing ---------------------------------------------------------------------------
+    def _market_rule_broken(self, order: OrderRequest) -> str | None:
+        """What makes ``order`` unplaceable before it is sent (None: nothing). ccxt would
+        silently cut a quantity off the lot step, so that is refused here, as the paper broker
+        refuses it; the exchange judges the rest."""
+        market = self._reads.markets().get(order.symbol)
+        if market is None:
+            return f"unknown symbol {order.symbol}: {self.exchange.id} lists no such market"
+        try:
+            precise = float(self.exchange.amount_to_precision(order.symbol, order.quantity))
+        except ccxt.BaseError as error:
+            return f"LOT_SIZE: quantity {order.quantity:.12g} of {order.symbol}: {describe(error)}"
+        if abs(precise - order.quantity) > _STEP_TOLERANCE * max(order.quantity, 1e-12):
+            step = (market.get("precision") or {}).get("amount")
+            return (
+                f"LOT_SIZE: quantity {order.quantity:.12g} of {order.symbol} is not a multiple "
+                f"of its step {step:g}"
+                if isinstance(step, (int, float))
+                else f"LOT_SIZE: quantity {order.quantity:.12g} of {order.symbol} is off its step"
+            )
+        return None
+
+    def _find_or_create(self, record: OrderRecord) -> dict[str, Any]:
+        """One try of placing ``record``'s order: look it up first (a crash or a lost response
+        may have placed it already), create it only when the exchange has none."""
+        try:
+            found = find_by_client_id(self.exchange, record)
+        except ccxt.NetworkError:
+            raise  # retried by the caller
+        except ccxt.BaseError as error:  # cannot tell whether it exists: do not create
+            raise self._calls.unanswered("fetch_order", record.symbol, error) from error
+        if found is not None:
+            log.warning(
+                "broker.order_found",
+                broker=self.name,
+                client_order_id=record.client_order_id,
+                venue_client_id=record.venue_client_id,
+                exchange_order_id=str(found.get("id")),
+                status=found.get("status"),
+                hint="placed by an earlier try (a crash or a lost response): not sent again",
+            )
+            return found
+        request = record.request
+        log.info(
+            "broker.order_sent",
+            broker=self.name,
+            client_order_id=request.client_order_id,
+            venue_client_id=record.venue_client_id,
+            symbol=request.symbol,
+            side=request.side,
+            quantity=request.quantity,
+            order_type=request.order_type,
+        )
+        return self.exchange.create_order(
+            request.symbol,
+            request.order_type,
+            request.side,
+            request.quantity,
+            request.limit_price if request.order_type == "limit" else None,
+            {"clientOrderId": record.venue_client_id},
+        )
+
+    def _adopt(self, record: OrderRecord, placed: dict[str, Any]) -> list[EventPayload]:
+        """Record an order the exchange holds and report it: accepted, then its fills and
+        whatever status it has reached."""
+        record.exchange_order_id = str(placed["id"])
+        record.placed_ms = placed.get("timestamp")
+        self._check_same_order(record, placed)
+        self._remember(record)
+        out: list[EventPayload] = [record.as_update()]
+        out += self._absorb(record, placed, placed.get("trades") or [])
+        return out
+
+    def _check_same_order(self, record: OrderRecord, placed: dict[str, Any]) -> None:
+        request = record.request
+        amount, side = placed.get("amount"), placed.get("side")
+        if (side is not None and side != request.side) or (
+            amount is not None and abs(float(amount) - request.quantity) > 1e-9 * request.quantity
+        ):
+            log.error(
+                "broker.order_mismatch",
+                broker=self.name,
+                client_order_id=request.client_order_id,
+                requested=f"{request.side} {request.quantity} {request.symbol}",
+                at_exchange=f"{side} {amount} {placed.get('symbol')}",
+                hint="the venue client id names a different order: check the exchange",
+            )
+
+    def _refuse(self, record: OrderRecord, reason: str) -> OrderUpdate:
+        """Record ``record``'s order as rejected without it reaching the exchange."""
+        self._remember(record)
+        log.info(
+            "broker.order_rejected",
+            broker=self.name,
+            client_order_id=record.client_order_id,
+            symbol=record.symbol,
+            reason=reason,
+        )
+        return record.finish("rejected", reason)
+
+    def _remember(self, record: OrderRecord) -> None:
+        self._orders[record.client_order_id] = record
+
+    def _forget_old_orders(self) -> None:
+        """Forget the oldest terminal orders beyond ``orders_kept`` (open ones stay)."""
+        terminal = [cid for cid, r in self._orders.items() if r.terminal_sent]
+        for client_order_id in terminal[: max(0, len(terminal) - self.settings.orders_kept)]:
+            del self._orders[client_order_id]
+
+    def _duplicate(self, order: OrderRequest, known: OrderRecord) -> OrderUpdate:
+        same = order == known.request
+        (log.info if same else log.warning)(
+            "broker.duplicate_submit",
+            broker=self.name,
+            client_order_id=order.client_order_id,
+            status=known.status,
+            filled_quantity=known.filled_quantity,
+            differs_from_original=not same,
+        )
+        reason = DUPLICATE_SUBMIT if known.reason is None else f"{DUPLICATE_SUBMIT}; {known.reason}"
+        return known.as_update(reason)
+
+    # -- following orders ------------------------------------------------------------------
+    def _working(self) -> list[OrderRecord]:
+        return [record for record in self._orders.values() if not record.terminal_sent]
+
+    def _poll(self) -> list[EventPayload]:
+        working = self._working()
+        if not working:
+            return []
+        with self._transaction():
+            out: list[EventPayload] = []
+            for record in working:
+                out += self._refresh(record)
+            return out
+
+    def _refresh(self, record: OrderRecord, reported: float | None = None) -> list[EventPayload]:
+        """Fetch ``record``'s order and report what changed since ``reported`` was filled
+        (None: since now)."""
+        order = self._reads.order(record)
+        if order is None:
+            log.error(
+                "broker.order_vanished",
+                broker=self.name,
+                client_order_id=record.client_order_id,
+                exchange_order_id=record.exchange_order_id,
+            )
+            return [record.finish("expired", "the exchange no longer knows this order")]
+        return self._absorb(record, order, [], reported=reported)
+
+    def _cancel(self, record: OrderRecord, reason: str) -> list[EventPayload]:
+        result = self._reads.cancel(record)
+        if result is None or terminal_status(result) is None:  # it ended first: learn how
+            result = self._reads.order(record)
+            if result is None:
+                return [record.finish("cancelled", reason)]
+        log.info(
+            "broker.order_cancelled",
+            broker=self.name,
+            client_order_id=record.client_order_id,
+            exchange_status=result.get("status"),
+            filled=result.get("filled"),
+        )
+        return self._absorb(record, result, [], cancel_reason=reason)
+
+    def _absorb(
+        self,
+        record: OrderRecord,
+        order: dict[str, Any],
+        trades: list[dict[str, Any]],
+        *,
+        cancel_reason: str | None = None,
+        reported: float | None = None,
+    ) -> list[EventPayload]:
+        """Report what ``order`` (a ccxt order dict of ``record``) shows that is new: a Fill
+        per trade not reported before, then a partial or terminal update. A terminal status
+        waits until every trade behind the exchange's filled amount has been reported."""
+        before = record.filled_quantity if reported is None else reported
+        fallback_ms = int(order.get("lastTradeTimestamp") or order.get("timestamp") or _now_ms())
+        out: list[EventPayload] = self._book(record, trades, fallback_ms)
+        exchange_filled = float(order.get("filled") or 0.0)
+        if not record.fully_reported(exchange_filled):
+            out += self._book(record, self._reads.order_trades(record), fallback_ms)
+        status = terminal_status(order)
+        if cancel_reason is not None:
+            record.reason = cancel_reason  # kept for a terminal update that must wait
+        if status is not None and record.fully_reported(exchange_filled):
+            reason = record.reason if status == "cancelled" else None
+            out.append(record.finish(status, reason))
+        elif record.filled_quantity > before:
+            out.append(record.progress())
+        if status is not None and not record.terminal_sent:
+            log.warning(
+                "broker.trades_pending",
+                broker=self.name,
+                client_order_id=record.client_order_id,
+                exchange_filled=exchange_filled,
+                reported=record.filled_quantity,
+                hint="the terminal update waits for the exchange's trade list",
+            )
+        return out
+
+    def _book(
+        self, record: OrderRecord, trades: list[dict[str, Any]], fallback_ms: int
+    ) -> list[EventPayload]:
+        fills: list[EventPayload] = []
+        for trade in trades:
+            order_id = trade.get("order")
+            if order_id is not None and str(order_id) != record.exchange_order_id:
+                continue
+            fill = record.book(trade, fallback_ms)
+            if fill is not None:
+                fills.append(fill)
+                trade_ms = int(fill.executed_at.timestamp() * 1000)
+                self._last_fill_ms = max(self._last_fill_ms or 0, trade_ms)
+        return fills
+
+    def _scan_missed_trades(self, working: list[OrderRecord]) -> list[EventPayload]:
+        """Book the trades of the working orders made since the last fill reported."""
+        starts = [r.placed_ms for r in working if r.placed_ms is not None]
+        since = self._last_fill_ms if self._last_fill_ms is not None else min(starts, default=0)
+        by_exchange_id = {(r.symbol, r.exchange_order_id): r for r in working}
+        out: list[EventPayload] = []
+        for symbol in dict.fromkeys(r.symbol for r in working):
+            for trade in self._reads.trades_since(symbol, since):
+                record = by_exchange_id.get((symbol, str(trade.get("order"))))
+                if record is not None:
+                    out += self._book(record, [trade], int(trade["timestamp"]))
+        return out
+
+    def _by_exchange_id(self) -> dict[tuple[str, str], OrderRecord]:
+        return {
+            (r.symbol, r.exchange_order_id): r
+            for r in self._orders.values()
+            if r.exchange_order_id is not None
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
