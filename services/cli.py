@@ -400,8 +400,21 @@ def _paper(arguments: argparse.Namespace) -> int:
             raise UsageError(f"--warmup-bars must be >= 0, received {arguments.warmup_bars}")
         if arguments.exchange and not symbols:
             raise UsageError("--exchange needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT")
+        if arguments.live and not arguments.exchange:
+            raise UsageError(
+                "--live trades on live candles: it needs --exchange and --symbols (a replayed "
+                "file is history, never traded with real money)"
+            )
         config = _load(arguments, "paper")
-        from services.assembly import check_universe
+        if config.broker.kind != "simulated" and not arguments.exchange:
+            raise UsageError(
+                f"[broker] kind = {config.broker.kind!r} trades on an exchange now: it needs "
+                "live candles (--exchange ID --symbols A/B,...); a replay trades on the "
+                "simulated broker"
+            )
+        from services.assembly import check_universe, make_broker
+
+        make_broker(config, live=arguments.live)  # the venue's settings and keys, at once
 
         speed = _parse_speed(arguments.speed, config.paper.speed)
         out_dir = Path(arguments.out or config.run.run_dir)
@@ -466,6 +479,7 @@ def _paper(arguments: argparse.Namespace) -> int:
                 warmup_bars=arguments.warmup_bars,
                 stop=stop,
                 account=account,
+                live=arguments.live,
             )
         else:
             from services.model_start import ensure_model
@@ -517,11 +531,6 @@ def _run_service(arguments: argparse.Namespace) -> int:
             )
             if value is not None
         ]
-        if arguments.live and service not in ("execution", "rebalance"):
-            raise UsageError(
-                f"--live: an option of `run execution` and `run rebalance` (the processes that "
-                f"trade and size orders on the exchange), not of `run {service}`"
-            )
         if service != "market-data" and replay_only:
             raise UsageError(
                 f"{', '.join(replay_only)}: options of `run market-data` (the replay), not of "
@@ -533,10 +542,13 @@ def _run_service(arguments: argparse.Namespace) -> int:
         # A service process is a daemon: JSON lines unless the config asks for the console.
         log_format = "json" if config.log.format == "auto" else config.log.format
         configure_logging(service, config.log.level, log_format)
-        if service in ("execution", "rebalance"):
-            from services.assembly import make_broker
-
-            make_broker(config, live=arguments.live)  # the venue's settings and keys, at once
+        if service in ("execution", "rebalance") and config.broker.kind != "simulated":
+            raise UsageError(
+                f"[broker] kind = {config.broker.kind!r}: `run` processes trade the replay of "
+                "`run market-data`, recorded bars an exchange never saw; trade on an exchange "
+                "with `deepfactor paper --exchange ID --symbols A/B,...` (live candles; "
+                "--live for real money)"
+            )
         if not config.bus.redis_url:
             raise UsageError(
                 f"run {service} needs a Redis every process of the account can reach: set "
@@ -581,13 +593,7 @@ def _run_service(arguments: argparse.Namespace) -> int:
             from services.standalone import run_service
 
             run_service(
-                config,
-                service,
-                out_dir,
-                stop=stop,
-                wait_s=arguments.wait,
-                option=out_option,
-                live=arguments.live,
+                config, service, out_dir, stop=stop, wait_s=arguments.wait, option=out_option
             )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -710,6 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="live: poll closed candles of --symbols from this ccxt exchange",
     )
     paper.add_argument("--symbols", metavar="A/B,C/D", help="live: the universe")
+    paper.add_argument(
+        "--live",
+        action="store_true",
+        help='with --exchange: trade real money through [broker] kind = "ccxt" (also needs '
+        "sandbox = false, live_confirm = true; keys from DEEPFACTOR_EXCHANGE_API_KEY and "
+        "DEEPFACTOR_EXCHANGE_SECRET)",
+    )
     paper.add_argument("--timeframe", default="1m", metavar="TF", help="live: bar length (1m)")
     paper.add_argument(
         "--warmup-bars",
@@ -801,13 +814,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="market-data: start a new account in --out, deleting the one there",
-    )
-    run_command.add_argument(
-        "--live",
-        action="store_true",
-        help="execution, rebalance: trade real money on [broker] exchange (also needs [broker] "
-        'kind = "ccxt", sandbox = false, live_confirm = true; keys from '
-        "DEEPFACTOR_EXCHANGE_API_KEY and DEEPFACTOR_EXCHANGE_SECRET)",
     )
     run_command.set_defaults(run=_run_service)
 

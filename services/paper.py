@@ -81,6 +81,7 @@ def _daemons(
     drain_timeout_s: float,
     account: PaperAccount,
     stop: threading.Event | None = None,
+    live: bool = False,
 ) -> Iterator[_Daemons]:
     # The account's namespace: a resumed account finds its streams, groups and state there.
     namespace = account.namespace
@@ -95,7 +96,7 @@ def _daemons(
             delete_namespace(bus, account.retired_namespace)
         # Mark (or check) the account in Redis: its data gone halts the run loudly.
         bind_account(bus, account, out_dir)
-        services = build_services(config, bus, clock, *trading_venue(config))
+        services = build_services(config, bus, clock, *trading_venue(config, live=live))
         runners = [
             ServiceRunner(
                 s, consume_settings(config), config.paper.heartbeat_s, config.run.instance
@@ -418,8 +419,11 @@ def run_live_paper(
     poll_interval_s: float | None = None,
     drain_timeout_s: float = 30.0,
     account: PaperAccount | None = None,
+    live: bool = False,
 ) -> PaperRun:
-    """Paper-trade on live ccxt candles until ``stop`` is set; rebalances on the wall clock.
+    """Trade on live ccxt candles until ``stop`` is set; rebalances on the wall clock. On
+    paper with the simulated broker, on the exchange with ``[broker] kind = "ccxt"`` (its
+    sandbox, or real money with ``live`` and ``[broker] live_confirm``).
 
     A continued account publishes only candles after the last bar it saw.
     """
@@ -431,7 +435,9 @@ def run_live_paper(
     daemons: _Daemons | None = None
     market: LiveMarketDataService | None = None
     try:
-        with _daemons(config, out_dir, WallClock(), drain_timeout_s, account, stop) as daemons:
+        with _daemons(
+            config, out_dir, WallClock(), drain_timeout_s, account, stop, live=live
+        ) as daemons:
             market = _live_market(daemons.bus, source, since_ms)
             _live(daemons, market, source, config, poll, warmup_bars, stop)
             if not daemons.quiet.wait(timeout_s=drain_timeout_s):

@@ -55,7 +55,7 @@ from engine.config import Config
 from engine.errors import DeepfactorError, UsageError
 from engine.events import Control, Envelope
 from services.account import ACCOUNT_FILE
-from services.assembly import build_services, make_broker, trading_venue
+from services.assembly import build_services
 from services.recorder import RecorderService
 from services.run_dir import LOCK_FILE, RunDirectoryInUseError, describe_holder, lock_file
 from services.runtime import Handler, ServiceRunner
@@ -356,23 +356,15 @@ class RecorderProcess(RecorderService):
         return summary
 
 
-def build_service(
-    name: str, config: Config, bus: Bus, clock: Clock, out_dir: Path, *, live: bool = False
-):
+def build_service(name: str, config: Config, bus: Bus, clock: Clock, out_dir: Path):
     """Return the consuming service ``name`` of ``config`` on ``bus`` (as ``deepfactor paper``
-    builds it; the recorder also writes the run's files into ``out_dir``). execution trades
-    on ``[broker]``'s venue and rebalance rounds to its market rules; ``live`` lets an
-    exchange broker trade real money (with ``[broker] live_confirm``)."""
+    builds it; the recorder also writes the run's files into ``out_dir``). The processes of
+    an account replay recorded bars, so execution trades on the simulated broker."""
     if name == "recorder":
         return RecorderProcess(bus, clock, out_dir, config.portfolio.initial_cash)
     if name not in CONSUMERS:
         raise UsageError(f"unknown service {name!r}; expected one of {', '.join(CONSUMERS)}")
-    venue: tuple = ()
-    if name == "execution":
-        venue = (make_broker(config, live=live), None)
-    elif name == "rebalance" and (config.broker.kind != "simulated" or live):
-        venue = trading_venue(config, live=live)  # the exchange's market rules, loaded now
-    return getattr(build_services(config, bus, clock, *venue), name.replace("-", "_"))
+    return getattr(build_services(config, bus, clock), name.replace("-", "_"))
 
 
 def run_service(
@@ -383,7 +375,6 @@ def run_service(
     stop: threading.Event,
     wait_s: float = 60.0,
     option: str = "--out",
-    live: bool = False,
 ) -> ConsumeStats | None:
     """Run the consuming service ``name`` of the account in ``out_dir`` until ``stop`` is set;
     return its loop's counters (None if stopped before the account appeared).
@@ -409,7 +400,7 @@ def run_service(
         with open_redis_bus(config, stop=stop) as bus:
             if not guard_account(bus, out_dir, account, wait_s, stop, option):
                 return None
-            service = build_service(name, config, bus, clock, out_dir, live=live)
+            service = build_service(name, config, bus, clock, out_dir)
             runner = ServiceRunner(
                 service, consume_settings(config), config.paper.heartbeat_s, config.run.instance
             )

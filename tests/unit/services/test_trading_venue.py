@@ -17,7 +17,6 @@ from engine.clock import WallClock
 from engine.config import load_config
 from engine.errors import ConfigError
 from services.assembly import build_services, make_broker
-from services.standalone import build_service
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"DEEPFACTOR_EXCHANGE_API_KEY": "test-key-0123", "DEEPFACTOR_EXCHANGE_SECRET": "secret-987"}
@@ -65,33 +64,34 @@ def test_keys_only_from_the_environment_and_never_echoed():
     assert "only-key-123" not in str(error.value)
 
 
-def test_a_live_execution_process_trades_on_the_exchange(tmp_path):
+def test_a_live_paper_run_trades_on_the_exchange_itself():
     settings = config(kind="ccxt", sandbox="false", live_confirm="true")
-    os.environ.update(KEYS)
-    try:
-        service = build_service(
-            "execution", settings, MemoryBus(), WallClock(), tmp_path, live=True
-        )
-    finally:
-        for key in KEYS:
-            os.environ.pop(key, None)
-    assert isinstance(service.broker, CcxtBroker)
-    assert "testnet" not in str(service.broker.exchange.urls["api"])
+    broker = make_broker(settings, live=True, environ=KEYS)
+    assert isinstance(broker, CcxtBroker)
+    assert "testnet" not in str(broker.exchange.urls["api"])
 
 
-def test_run_refuses_live_before_waiting_for_the_account(tmp_path):
-    env = {**os.environ, "DEEPFACTOR_BUS__REDIS_URL": "redis://127.0.0.1:6379/9"}
-    env.update({"DEEPFACTOR_BROKER__KIND": "ccxt", "DEEPFACTOR_BROKER__SANDBOX": "false"})
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", "execution", "--live", "--out",
-         str(tmp_path / "account"), "--wait", "30"],
+def cli(*arguments: str, **settings: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEEPFACTOR_BUS__REDIS_URL": "redis://127.0.0.1:6379/9", **settings}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 2
-    assert "missing: [broker] live_confirm = true" in result.stderr
-    signal = subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", "signal", "--live", "--out",
-         str(tmp_path / "account")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+
+
+def test_commands_refuse_an_exchange_broker_on_replayed_bars_before_starting(tmp_path):
+    ccxt = {"DEEPFACTOR_BROKER__KIND": "ccxt"}
+    out = str(tmp_path / "account")
+    run = cli("run", "execution", "--out", out, "--wait", "30", **ccxt)
+    assert run.returncode == 2 and "`run` processes trade the replay" in run.stderr
+    replay = cli("paper", "--synthetic", "--bars", "5", "--out", out, **ccxt)
+    assert replay.returncode == 2 and "it needs live candles (--exchange" in replay.stderr
+    live = cli("paper", "--synthetic", "--live", "--out", out)
+    assert live.returncode == 2 and "--live trades on live candles" in live.stderr
+    unconfirmed = cli(
+        "paper", "--exchange", "binance", "--symbols", "BTC/USDT", "--live", "--out", out,
+        **ccxt, DEEPFACTOR_BROKER__SANDBOX="false", **KEYS,
     )  # fmt: skip
-    assert signal.returncode == 2 and "--live: an option of `run execution`" in signal.stderr
+    assert unconfirmed.returncode == 2
+    assert "missing: [broker] live_confirm = true" in unconfirmed.stderr
+    assert not (tmp_path / "account").exists()  # refused before anything started
