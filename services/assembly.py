@@ -124,10 +124,14 @@ def check_universe(config: Config, symbols: Sequence[str], where: str) -> None:
     )
 
 
-def simulated_broker(config: Config) -> SimulatedBroker:
-    """The paper broker of ``[broker]``, with a fresh account of ``[portfolio] initial_cash``."""
+def simulated_broker(
+    config: Config, market_rules: dict[str, LotRules] | None = None
+) -> SimulatedBroker:
+    """The paper broker of ``[broker]``, with a fresh account of ``[portfolio] initial_cash``,
+    enforcing ``market_rules`` (an exchange's, when the run trades its live candles)."""
     settings = config.broker
     return SimulatedBroker(
+        lot_rules=dict(market_rules or {}),
         initial_cash=config.portfolio.initial_cash,
         fee_rate=settings.fee_rate,
         maker_fee_rate=settings.maker_fee_rate,
@@ -170,13 +174,19 @@ def make_broker(
 
 
 def trading_venue(
-    config: Config, *, live: bool = False
+    config: Config,
+    *,
+    live: bool = False,
+    market_rules: dict[str, LotRules] | None = None,
 ) -> tuple[Broker, dict[str, LotRules] | None]:
-    """The broker of a paper or live run and the market rules its orders must keep (an
-    exchange's, loaded from it: the one network call here; None for the paper broker)."""
+    """The broker of a paper or live run and the market rules its orders must keep: an
+    exchange broker's own (loaded from it: the one network call here), else
+    ``market_rules`` (the exchange metadata of live candles), enforced by the paper broker."""
+    if config.broker.kind == "simulated" and not live:
+        return simulated_broker(config, market_rules), market_rules
     broker = make_broker(config, live=live)
     lot_rules = getattr(broker, "lot_rules", None)
-    return broker, (lot_rules() if callable(lot_rules) else None)
+    return broker, (lot_rules() if callable(lot_rules) else market_rules)
 
 
 def build_services(

@@ -30,6 +30,7 @@ from engine.data import Panel
 from engine.data.ccxt_source import CcxtOhlcvSource
 from engine.errors import BusError
 from engine.events import BarSet, Control, RebalanceDue, make_event
+from engine.portfolio.lots import TICK_SIZE, LotRules, lot_rules_from_ccxt
 from engine.timeframes import timeframe_delta
 from services.account import PaperAccount, bind_account, delete_namespace, open_account
 from services.assembly import Services, build_services, schedule_trigger, trading_venue
@@ -82,6 +83,7 @@ def _daemons(
     account: PaperAccount,
     stop: threading.Event | None = None,
     live: bool = False,
+    market_rules: dict[str, LotRules] | None = None,
 ) -> Iterator[_Daemons]:
     # The account's namespace: a resumed account finds its streams, groups and state there.
     namespace = account.namespace
@@ -96,7 +98,8 @@ def _daemons(
             delete_namespace(bus, account.retired_namespace)
         # Mark (or check) the account in Redis: its data gone halts the run loudly.
         bind_account(bus, account, out_dir)
-        services = build_services(config, bus, clock, *trading_venue(config, live=live))
+        venue = trading_venue(config, live=live, market_rules=market_rules)
+        services = build_services(config, bus, clock, *venue)
         runners = [
             ServiceRunner(
                 s, consume_settings(config), config.paper.heartbeat_s, config.run.instance
@@ -409,6 +412,14 @@ def live_feed(source: CcxtOhlcvSource) -> str:
     return f"live:{source.exchange_id}:{source.timeframe}:{','.join(source.symbols)}"
 
 
+def market_rules(source: CcxtOhlcvSource) -> dict[str, LotRules]:
+    """The lot rules of the traded symbols, from the exchange metadata the candle source
+    loaded: the paper broker enforces them and the rebalancer rounds to them."""
+    markets = source.exchange.markets or {}
+    mode = int(getattr(source.exchange, "precisionMode", TICK_SIZE))
+    return {s: lot_rules_from_ccxt(markets[s], mode) for s in source.symbols if s in markets}
+
+
 def run_live_paper(
     config: Config,
     source: CcxtOhlcvSource,
@@ -435,8 +446,9 @@ def run_live_paper(
     daemons: _Daemons | None = None
     market: LiveMarketDataService | None = None
     try:
+        rules = market_rules(source)
         with _daemons(
-            config, out_dir, WallClock(), drain_timeout_s, account, stop, live=live
+            config, out_dir, WallClock(), drain_timeout_s, account, stop, live, rules
         ) as daemons:
             market = _live_market(daemons.bus, source, since_ms)
             _live(daemons, market, source, config, poll, warmup_bars, stop)

@@ -16,7 +16,7 @@ from engine.bus import MemoryBus
 from engine.clock import WallClock
 from engine.config import load_config
 from engine.errors import ConfigError
-from services.assembly import build_services, make_broker
+from services.assembly import build_services, make_broker, trading_venue
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"DEEPFACTOR_EXCHANGE_API_KEY": "test-key-0123", "DEEPFACTOR_EXCHANGE_SECRET": "secret-987"}
@@ -95,3 +95,26 @@ def test_commands_refuse_an_exchange_broker_on_replayed_bars_before_starting(tmp
     assert unconfirmed.returncode == 2
     assert "missing: [broker] live_confirm = true" in unconfirmed.stderr
     assert not (tmp_path / "account").exists()  # refused before anything started
+
+
+def test_live_candles_bring_the_exchange_market_rules_to_the_paper_broker_and_rebalancer():
+    from engine.data.ccxt_source import CcxtOhlcvSource
+    from services.paper import market_rules
+    from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
+
+    router = BinanceRouter(now_ms=1_704_067_500_000, listed_ms=1_704_067_200_000)
+    source = CcxtOhlcvSource(
+        "binance", ["BTC/USDT", "ETH/BTC"], "1m", exchange=offline_binance(router),
+        clock=lambda: router.now_ms / 1000, sleep=lambda s: None,
+    )  # fmt: skip
+    rules = market_rules(source)
+    markets = source.exchange.markets
+    assert set(rules) == {"BTC/USDT", "ETH/BTC"}
+    for symbol, rule in rules.items():  # what ccxt parsed from exchangeInfo's filters
+        assert rule.amount_step == markets[symbol]["precision"]["amount"]
+        assert rule.min_notional == (markets[symbol]["limits"]["cost"]["min"] or 0.0)
+    services = build_services(
+        config(), MemoryBus(), WallClock(), *trading_venue(config(), market_rules=rules)
+    )
+    assert services.execution.broker.lot_rules == rules
+    assert services.rebalance.lot_rules == rules
