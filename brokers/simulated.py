@@ -583,7 +583,8 @@ class SimulatedBroker:
             quantity=quantity,
             price=price,
             fee=fee,
-            fee_currency=self.fee_currency,
+            # The account pays from its one cash balance: the pair's quote currency.
+            fee_currency=order.symbol.partition("/")[2] or self.fee_currency,
             executed_at=executed_at,
         )
         self._fills.append(fill)

@@ -66,8 +66,14 @@ class PortfolioBook:
     _bar_close: tuple[float, ...] = ()
 
     def apply_fill(self, fill: Fill) -> bool:
-        """Move cash and position by one fill (fees in the quote currency); return False, with
-        no effect, for a fill whose ``fill_id`` is already booked."""
+        """Move cash and position by one fill; return False, with no effect, for a fill whose
+        ``fill_id`` is already booked.
+
+        The fee comes off the cash when it is in the quote currency (the paper broker's, and
+        a symbol without a ``/``), off the position when in the base asset (an exchange
+        charging a buy in what it bought); a fee in a third currency (BNB on Binance) is
+        paid from a balance this book does not hold, and is logged.
+        """
         if fill.fill_id in self._fill_ids:
             log.warning(
                 "fill.duplicate_ignored",
@@ -76,12 +82,25 @@ class PortfolioBook:
             )
             return False
         notional = fill.quantity * fill.price
+        base, _, quote = fill.symbol.partition("/")
+        cash_fee = position_fee = 0.0
+        if not quote or fill.fee_currency == quote:
+            cash_fee = fill.fee
+        elif fill.fee_currency == base:
+            position_fee = fill.fee
+        elif fill.fee:
+            log.info(
+                "fill.fee_in_other_currency",
+                fill_id=fill.fill_id,
+                fee=fill.fee,
+                fee_currency=fill.fee_currency,
+            )
         if fill.side == "buy":
-            self.cash -= notional + fill.fee
-            held = self.positions.get(fill.symbol, 0.0) + fill.quantity
+            self.cash -= notional + cash_fee
+            held = self.positions.get(fill.symbol, 0.0) + fill.quantity - position_fee
         else:
-            self.cash += notional - fill.fee
-            held = self.positions.get(fill.symbol, 0.0) - fill.quantity
+            self.cash += notional - cash_fee
+            held = self.positions.get(fill.symbol, 0.0) - fill.quantity - position_fee
         if abs(held) <= 1e-12:
             self.positions.pop(fill.symbol, None)
         else:

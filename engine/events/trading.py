@@ -67,7 +67,8 @@ class OrderUpdate(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 class Fill(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One execution against an order; fees are in ``fee_currency`` (the quote currency)."""
+    """One execution against an order; the fee is in ``fee_currency``: the quote currency
+    (the paper broker), or what an exchange charged in (the base asset, BNB on Binance)."""
 
     TYPE: ClassVar[str] = "Fill"
     TOPIC: ClassVar[str] = "fills"

@@ -66,3 +66,23 @@ def test_the_fill_ids_remembered_are_bounded_to_the_most_recent():
     assert book.apply_fill(fill("f3", quantity=1.0)) is False
     assert book.apply_fill(fill("f2", quantity=1.0)) is False
     assert book.positions == {"A": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("currency", "cash", "position", "logged"),
+    [
+        ("USDT", 1_000.0 - 200.0 - 0.5, 2.0, []),  # quote: off the cash
+        ("BTC", 1_000.0 - 200.0, 2.0 - 0.5, []),  # base: off what was bought
+        ("BNB", 1_000.0 - 200.0, 2.0, ["fill.fee_in_other_currency"]),  # neither: logged
+    ],
+)
+def test_a_fee_comes_off_what_it_is_charged_in(currency, cash, position, logged):
+    book = PortfolioBook(cash=1_000.0)
+    charged = Fill(
+        fill_id="f1", client_order_id="o1", symbol="BTC/USDT", side="buy", quantity=2.0,
+        price=100.0, fee=0.5, fee_currency=currency, executed_at=T0,
+    )  # fmt: skip
+    with capture_logs() as logs:
+        book.apply_fill(charged)
+    assert book.cash == cash and book.positions == {"BTC/USDT": position}
+    assert [e["event"] for e in logs] == logged
