@@ -69,6 +69,12 @@ class CcxtSettings:
         Terminal orders remembered to answer a duplicate submit (open ones are always kept).
     trades_page
         Trades asked for per ``fetch_my_trades`` page (Binance's maximum is 1000).
+    unplaced_after_s
+        How long after a submit that could not reach the exchange a lookup that finds no such
+        order proves it was never placed (``brokers.ccxt_broker``: the outcome-unknown state).
+        A create can still land a while after its request timed out: Binance drops a signed
+        request older than its ``recvWindow`` (10 s in ccxt, 60 s at most), so the default
+        waits out the longest window.
     """
 
     quote_currency: str = "USDT"
@@ -77,6 +83,7 @@ class CcxtSettings:
     backoff_max_s: float = 8.0
     orders_kept: int = 1024
     trades_page: int = 1000
+    unplaced_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -85,6 +92,7 @@ class CcxtSettings:
             "backoff_max_s": self.backoff_max_s >= self.backoff_s,
             "orders_kept": self.orders_kept >= 0,
             "trades_page": self.trades_page >= 1,
+            "unplaced_after_s": self.unplaced_after_s >= 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -5,6 +5,14 @@ The execution service commits ``CcxtState`` (every ``OrderRecord`` as a compact
 ``RecordState`` row) with each message it handles, so a restarted adapter knows which orders
 it placed, which exchange trades it has already reported as fills, and whether an order's
 terminal update went out.
+
+An order whose submit could not reach the exchange is kept with ``unknown_since_ms`` set (its
+outcome unknown: it may or may not have been placed) until a lookup by its venue client id
+settles it; ``absent_reason`` is the reason of the ``rejected`` update it ends with if the
+exchange turns out to have none, and ``cancel_pending`` the reason of a cancel asked for while
+it was unknown (carried out once it is found working). Version 2 of the state added these
+three fields at the end of each row; a version 1 state is read with them unset (it had no such
+orders).
 """
 
 from __future__ import annotations
@@ -22,16 +30,20 @@ from engine.events.trading import OrderStatus
 
 __all__ = [
     "ORDERS_KEPT",
+    "READABLE_VERSIONS",
     "STATE_VERSION",
     "CcxtState",
     "OrderRecord",
     "RecordState",
+    "StateHeader",
     "fill_from_trade",
     "terminal_status",
     "venue_client_id",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# The state versions ``restore`` reads: 1 lacks the unknown-outcome fields (read as unset).
+READABLE_VERSIONS = (1, 2)
 # Terminal orders remembered to answer a duplicate submit (open ones are always kept): the same
 # window as the paper broker's (brokers/simulated.py), for the same reason.
 ORDERS_KEPT = 1024
@@ -86,6 +98,11 @@ class OrderRecord:
     ``filled_quantity`` and ``average_price`` add up the fills reported, never the exchange's
     own totals, so updates and fills always agree; ``trade_ids`` are the exchange trades
     already reported, so a trade is booked once however often it is seen.
+
+    ``unknown_since_ms`` (the adapter's clock, milliseconds) is set while the order's outcome
+    is unknown: a submit that could not reach the exchange, so it may or may not have been
+    placed. ``absent_reason`` is then the ``rejected`` reason to end it with if the exchange
+    has no such order; ``cancel_pending`` a cancel's reason to carry out once it is found.
     """
 
     request: OrderRequest
@@ -98,6 +115,14 @@ class OrderRecord:
     reason: str | None = None
     trade_ids: list[str] = field(default_factory=list)
     terminal_sent: bool = False
+    unknown_since_ms: int | None = None
+    absent_reason: str | None = None
+    cancel_pending: str | None = None
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Whether the exchange may or may not hold this order (see the class docstring)."""
+        return self.unknown_since_ms is not None and not self.terminal_sent
 
     @property
     def client_order_id(self) -> str:
@@ -205,6 +230,10 @@ class RecordState(msgspec.Struct, frozen=True, array_like=True):
     reason: str | None
     trade_ids: list[str]
     terminal_sent: bool
+    # Version 2 (a version 1 row ends above: these read as unset).
+    unknown_since_ms: int | None = None
+    absent_reason: str | None = None
+    cancel_pending: str | None = None
 
     @classmethod
     def of(cls, record: OrderRecord) -> RecordState:
@@ -229,6 +258,9 @@ class RecordState(msgspec.Struct, frozen=True, array_like=True):
             record.reason,
             list(record.trade_ids),
             record.terminal_sent,
+            record.unknown_since_ms,
+            record.absent_reason,
+            record.cancel_pending,
         )
 
     def record(self) -> OrderRecord:
@@ -255,7 +287,18 @@ class RecordState(msgspec.Struct, frozen=True, array_like=True):
             reason=self.reason,
             trade_ids=list(self.trade_ids),
             terminal_sent=self.terminal_sent,
+            unknown_since_ms=self.unknown_since_ms,
+            absent_reason=self.absent_reason,
+            cancel_pending=self.cancel_pending,
         )
+
+
+class StateHeader(msgspec.Struct, frozen=True):
+    """The fields of ``CcxtState`` that every version has: read first, so a state of a
+    version this build cannot read is refused by its version, not by a decoding error."""
+
+    version: int
+    exchange: str = ""
 
 
 class CcxtState(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,8 +30,10 @@ class BrokerError(Exception):
     """A broker could not answer (network down, exchange unavailable after retries).
 
     Order errors (a reject) are not raised: they come back as a ``rejected`` OrderUpdate with
-    the venue's reason. This is raised only when nothing is known about the outcome, so the
-    caller must not acknowledge the message that led to the call.
+    the venue's reason. A submit that cannot reach the venue is not raised either: the order
+    is kept with its outcome unknown and settled by a later poll (see brokers/ccxt_broker.py).
+    Raised by calls that can wait for the venue (a cancel, a balance, reconcile on start):
+    the caller must not acknowledge the message that led to the call.
     """
 
 

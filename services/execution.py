@@ -19,7 +19,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from brokers.protocol import Broker
+from brokers.protocol import Broker, BrokerError
 from engine.bus import Bus
 from engine.clock import Clock
 from engine.events import (
@@ -84,12 +84,17 @@ class ExecutionService(Service):
             self.emit(missed, corr="reconcile")
 
     def state_figures(self) -> dict[str, object]:
-        balances = self.broker.balances()
-        return {
-            "cash": round(balances.cash, 2),
-            "positions": len(balances.positions),
+        figures: dict[str, object] = {
+            "broker": self.broker.name,
             "open_orders": len(self.broker.open_orders()),
         }
+        try:  # an exchange's balances are a network call: a restart must not wait on them
+            balances = self.broker.balances()
+        except BrokerError as error:
+            figures["balances"] = f"unavailable: {error}"
+        else:
+            figures.update(cash=round(balances.cash, 2), positions=len(balances.positions))
+        return figures
 
     def on_order(self, event: Envelope) -> None:
         order = event.payload

@@ -21,7 +21,9 @@ Faults: ``hide_trades`` keeps an order's trades out of the trade list for a whil
 exchange the list lags the order's status); ``fail_next(code)`` answers a call with an
 errors.json entry; ``fail_network`` raises ``requests`` ConnectionError or Timeout before the
 call is applied; ``lose_next_response`` applies the call and then raises Timeout (the order
-reached the exchange, its answer did not). Every call is recorded in ``calls``;
+reached the exchange, its answer did not), and with ``then_down`` the venue goes down right
+after; ``go_down`` makes every call fail before it reaches the venue until ``come_back`` (an
+outage: nothing is applied). Every call is recorded in ``calls``, those that failed too;
 ``throttled`` holds the cost of each ccxt rate-limiter wait (``attach`` replaces the
 limiter's wait with a record of its cost; ccxt calls it only while enableRateLimit is on).
 """
@@ -127,6 +129,7 @@ class _Fault:
     code: str | None = None
     times: int = 1
     skip: int = 0  # matching calls let through first
+    then_down: bool = False  # "lost": the venue goes down after applying the call
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method in (None, method)) and (self.path in (None, path))
@@ -197,6 +200,7 @@ class RecordedExchange(requests.Session):
         self._locked: dict[str, float] = {a: 0.0 for a in self._free}
         self._prices: dict[str, float] = dict(self.prices)
         self._faults: list[_Fault] = []
+        self._down: str | None = None  # an outage: "timeout" or "connection" (None: up)
         self._hidden: set[int] = set()  # order ids whose trades the trade list does not show yet
         self._order_ids = itertools.count(28)  # the recorded new order's id, then on
         self._trade_ids = itertools.count(56)  # the recorded FULL response's first trade id
@@ -307,9 +311,22 @@ class RecordedExchange(requests.Session):
         """Drop every fault not yet triggered."""
         self._faults.clear()
 
-    def lose_next_response(self, method: str = "POST", path: str = "/api/v3/order") -> None:
-        """Apply the next matching call, then raise Timeout as if its answer was lost."""
-        self._faults.append(_Fault("lost", method, path))
+    def lose_next_response(
+        self, method: str = "POST", path: str = "/api/v3/order", *, then_down: bool = False
+    ) -> None:
+        """Apply the next matching call, then raise Timeout as if its answer was lost; with
+        ``then_down`` the venue goes down (``go_down``) right after."""
+        self._faults.append(_Fault("lost", method, path, then_down=then_down))
+
+    def go_down(self, kind: str = "connection") -> None:
+        """An outage: every call raises ``kind`` (as ``fail_network``) before it reaches the
+        venue, until ``come_back``. Faults queued meanwhile wait for the venue to be up."""
+        assert kind in ("timeout", "connection"), kind
+        self._down = kind
+
+    def come_back(self) -> None:
+        """End the outage ``go_down`` started."""
+        self._down = None
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
@@ -332,7 +349,9 @@ class RecordedExchange(requests.Session):
         sent = {key: values[-1] for key, values in query.items()}
         api_key = (headers or {}).get("X-MBX-APIKEY")
         self.calls.append(Call(method, parts.path, sent, api_key))
-        fault = self._take_fault(method, parts.path)
+        fault = (
+            _Fault(self._down, None, None) if self._down else self._take_fault(method, parts.path)
+        )
         if fault is not None and fault.kind == "timeout":
             raise requests.exceptions.Timeout(f"read timeout (test): {method} {parts.path}")
         if fault is not None and fault.kind == "connection":
@@ -348,6 +367,8 @@ class RecordedExchange(requests.Session):
         except _Refused as refused:
             return self._error(url, refused.code, refused.msg)
         if fault is not None and fault.kind == "lost":
+            if fault.then_down:
+                self.go_down("timeout")
             raise requests.exceptions.Timeout(f"response lost (test): {method} {parts.path}")
         return self._response(url, 200, body)
 

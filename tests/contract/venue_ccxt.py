@@ -47,7 +47,12 @@ class CcxtVenue(Venue):
     def _new_broker(self) -> CcxtBroker:
         exchange = exchange_from_settings("binance", sandbox=True, environ=ENVIRON)
         self.exchange.attach(exchange)
-        return CcxtBroker(exchange, CcxtSettings(), sleep=self.backoff_waits.append)
+        return CcxtBroker(
+            exchange,
+            CcxtSettings(),
+            sleep=self.backoff_waits.append,
+            clock=lambda: self.exchange.now_ms / 1000,  # the venue's clock, as the fills'
+        )
 
     def _bar(self) -> list[EventPayload]:
         bars = BarSet(
