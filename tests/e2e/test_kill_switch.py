@@ -118,6 +118,9 @@ def test_halt_flatten_status_and_resume_against_a_running_paper_account(short_tm
     assert flatten and all(o["reduce_only"] and o["side"] == "sell" for o in flatten)
     scheduled = [datetime.fromisoformat(o["asof"]) for o in orders if o not in flatten]
     assert any(t < halted_at for t in scheduled) and any(t > resumed_at for t in scheduled)
-    assert not [t for t in scheduled if halted_at < t <= resumed_at]  # nothing while halted
+    # Nothing decided while halted. The alerts carry the replay clock when the rebalancer read
+    # the control: a tick of that very bar may come before the halt or after the resume (the
+    # control and the tick are on different streams), so the bounds themselves are open.
+    assert not [t for t in scheduled if halted_at < t < resumed_at]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["limits_acted"] == {"kill_switch": 2}

@@ -556,6 +556,23 @@ def test_a_run_resume_does_not_lift_an_operator_halt_on_the_running_instance():
     assert trade_day(desk, 1).orders == []
 
 
+def test_a_tick_waiting_for_its_bar_when_the_halt_comes_never_trades_after_the_resume():
+    # The replay's tick can reach the rebalancer before its bar. Halted then resumed before
+    # the bar arrives, that decision belongs to the halt: it must be dropped, not run late.
+    desk = Desk(KILL)
+    desk.hold_a_and_b()
+    desk.send(tick(at(1), "rb-1"))  # waits: no bar, no signal for at(1) yet
+    assert [t.rebalance_id for t, _ in desk.service.pending] == ["rb-1"]
+    desk.send(halt())
+    assert desk.service.pending == []
+    desk.send(Control(command="resume", origin="operator", reason="over"))
+    desk.send(bars(at(1), FIRST_CLOSES), signal(at(1), (0.0, -1.0, 1.0, 0.5)))
+    out = desk.read()
+    assert out.orders == [] and out.targets == []
+    # The next tick trades as usual.
+    assert [o.symbol for o in trade_day(desk, 2).orders] == ["A", "B", "C", "D"]
+
+
 def test_a_halt_with_flatten_closes_every_position_with_reduce_only_orders():
     desk = Desk(KILL)
     desk.hold_a_and_b()
