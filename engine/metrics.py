@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.risk import measures
-
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
     """Return the fraction below the running high-water mark at each point (>= 0)."""
@@ -18,6 +16,8 @@ def historical_var(returns: np.ndarray, confidence: float) -> float:
 
     Kept for its callers; ``engine.risk.measures.historical_var`` computes it (and a horizon).
     """
+    from engine.risk import measures  # see performance_summary
+
     return measures.historical_var(returns, confidence)
 
 
@@ -27,6 +27,11 @@ def performance_summary(equity: np.ndarray, periods_per_year: float) -> dict[str
     if len(equity) == 0:
         raise ValueError("performance_summary needs at least one equity point")
     returns = equity[1:] / equity[:-1] - 1.0
+    # Imported here: the risk measures load scipy.stats (about 55 MB resident and most of a
+    # second), which a process that only records (and writes this summary now and then) must
+    # not carry from its start, nor any process that imports the recorder to build it.
+    from engine.risk import measures
+
     return {
         "total_return": float(equity[-1] / equity[0] - 1.0),
         "cagr": measures.cagr(equity, periods_per_year),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from apscheduler.triggers.base import BaseTrigger
 
@@ -17,24 +18,90 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.portfolio.lots import LotRules
 from engine.scheduling import build_trigger
-from services.execution import ExecutionService
-from services.factor_update import FactorUpdateService
-from services.rebalance import RebalanceService
-from services.recorder import RecorderService
-from services.runtime import Service
-from services.signal import SignalService
 from strategies.weighting import top_fraction_count
 
+if TYPE_CHECKING:
+    from services.execution import ExecutionService
+    from services.factor_update import FactorUpdateService
+    from services.rebalance import RebalanceService
+    from services.recorder import RecorderService
+    from services.runtime import Service
+    from services.signal import SignalService
 
-@dataclass
+
 class Services:
-    """The consuming services of one run, in pipeline order."""
+    """The consuming services of one run, in pipeline order.
 
-    factor_update: FactorUpdateService
-    signal: SignalService
-    rebalance: RebalanceService
-    execution: ExecutionService
-    recorder: RecorderService
+    Each is built, and its module imported, when first asked for: a process that runs one
+    service (``deepfactor run SERVICE``) loads only that service's libraries, not the
+    rebalancer's risk statistics or the signal service's models (``all`` builds every one).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        bus: Bus,
+        clock: Clock,
+        broker: Broker | None = None,
+        lot_rules: dict[str, LotRules] | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self.broker = broker
+        self.lot_rules = lot_rules
+
+    @cached_property
+    def factor_update(self) -> FactorUpdateService:
+        from services.factor_update import FactorUpdateService
+
+        return FactorUpdateService(self.bus, self.clock, self.config.strategy)
+
+    @cached_property
+    def signal(self) -> SignalService:
+        from services.signal import SignalService
+
+        config = self.config
+        return SignalService(
+            self.bus,
+            self.clock,
+            config.strategy.factors,
+            model=config.strategy.name,
+            registry=config.model.registry,
+            lookback=config.model.lookback,
+            device=config.model.device,
+            inference_threads=config.model.inference_threads,
+        )
+
+    @cached_property
+    def rebalance(self) -> RebalanceService:
+        from services.rebalance import RebalanceService
+
+        config = self.config
+        return RebalanceService(
+            self.bus,
+            self.clock,
+            config.portfolio,
+            config.risk,
+            lot_rules=self.lot_rules,
+            # Whole units when the broker trades no fractions; a market's own lot rules
+            # (ccxt metadata) are passed in by the adapters that know them.
+            default_lot=LotRules() if config.broker.fractional else LotRules(amount_step=1.0),
+            fee_rate=config.broker.fee_rate,
+        )
+
+    @cached_property
+    def execution(self) -> ExecutionService:
+        from services.execution import ExecutionService
+
+        broker = self.broker if self.broker is not None else simulated_broker(self.config)
+        return ExecutionService(self.bus, self.clock, broker)
+
+    @cached_property
+    def recorder(self) -> RecorderService:
+        from services.recorder import RecorderService
+
+        return RecorderService(self.bus, self.clock, self.config.risk)
 
     def all(self) -> list[Service]:
         return [self.factor_update, self.signal, self.rebalance, self.execution, self.recorder]
@@ -54,6 +121,8 @@ def validate(config: Config) -> None:
     ConfigError
         Naming the key at fault.
     """
+    from services.factor_update import FactorUpdateService
+
     schedule_trigger(config)
     FactorUpdateService(MemoryBus(), WallClock(), config.strategy)
     replay_start(config)
@@ -196,34 +265,8 @@ def build_services(
     broker: Broker | None = None,
     lot_rules: dict[str, LotRules] | None = None,
 ) -> Services:
-    """Return every consuming service wired to ``bus`` and ``clock``; execution trades through
-    ``broker`` (default: the paper broker of ``[broker]``) and the rebalancer rounds to
-    ``lot_rules`` (an exchange's market rules, by symbol)."""
-    factors = config.strategy.factors
-    broker = broker if broker is not None else simulated_broker(config)
-    return Services(
-        factor_update=FactorUpdateService(bus, clock, config.strategy),
-        signal=SignalService(
-            bus,
-            clock,
-            factors,
-            model=config.strategy.name,
-            registry=config.model.registry,
-            lookback=config.model.lookback,
-            device=config.model.device,
-            inference_threads=config.model.inference_threads,
-        ),
-        rebalance=RebalanceService(
-            bus,
-            clock,
-            config.portfolio,
-            config.risk,
-            lot_rules=lot_rules,
-            # Whole units when the broker trades no fractions; a market's own lot rules
-            # (ccxt metadata) are passed in by the adapters that know them.
-            default_lot=LotRules() if config.broker.fractional else LotRules(amount_step=1.0),
-            fee_rate=config.broker.fee_rate,
-        ),
-        execution=ExecutionService(bus, clock, broker),
-        recorder=RecorderService(bus, clock, config.risk),
-    )
+    """Return every consuming service wired to ``bus`` and ``clock`` (each built when first
+    asked for: ``Services``); execution trades through ``broker`` (default: the paper broker
+    of ``[broker]``) and the rebalancer rounds to ``lot_rules`` (an exchange's market rules,
+    by symbol)."""
+    return Services(config, bus, clock, broker, lot_rules)

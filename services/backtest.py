@@ -15,6 +15,7 @@ from engine.config import Config
 from engine.data import Panel
 from services.assembly import Services, build_services, schedule_trigger
 from services.market_data import MarketDataService, to_datetime
+from services.report_data import write_backtest_frames
 from services.runtime import Pump
 from services.signal import CHECKPOINT_KINDS
 
@@ -91,6 +92,8 @@ class Backtest:
         summary["signal_fallbacks"] = self.services.signal.fallbacks
         if out_dir is not None:
             self.services.recorder.write(out_dir, summary)
+            # What `deepfactor report` draws beside the summary: the backtest keeps no event log.
+            write_backtest_frames(out_dir, self.bus, self.panel, self.config)
         log.info(
             "backtest.done",
             bars=market.bars_published,

@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 
@@ -26,10 +25,9 @@ STRATEGIES = ("equal-weight", "trailing-ic", "lstm", "asset-lstm", "ridge")
 
 
 def _version() -> str:
-    try:
-        return version("deepfactor")
-    except PackageNotFoundError:
-        return "unknown"
+    from engine.version import package_version
+
+    return package_version()
 
 
 def _error(message: str) -> int:
@@ -77,16 +75,28 @@ def _config_check(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_command_logging(command: str, config) -> None:
+    # An operator's command logs to stderr like a service (redacted, with its name); reading
+    # commands (status, tail) print their answer on stdout and log warnings and worse only.
+    from engine.logging import configure_logging
+
+    level = config.log.level
+    if command in ("status", "tail") and level in ("debug", "info"):
+        level = "warning"
+    configure_logging(command, level, config.log.format)
+
+
 def _operator(arguments: argparse.Namespace) -> int:
     import json
 
     import msgspec
 
     from engine.errors import BusError, ConfigError, UsageError
-    from services.operator import account_bus, portfolio_status, set_kill_switch
+    from services.operator import account_bus, set_kill_switch
 
     try:
         config = _validated_config(arguments)
+        _configure_command_logging(arguments.command_name, config)
         if arguments.redis_url:
             config = msgspec.structs.replace(
                 config, bus=msgspec.structs.replace(config.bus, redis_url=arguments.redis_url)
@@ -95,7 +105,15 @@ def _operator(arguments: argparse.Namespace) -> int:
         reading = arguments.command_name == "status"
         with account_bus(config, out_dir, start_server=not reading) as bus:
             if reading:
-                status = portfolio_status(bus)
+                from services.replay import load_run_config
+                from services.run_dir import CONFIG_FILE
+                from services.status import account_status
+
+                # The limits the daemons run with: the account's own config when it has one.
+                account_config = out_dir / CONFIG_FILE
+                if account_config.exists():
+                    config = load_run_config(account_config)
+                status = account_status(bus, config)
             else:
                 halt = arguments.command_name == "halt"
                 flag = set_kill_switch(
@@ -116,31 +134,16 @@ def _operator(arguments: argparse.Namespace) -> int:
     elif arguments.json:
         print(json.dumps(status, indent=2))
     else:
-        _print_status(status, out_dir)
+        from services.status import render_status
+
+        print(render_status(status, str(out_dir)))
+    if arguments.command_name == "status" and arguments.service:
+        states = [r["state"] for r in status["services"] if r["service"] == arguments.service]
+        if "alive" not in states:
+            seen = ", ".join(states) or "no heartbeat"
+            print(f"error: service {arguments.service} is not alive ({seen})", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
-
-
-def _print_status(status: dict, out_dir: Path) -> None:
-    switch = status["kill_switch"]
-    halted = "no" if switch is None else f"yes, since {switch['since']} ({switch['reason']})"
-    rows = [("account", f"{out_dir} (namespace {status['namespace']})"), ("halted", halted)]
-    portfolio = status.get("portfolio")
-    if portfolio is not None:
-
-        def percent(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.2%}"
-
-        stopped = " (drawdown stop on)" if portfolio["drawdown_stopped"] else ""
-        rows += [
-            ("as of", portfolio["asof"]),
-            ("equity", f"{portfolio['equity']:,.2f}"),
-            ("positions", f"{portfolio['positions']}, gross {portfolio['gross_exposure']:.2f}"),
-            ("drawdown", percent(portfolio["drawdown"]) + stopped),
-            ("VaR realised", percent(portfolio["realised_var"])),
-            ("VaR expected", percent(portfolio["expected_var"])),
-        ]
-    for name, value in rows:
-        print(f"  {name:<13} {value}")
 
 
 def _print_summary(title: str, summary: dict, out_dir: Path) -> None:
@@ -608,6 +611,135 @@ def _run_service(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _up(arguments: argparse.Namespace) -> int:
+    # Every service as its own `deepfactor run` child, supervised (services/supervisor.py).
+    import os
+
+    from engine.bus.embedded import EmbeddedRedis
+    from engine.errors import BusError, ConfigError, DataError, UsageError
+    from engine.logging import configure_logging
+    from services.preflight import check_output_dir
+    from services.supervisor import Supervisor, SupervisorLock, run_commands
+
+    try:
+        if arguments.redis_url:
+            os.environ["DEEPFACTOR_BUS__REDIS_URL"] = arguments.redis_url
+        if not arguments.wait > 0 or math.isinf(arguments.wait):
+            raise UsageError(f"--wait must be seconds > 0, received {arguments.wait}")
+        config = _validated_config(arguments)
+        configure_logging("supervisor", config.log.level, config.log.format)
+        if config.broker.kind != "simulated":
+            raise UsageError(
+                f"[broker] kind = {config.broker.kind!r}: `up` runs the replay of `run "
+                "market-data`; trade on an exchange with `deepfactor paper --exchange ID`"
+            )
+        out_dir = Path(arguments.out or config.run.run_dir)
+        check_output_dir(out_dir, "--out" if arguments.out else "[run] run_dir")
+        if "market-data" in config.supervisor.services:
+            from services.assembly import check_universe
+
+            _parse_speed(arguments.speed, config.paper.speed)
+            _, panel = _replay_panels(arguments, config)
+            where = f"--data {arguments.data}" if arguments.data else "the data"
+            check_universe(config, panel.symbols, where)
+            del panel  # checked; the market-data child loads its own
+    except (ConfigError, DataError, UsageError) as error:
+        return _error(str(error))
+    stop = threading.Event()
+    supervisor: Supervisor | None = None
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if stop.is_set() and supervisor is not None:  # second signal: kill the children
+            supervisor.hurry.set()
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    embedded: EmbeddedRedis | None = None
+    try:
+        with SupervisorLock(out_dir):
+            url = config.bus.redis_url
+            if not url:
+                embedded = EmbeddedRedis(out_dir / "redis")
+                url = embedded.start()
+            # The URL goes by environment, not argv: a password must not show in `ps`.
+            env = {**os.environ, "DEEPFACTOR_BUS__REDIS_URL": url}
+            if config.log.format == "auto" and sys.stderr.isatty():
+                env["DEEPFACTOR_LOG__FORMAT"] = "console"  # `run` logs JSON unless told
+            common = ["--out", str(out_dir), "--wait", f"{arguments.wait:g}"]
+            if arguments.config:
+                common += ["--config", arguments.config]
+            if arguments.instance:
+                common += ["--instance", arguments.instance]
+            replay = ["--data", arguments.data] if arguments.data else []
+            replay += ["--synthetic"] if arguments.synthetic else []
+            replay += ["--bars", str(arguments.bars)] if arguments.bars is not None else []
+            replay += ["--speed", arguments.speed] if arguments.speed is not None else []
+            specs = run_commands(
+                config.supervisor.services, common=common, replay=replay, fresh=arguments.fresh
+            )
+            supervisor = Supervisor(specs, config.supervisor, env=env)
+            code = supervisor.run(stop)
+            if supervisor.gave_up is not None:
+                print(f"error: gave up: {supervisor.gave_up}", file=sys.stderr)
+            return code
+    except UsageError as error:
+        return _error(str(error))
+    except BusError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _tail(arguments: argparse.Namespace) -> int:
+    import msgspec
+
+    from engine.errors import BusError, ConfigError, UsageError
+    from services.operator import account_bus
+    from services.tail import check_topics, run_tail
+
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    try:
+        topics = check_topics(arguments.topics)
+        if arguments.last < 0:
+            raise UsageError(f"--last must be a count >= 0, received {arguments.last}")
+        config = _validated_config(arguments)
+        _configure_command_logging("tail", config)
+        if arguments.redis_url:
+            config = msgspec.structs.replace(
+                config, bus=msgspec.structs.replace(config.bus, redis_url=arguments.redis_url)
+            )
+        out_dir = Path(arguments.out or config.run.run_dir)
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with account_bus(config, out_dir, start_server=False) as bus:
+
+                def write(line: str) -> None:
+                    print(line, flush=True)
+
+                run_tail(bus, topics, stop, write, last=arguments.last, as_json=arguments.json)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    except (ConfigError, UsageError) as error:
+        return _error(str(error))
+    except BusError as error:
+        if stop.is_set():  # stopped while Redis was being waited for
+            return EXIT_OK
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # `deepfactor tail | head`: the reader is gone
+        sys.stderr.close()
+    return EXIT_OK
+
+
 def _factors_report(arguments: argparse.Namespace) -> int:
     from engine.data import load_panel
     from engine.errors import ConfigError, DataError, UsageError
@@ -761,7 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one service of a paper account as its own process, over a shared Redis",
         description="Run one service in the foreground. The market-data process (the replay) "
         "opens or continues the paper account in --out; every other service waits for it and "
-        "joins it. One process per service and run directory; SIGTERM or SIGINT finishes and "
+        "joins it. One active process per service and account: a second one of a consuming "
+        "service is a hot standby that takes over when the first stops or dies (one "
+        "market-data per run directory). SIGTERM or SIGINT finishes and "
         "commits the message in hand and exits 0, a second signal exits 130. The recorder "
         "writes summary.json and equity.csv into --out at the end of the data and when it stops.",
     )
@@ -817,9 +951,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_command.set_defaults(run=_run_service)
 
+    up = commands.add_parser(
+        "up",
+        help="start every service of a paper account as its own process and keep them running",
+        description="Start each service of [supervisor] services as a `deepfactor run SERVICE` "
+        "child over one Redis (the run directory's private server unless a URL is given), "
+        "restart one that dies (with backoff; gives up after [supervisor] max_restarts within "
+        "restart_window_s and stops all, exit 1), and stop them all cleanly on SIGTERM or "
+        "Ctrl-C (a second signal kills them). The replay (market-data) exiting at the end of "
+        "its data is not restarted; the other services run until stopped.",
+    )
+    up.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
+    up.add_argument(
+        "--out", metavar="DIR", help="the account's run directory (default: [run] run_dir)"
+    )
+    up.add_argument("--redis-url", metavar="URL", help="a Redis instead of the private server")
+    up.add_argument("--instance", metavar="NAME", help="consumer instance name (see `run`)")
+    up.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds each service waits for the account or the consumer groups (default 60)",
+    )
+    up_source = up.add_mutually_exclusive_group()
+    up_source.add_argument("--data", metavar="F", help="replay this file (default: the sample)")
+    up_source.add_argument("--synthetic", action="store_true", help="replay the synthetic market")
+    up.add_argument("--bars", type=int, metavar="N", help="the account's bars in all (0: all)")
+    up.add_argument("--speed", metavar="X|max", help="bars per second; 0 or max: no cap")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new account in --out (the first start of the replay only)",
+    )
+    up.set_defaults(run=_up)
+
     backtest = commands.add_parser(
         "backtest",
-        help="run the services in one process on a data file and write summary.json and equity.csv",
+        help="run the services in one process on a data file; write summary.json, equity.csv "
+        "and the files `report` reads",
     )
     backtest.add_argument(
         "--data",
@@ -961,7 +1131,41 @@ def build_parser() -> argparse.ArgumentParser:
             operator.add_argument("--reason", default="", help="why, kept with the flag and logged")
         else:
             operator.add_argument("--json", action="store_true", help="print JSON")
+            operator.add_argument(
+                "--service",
+                metavar="NAME",
+                help="exit 1 unless an instance of this service is alive (a healthcheck)",
+            )
         operator.set_defaults(run=_operator, command_name=name)
+
+    tail = commands.add_parser(
+        "tail",
+        help="follow a paper account's event streams, one readable line per event",
+        description="Print each new event of the account's streams as it is published (all "
+        "topics but heartbeat unless named), until Ctrl-C. Reads without a consumer group: "
+        "it takes nothing from the services.",
+    )
+    tail.add_argument(
+        "topics",
+        nargs="*",
+        metavar="TOPIC",
+        help="bars, factors, signals, schedule, targets, orders, order_updates, fills, "
+        "portfolio, risk, control, heartbeat",
+    )
+    tail.add_argument("--config", metavar="F", help="TOML config (defaults if omitted)")
+    tail.add_argument(
+        "--out", metavar="DIR", help="the account's run directory (default: [run] run_dir)"
+    )
+    tail.add_argument("--redis-url", metavar="URL", help="the account's Redis")
+    tail.add_argument(
+        "--last", type=int, default=0, metavar="N", help="first show the N newest of each topic"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per event")
+    tail.set_defaults(run=_tail)
+
+    from services.report import add_report_command
+
+    add_report_command(commands)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)

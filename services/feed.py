@@ -40,6 +40,7 @@ from services.market_data import MarketDataService, to_datetime
 from services.paper import feed_replay, replay_feed
 from services.quiescence import RedisQuiescence
 from services.run_dir import RunDirectory
+from services.runtime import ProducerHeartbeat
 from services.standalone import ProcessLocks, StartTimeoutError, write_replay_info
 
 log = structlog.get_logger("services.feed")
@@ -230,13 +231,21 @@ def run_market_data(
                 restarts=account.restarts,
                 out=str(out_dir),
             )
-            run.interrupted = feed_replay(
-                market,
+            beats = ProducerHeartbeat(
                 bus,
-                lambda: wait_caught_up(bus, quiet, groups, stop),
-                speed=speed,
-                stop=stop,
+                MarketDataService.name,
+                config.run.instance,
+                config.paper.heartbeat_s,
+                lambda: market.bars_published + market.ticks_published,
             )
+            with beats:
+                run.interrupted = feed_replay(
+                    market,
+                    bus,
+                    lambda: wait_caught_up(bus, quiet, groups, stop),
+                    speed=speed,
+                    stop=stop,
+                )
             if not quiet.wait(timeout_s=drain_timeout_s):
                 log.warning(
                     "market_data.drain_timeout",

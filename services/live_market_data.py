@@ -15,13 +15,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from engine.bus import Bus
-from engine.data.ccxt_source import Candle, CcxtOhlcvSource
 from engine.events import BarSet, make_event
 from engine.timeframes import timeframe_delta, utc_from_ms
+
+if TYPE_CHECKING:  # ccxt and pandas load only in a process that polls an exchange
+    from engine.data.ccxt_source import Candle, CcxtOhlcvSource
 
 log = structlog.get_logger("services.live_market_data")
 

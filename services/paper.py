@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -27,7 +27,6 @@ from engine.bus.redis_streams import RedisDataLostError
 from engine.clock import Clock, SimulatedClock, WallClock
 from engine.config import Config
 from engine.data import Panel
-from engine.data.ccxt_source import CcxtOhlcvSource
 from engine.errors import BusError
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.portfolio.lots import TICK_SIZE, LotRules, lot_rules_from_ccxt
@@ -39,6 +38,9 @@ from services.market_data import MarketDataService, Step, to_datetime
 from services.quiescence import RedisQuiescence
 from services.runtime import ServiceRunner
 from services.scheduler import SchedulerService
+
+if TYPE_CHECKING:  # ccxt and pandas load only in a process that polls an exchange
+    from engine.data.ccxt_source import CcxtOhlcvSource
 
 log = structlog.get_logger("services.paper")
 

@@ -322,7 +322,9 @@ class RebalanceService(Service):
         self._realised = deque(state.risk.realised_returns, maxlen=self.risk_config.var_window)
 
     def start(self) -> None:
-        """Rebuild the trailing closes from the bars this group consumed before a restart."""
+        """Load the construction's libraries (``TargetBuilder.prepare``) and rebuild the
+        trailing closes from the bars this group consumed before a restart."""
+        self.targets.prepare()
         history = self.bus.consumed_history(self.name, BarSet.TOPIC, self.window.size)
         for event in history:
             self._window_add(event.payload)

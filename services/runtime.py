@@ -39,8 +39,11 @@ import structlog
 from engine.bus import Bus, ConsumerLoop, ConsumeSettings, ConsumeStats
 from engine.bus.keys import state as state_key
 from engine.bus.processing import SERVICE
+from engine.bus.redis_streams import RedisBus
 from engine.clock import Clock
+from engine.errors import BusError
 from engine.events import Control, Envelope, EventPayload, Heartbeat, make_event
+from engine.version import VERSION
 
 log = structlog.get_logger("services.runtime")
 
@@ -244,6 +247,67 @@ class Service:
         return {}
 
 
+class ProducerHeartbeat:
+    """Heartbeats of a process that produces but consumes nothing (the replay), from a thread
+    of its own on a bus of its own: the producer may wait a long time for its consumers, and
+    a waiting producer is alive, not stale. ``processed`` counts what ``count()`` returns."""
+
+    def __init__(
+        self,
+        bus: RedisBus,
+        service: str,
+        instance: str,
+        interval_s: float,
+        count: Callable[[], int],
+        status: str = "running",
+    ) -> None:
+        self._bus = RedisBus(bus.url, bus.namespace, socket_timeout_s=5.0, give_up_after_s=5.0)
+        if bus.marker_key is not None:  # a beat must not recreate a lost account's keys
+            self._bus.guard_data(bus.marker_key)
+        self._service = service
+        self._instance = f"{service}-{instance or socket.gethostname()}"
+        self._status = status
+        if status == "standby":  # its own row in `deepfactor status`, beside the active one
+            self._instance += ":standby"
+        self._interval_s = interval_s
+        self._count = count
+        self._started = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def _beat(self, status: str) -> None:
+        heartbeat = Heartbeat(
+            service=self._service,
+            instance=self._instance,
+            pid=os.getpid(),
+            status=status,
+            processed=self._count(),
+            uptime_s=time.monotonic() - self._started,
+            version=VERSION,
+            interval_s=self._interval_s,
+        )
+        try:
+            self._bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self._service))
+        except BusError as error:  # a missed beat shows as stale; it must not stop the work
+            log.warning("service.heartbeat_failed", service=self._service, error=str(error))
+
+    def _run(self) -> None:
+        self._beat("starting" if self._status == "running" else self._status)
+        while not self._done.wait(self._interval_s):
+            self._beat(self._status)
+
+    def __enter__(self) -> ProducerHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        if self._status == "running":
+            self._beat("stopping")
+        self._bus.close()
+
+
 class ServiceRunner:
     """Run one service as a daemon loop on a bus, with heartbeats, until told to stop.
 
@@ -288,6 +352,8 @@ class ServiceRunner:
 
     def _heartbeat(self, status: str) -> None:
         stats = self.loop.stats
+        consumer = self.loop.consumer
+        last = stats.last_event
         heartbeat = Heartbeat(
             service=self.service.name,
             instance=self.consumer_name,
@@ -296,6 +362,13 @@ class ServiceRunner:
             processed=stats.processed,
             failed=stats.failed,
             uptime_s=time.monotonic() - self._started,
+            version=VERSION,
+            interval_s=self.heartbeat_s,
+            last_event_id=last.id if last else "",
+            last_event_type=last.type if last else "",
+            last_event_ts=last.ts if last else None,
+            lag=consumer.backlog(),
+            pending=consumer.pending_count(),
         )
         self.service.bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self.service.name))
 

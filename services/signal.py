@@ -28,9 +28,9 @@ from engine.events import Control, Envelope, EventPayload, FactorSnapshot, Signa
 from services.factor_update import factor_label
 from services.runtime import Handler, Service
 from strategies.models import ModelError, Prediction
+from strategies.models.baselines import TrailingICModel
 from strategies.models.dataset import utc64
 from strategies.models.features import snapshot_features
-from strategies.models.models import TrailingICModel
 from strategies.models.registry import ModelRegistry
 from strategies.weighting import equal_factor_scores
 
@@ -119,9 +119,14 @@ class SignalService(Service):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Rebuild the snapshot history from what this group consumed before a restart."""
+        """Load torch for a checkpoint strategy and rebuild the snapshot history from what
+        this group consumed before a restart."""
         if self._history is None:
             return
+        if self.model in CHECKPOINT_KINDS:
+            # The registry loads torch on first use; a checkpoint strategy loads it now (about
+            # a second), so that its first Signal does not wait for it.
+            import torch  # noqa: F401
         # As many as the active checkpoint reads, when it reads more than [model] lookback.
         self._history.keep(self._active_lookback())
         count = self._history.rows.maxlen

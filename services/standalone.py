@@ -9,9 +9,14 @@ its namespace from it, so a consumer started again after a crash is not an accou
 
 Locks. Every ``run`` process holds ``RUN_DIR/run.lock`` shared (a ``deepfactor paper`` run holds
 it exclusively, so the two never trade one account at once) and ``RUN_DIR/service-{name}.lock``
-exclusively: one process per service and run directory, because a stateful service keeps one
-snapshot per group and must run as a single instance. The kernel drops both locks when the
-process dies, however it dies.
+exclusively. A consumer also holds its service's lock in Redis (``engine.bus.leadership``),
+which fences its writes: a stateful service keeps one snapshot per group, so exactly one
+instance per account may consume. A second process of a service, on this run directory or on
+another host sharing the Redis, is a hot standby: it waits for those locks (logging
+``run.standby`` or ``service.standby``, publishing ``standby`` heartbeats) and takes over when
+the active one stops (at once) or dies (the kernel drops the file lock at once; the Redis lock
+expires after ``[run] lease_ttl_s``, or at once when its holder was a dead process of this
+host). It adopts what the dead one left pending and reads it first.
 
 Time. A consumer process has no replay clock: its services' "now" is the time of the event in
 hand (``EventTimeClock``), the replay's simulated time or a live feed's.
@@ -49,7 +54,8 @@ import structlog
 
 from engine.bus import Bus, ConsumeStats, RedisBus, keys
 from engine.bus.factory import consume_settings, open_redis_bus
-from engine.bus.redis_streams import RedisDataLostError, redact_url
+from engine.bus.leadership import ServiceLease
+from engine.bus.redis_streams import LeaseLostError, RedisDataLostError, redact_url
 from engine.clock import Clock
 from engine.config import Config
 from engine.errors import DeepfactorError, UsageError
@@ -58,7 +64,7 @@ from services.account import ACCOUNT_FILE
 from services.assembly import build_services
 from services.recorder import RecorderService
 from services.run_dir import LOCK_FILE, RunDirectoryInUseError, describe_holder, lock_file
-from services.runtime import Handler, ServiceRunner
+from services.runtime import Handler, ProducerHeartbeat, ServiceRunner
 
 log = structlog.get_logger("services.standalone")
 
@@ -213,10 +219,20 @@ class ProcessLocks:
     """The locks one ``deepfactor run`` process holds in its run directory (module docstring):
     ``run.lock`` shared, ``service-{name}.lock`` exclusive, each naming its latest holder."""
 
-    def __init__(self, run_dir: Path, service: str, option: str = "--out") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        service: str,
+        option: str = "--out",
+        standby: threading.Event | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.service = service
         self.option = option
+        # With an event: a second process of the service waits for the first one's lock (a
+        # hot standby) until the event is set, instead of being refused.
+        self.standby = standby
+        self.held = False
         self._fds: list[int] = []
 
     @property
@@ -248,11 +264,18 @@ class ProcessLocks:
             exclusive = lock_file(self.service_lock, fcntl.LOCK_EX)
             if exclusive is None:
                 holder = describe_holder(self.service_lock.read_bytes())
-                raise RunDirectoryInUseError(
-                    f"{shown}: {self.service} already runs there ({holder}); one process per "
-                    "service and run directory"
-                )
+                if self.standby is None:
+                    raise RunDirectoryInUseError(
+                        f"{shown}: {self.service} already runs there ({holder}); one process "
+                        "per service and run directory"
+                    )
+                log.info("run.standby", service=self.service, active=holder, out=str(shown))
+                while exclusive is None and not self.standby.wait(0.2):
+                    exclusive = lock_file(self.service_lock, fcntl.LOCK_EX)
+                if exclusive is None:  # stopped while waiting
+                    return self
             self._fds.append(exclusive)
+            self.held = True
             # Written once both are held: a refused process must not replace a live holder's
             # record. run.lock names the latest `run` process to a refused `deepfactor paper`.
             record = _holder_record(service=self.service)
@@ -367,6 +390,43 @@ def build_service(name: str, config: Config, bus: Bus, clock: Clock, out_dir: Pa
     return getattr(build_services(config, bus, clock), name.replace("-", "_"))
 
 
+def _run_active(
+    config: Config,
+    name: str,
+    out_dir: Path,
+    bus: RedisBus,
+    clock: EventTimeClock,
+    namespace: str,
+    stop: threading.Event,
+) -> ConsumeStats:
+    """Run service ``name`` as the account's active instance (its lease held): adopt what a
+    previous holder left pending, restore the committed state, consume until ``stop``."""
+    service = build_service(name, config, bus, clock, out_dir)
+    runner = ServiceRunner(
+        service, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+    )
+    runner.loop.handler = clock.follow(runner.loop.handler)
+    runner.loop.consumer.adopt_pending()  # type: ignore[attr-defined]
+    log.info(
+        "run.started",
+        namespace=namespace,
+        consumer=runner.consumer_name,
+        pid=os.getpid(),
+        out=str(out_dir),
+    )
+    try:
+        stats = runner.run(stop)
+    except RedisDataLostError as error:
+        log.error("run.redis_data_lost", namespace=namespace, service=name)
+        if isinstance(service, RecorderProcess):
+            reason = f"redis data lost: {error}"
+            service.write_files("redis data lost", stopped_reason=reason)
+        raise
+    if isinstance(service, RecorderProcess):
+        service.write_files("stopped")
+    return stats
+
+
 def run_service(
     config: Config,
     name: str,
@@ -382,14 +442,16 @@ def run_service(
     Raises
     ------
     UsageError
-        The run directory is held by a ``deepfactor paper`` run, or this service already runs
-        there, or the account file is unreadable.
+        The run directory is held by a ``deepfactor paper`` run, or the account file is
+        unreadable. (Another process of this service there makes this one its standby.)
     StartTimeoutError
         No account appeared within ``wait_s`` seconds.
     StateError
         The service's committed state cannot be restored.
     """
-    with ProcessLocks(out_dir, name, option):
+    with ProcessLocks(out_dir, name, option, standby=stop) as locks:
+        if not locks.held:
+            return None
         account = wait_for_account(out_dir, wait_s, stop, option)
         if account is None:
             return None
@@ -400,26 +462,24 @@ def run_service(
         with open_redis_bus(config, stop=stop) as bus:
             if not guard_account(bus, out_dir, account, wait_s, stop, option):
                 return None
-            service = build_service(name, config, bus, clock, out_dir)
-            runner = ServiceRunner(
-                service, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+            instance = config.run.instance or socket.gethostname()
+            lease = ServiceLease(
+                bus, name, f"{name}-{instance}", config.run.lease_ttl_s, stop_when_lost=stop
             )
-            runner.loop.handler = clock.follow(runner.loop.handler)
-            log.info(
-                "run.started",
-                namespace=account.namespace,
-                consumer=runner.consumer_name,
-                pid=os.getpid(),
-                out=str(out_dir),
+            standby = ProducerHeartbeat(
+                bus, name, instance, config.paper.heartbeat_s, lambda: 0, status="standby"
             )
+            if not lease.try_acquire():
+                with standby:  # a hot standby: imported, connected, waiting for the lock
+                    if not lease.acquire(stop):
+                        return None
             try:
-                stats = runner.run(stop)
-            except RedisDataLostError as error:
-                log.error("run.redis_data_lost", namespace=account.namespace, service=name)
-                if isinstance(service, RecorderProcess):
-                    reason = f"redis data lost: {error}"
-                    service.write_files("redis data lost", stopped_reason=reason)
-                raise
-            if isinstance(service, RecorderProcess):
-                service.write_files("stopped")
+                stats = _run_active(config, name, out_dir, bus, clock, account.namespace, stop)
+            finally:
+                lease.release()
+            if lease.lost.is_set():
+                raise LeaseLostError(
+                    f"{name}: its lock {lease.key} expired and another instance took over; "
+                    "this one stopped without committing anything more"
+                )
     return stats

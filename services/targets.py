@@ -12,8 +12,13 @@ import numpy as np
 import structlog
 
 from engine.config import PortfolioConfig, RiskConfig
-from engine.portfolio.covariance import ledoit_wolf_model
-from engine.portfolio.optimiser import OptimisationError, OptimiserSettings, PortfolioOptimiser
+from engine.portfolio.covariance import ledoit_wolf_model, load_estimator
+from engine.portfolio.optimiser import (
+    OptimisationError,
+    OptimiserSettings,
+    PortfolioOptimiser,
+    load_cvxpy,
+)
 from engine.portfolio.schemes import (
     expected_returns,
     inverse_volatility_weights,
@@ -58,6 +63,16 @@ class TargetBuilder:
             net_min=portfolio.net_exposure_min,
             net_max=portfolio.net_exposure_max,
         )
+
+    def prepare(self) -> None:
+        """Load now the libraries this construction scheme imports on first use (scikit-learn
+        for the risk model, cvxpy for the optimiser: about a second and a half), so that the
+        first rebalance does not wait for them; the rebalance service calls it on start."""
+        scheme = self.portfolio.construction
+        if scheme in ("inverse-volatility", "optimizer"):
+            load_estimator()
+        if scheme == "optimizer":
+            load_cvxpy()
 
     def build(
         self,

@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from engine.errors import DataError
 
@@ -56,6 +55,10 @@ def _carry_rows_forward(values: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 def load_factor_file(path: str | Path) -> FileFactors:
     """Load a long factor file (CSV, gzip CSV or Parquet); errors name the file and column."""
+    # Imported here: pandas (about 85 MB resident) loads only in a process that reads a file,
+    # not in every one that imports the factor service.
+    import pandas as pd
+
     path = Path(path)
     try:
         frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)

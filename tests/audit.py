@@ -129,3 +129,58 @@ def rebuild_and_compare(ledger: Ledger, initial_cash: float, tolerance: float = 
         held_value = sum(q * snapshot.prices[s] for s, q in snapshot.positions.items())
         assert abs(snapshot.cash + held_value - snapshot.equity) <= tolerance * scale
     return len(ledger.snapshots)
+
+
+def unbalanced_snapshots(ledger: Ledger, initial_cash: float, tolerance: float = 1e-9) -> list[str]:
+    """The checks of ``rebuild_and_compare``, counted instead of asserted and made in one pass
+    (a long run of hundreds of assets has too many snapshots, bars and fills to rebuild each
+    snapshot from the start): return one line per snapshot that does not balance.
+
+    Fills are applied and bars read forward, in ledger order, so each snapshot's cash is summed
+    in the same order as ``rebuild_and_compare`` sums it (the same floats); a snapshot with
+    fewer fills applied or an earlier time than the one before starts the rebuild over.
+    """
+    fills = unique_fills(ledger.fills)
+    bars = ledger.bars
+    problems: list[str] = []
+    applied = next_bar = 0
+    cash = initial_cash
+    held: dict[str, float] = {}
+    fill_price: dict[str, float] = {}
+    last_close: dict[str, float] = {}
+    last_asof: datetime | None = None
+    for snapshot in ledger.snapshots:
+        if snapshot.fills_applied < applied:
+            applied, cash, held, fill_price = 0, initial_cash, {}, {}
+        for fill in fills[applied : snapshot.fills_applied]:
+            signed = fill.quantity if fill.side == "buy" else -fill.quantity
+            cash -= signed * fill.price + fill.fee
+            held[fill.symbol] = held.get(fill.symbol, 0.0) + signed
+            fill_price[fill.symbol] = fill.price
+        applied = min(snapshot.fills_applied, len(fills))
+        if last_asof is not None and snapshot.asof < last_asof:
+            next_bar, last_close = 0, {}
+        last_asof = snapshot.asof
+        while next_bar < len(bars) and bars[next_bar].close_time <= snapshot.asof:
+            last_close.update(zip(bars[next_bar].symbols, bars[next_bar].close))
+            next_bar += 1
+        positions = {s: q for s, q in held.items() if abs(q) > 1e-9}
+        equity = cash + sum(q * last_close.get(s, fill_price[s]) for s, q in positions.items())
+        scale = max(1.0, abs(snapshot.equity))
+        held_value = sum(q * snapshot.prices[s] for s, q in snapshot.positions.items())
+        wrong = []
+        if abs(snapshot.cash - cash) > tolerance * scale:
+            wrong.append(f"cash {snapshot.cash} != {cash} rebuilt")
+        if abs(snapshot.equity - equity) > tolerance * scale:
+            wrong.append(f"equity {snapshot.equity} != {equity} rebuilt")
+        if set(snapshot.positions) != set(positions):
+            wrong.append(f"holds {sorted(set(snapshot.positions) ^ set(positions))} wrongly")
+        elif any(
+            abs(snapshot.positions[s] - q) > 1e-9 * max(1.0, abs(q)) for s, q in positions.items()
+        ):
+            wrong.append("position quantities differ from the fills'")
+        if abs(snapshot.cash + held_value - snapshot.equity) > tolerance * scale:
+            wrong.append("cash + positions at its prices != its equity")
+        if wrong:
+            problems.append(f"{snapshot.asof.isoformat()}: {'; '.join(wrong)}")
+    return problems

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog
 
 from engine.bus import EmbeddedRedis
 from engine.bus.keys import namespace_pattern
@@ -82,6 +83,15 @@ def namespace(redis_url: str) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     delete_namespace(redis_url, name)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Undo a command's logging set-up after each test: a command run in-process binds
+    structlog to the test's captured stderr, which is closed once the test ends."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture

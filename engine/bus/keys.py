@@ -44,3 +44,9 @@ def kill_switch(namespace: str) -> str:
     """The operator's halt of an account (JSON: since, reason, flatten), set by ``deepfactor
     halt`` and deleted by ``deepfactor resume`` in the same MULTI as their Control event."""
     return f"{namespace}:kill_switch"
+
+
+def service_lock(namespace: str, service: str) -> str:
+    """Lock (a token with an expiry) held by the one active instance of a stateful service;
+    its token fences that instance's writes (``RedisBus.guard_lease``)."""
+    return f"{namespace}:lock:service:{service}"

@@ -80,6 +80,8 @@ class ConsumeStats:
     failed: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
+    # The last event applied: what a heartbeat reports as the service's latest work.
+    last_event: Envelope | None = None
 
 
 _APPLIED, _DEAD_LETTERED, _INTERRUPTED = range(3)
@@ -149,7 +151,9 @@ class ConsumerLoop:
                 count=len(duplicates),
                 event_ids=[d.event.id for d in duplicates if d.event][:10],
             )
-        self.stats.processed += len(applied)
+        if applied:
+            self.stats.processed += len(applied)
+            self.stats.last_event = applied[-1].event
         return len(applied)
 
     def _screen(self, deliveries: Sequence[Delivery]) -> Sequence[Delivery]:

@@ -42,6 +42,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_WATCH_RETRIES = 5
+
+
+class LeaseLostError(BusError):
+    """This instance no longer holds its service's lock (``guard_lease``): another instance
+    is active, and nothing of this write was written."""
+
+
 class RedisDataLostError(BusError):
     """The Redis a run works on lost its data (restarted empty, flushed): the account's marker
     key is gone. Nothing more may be published or committed there."""
@@ -125,6 +133,8 @@ class RedisBus(Bus):
         self._marker_key: str | None = None
         self.data_lost = threading.Event()
         self._lost_message = ""
+        # Fencing (``guard_lease``): the service lock's key and the token this instance holds.
+        self._lease: tuple[str, bytes] | None = None
         # Set by ``fail`` (and ``cut_if_unresponsive``): every call raises at once from then on.
         self._broken = threading.Event()
         self._broken_message = ""
@@ -246,6 +256,17 @@ class RedisBus(Bus):
         ``RedisDataLostError``."""
         self._marker_key = marker_key
 
+    @property
+    def marker_key(self) -> str | None:
+        """The key ``guard_data`` guards this bus with (None: unguarded)."""
+        return self._marker_key
+
+    def guard_lease(self, lock_key: str, token: str) -> None:
+        """From now on, commit a write only while ``lock_key`` holds ``token``: the fencing of
+        a stateful service's one active instance (``engine.bus.leadership``). A write after
+        another instance took the lock raises ``LeaseLostError`` and writes nothing."""
+        self._lease = (lock_key, token.encode())
+
     def check_data(self) -> None:
         """Raise ``RedisDataLostError`` if the guarded marker key is gone (see ``guard_data``).
 
@@ -312,19 +333,35 @@ class RedisBus(Bus):
         """
         if not commands:
             return []
-        marker = self._marker_key
+        marker, lease = self._marker_key, self._lease
         batch = [("MULTI",), *commands, ("EXEC",)]
+        watched = [key for key in (marker, lease and lease[0]) if key is not None]
+        checks: list[tuple[Any, ...]] = [("WATCH", *watched)] if watched else []
+        if marker is not None:
+            checks.append(("EXISTS", marker))
+        if lease is not None:
+            checks.append(("GET", lease[0]))
+        holder: list[bytes | None] = []
 
         def run() -> list[Any] | None:
             pool = self.redis.connection_pool
             connection = pool.get_connection()
             try:
-                if marker is not None:
-                    _, present = _exchange(connection, [("WATCH", marker), ("EXISTS", marker)])
-                    if not present:
-                        _exchange(connection, [("UNWATCH",)])
-                        return None
-                return _exchange(connection, batch)[-1]
+                # The lease's renewal (PEXPIRE) touches its key, which aborts a transaction
+                # WATCHing it: then check again and retry. A takeover fails the check.
+                for _ in range(_WATCH_RETRIES):
+                    if checks:
+                        replies = _exchange(connection, checks)[1:]
+                        present = replies[0] if marker is not None else 1
+                        owner = replies[-1] if lease is not None else None
+                        if not present or (lease is not None and owner != lease[1]):
+                            _exchange(connection, [("UNWATCH",)])
+                            holder[:] = [owner]
+                            return None
+                    result = _exchange(connection, batch)[-1]
+                    if result is not None or lease is None:
+                        return result
+                return None
             except BaseException:
                 connection.disconnect()  # never hand back a connection that still WATCHes
                 raise
@@ -335,6 +372,13 @@ class RedisBus(Bus):
         if replies is None:
             if marker is not None:
                 self.check_data()
+            if lease is not None and holder and holder[0] != lease[1]:
+                now = "nobody" if holder[0] is None else holder[0].decode(errors="replace")
+                log.error("bus.lease_lost", operation=operation, key=lease[0], holder=now)
+                raise LeaseLostError(
+                    f"redis {operation}: this instance no longer holds {lease[0]} (held by "
+                    f"{now.split(' #')[0]}): another instance is active; nothing was written"
+                )
             raise BusError(f"redis {operation}: transaction was aborted")
         return replies
 
@@ -349,7 +393,7 @@ class RedisBus(Bus):
 
     def publish_raw(self, topic: str, data: bytes) -> str:
         key = keys.stream(self.namespace, check_topic(topic))
-        if self._marker_key is not None:  # guarded: only while the account's data is there
+        if self._marker_key is not None or self._lease is not None:  # guarded (see transaction)
             command: tuple[Any, ...] = ("XADD", key, "*", _EVENT_FIELD, data)
             trim = [] if topic in LEDGER_TOPICS else [self._trim_command(key)]
             return _text(self.transaction("xadd", [command, *trim])[0])
@@ -375,7 +419,7 @@ class RedisBus(Bus):
         if not events:
             return []
         commands = self.publish_commands(topic, events)
-        if self._marker_key is not None:  # guarded: only while the account's data is there
+        if self._marker_key is not None or self._lease is not None:  # guarded (see transaction)
             replies = self.transaction("xadd_batch", commands)
         else:
             replies = self.call("xadd_batch", lambda: self.roundtrip(commands))
@@ -733,6 +777,45 @@ class RedisConsumer(Consumer):
                 *self._ack_commands([delivery]),
             ],
         )
+
+    def adopt_pending(self) -> int:
+        """Take over every entry of this group still pending under another consumer's name
+        (an instance that died, or lost the service's lock, holding them), so this one reads
+        them first, in stream order, before anything new; return how many. Only for the one
+        active instance of a stateful service: it holds the lock, so their owners are gone."""
+
+        def adopt() -> int:
+            adopted = 0
+            for key in self._stream_keys:
+                cursor = "0-0"
+                while True:
+                    command = ("XAUTOCLAIM", key, self.group, self.name, 0, cursor)
+                    # Raw reply (redis-py's parser expects another form with JUSTID).
+                    (reply,) = self._bus.roundtrip([(*command, "COUNT", 1000, "JUSTID")])
+                    cursor, ids = _text(reply[0]), reply[1]
+                    adopted += len(ids)
+                    if cursor == "0-0":
+                        break
+            return adopted
+
+        adopted = self._call_grouped("xautoclaim", adopt)
+        if adopted:
+            self._history = dict.fromkeys(self._stream_keys, "0")  # read them first
+            log.info("bus.pending_adopted", group=self.group, consumer=self.name, count=adopted)
+        return adopted
+
+    def backlog(self) -> int | None:
+        def lag() -> int | None:
+            total = 0
+            for key in self._stream_keys:
+                groups = self._redis.xinfo_groups(key)
+                mine = [g for g in groups if _text(g["name"]) == self.group]
+                if not mine or mine[0].get("lag") is None:
+                    return None  # Redis < 7 has no lag; 7 may not know it after a trim
+                total += int(mine[0]["lag"])
+            return total
+
+        return self._call_grouped("xinfo_groups", lag)
 
     def pending_count(self) -> int:
         def count() -> int:

@@ -147,6 +147,21 @@ def _check_redis_url(url: str, source: str, from_env: bool) -> None:
         )
 
 
+def _check_supervisor(config: Config, source: str) -> None:
+    supervisor = config.supervisor
+    twice = sorted({s for s in supervisor.services if supervisor.services.count(s) > 1})
+    if twice:
+        raise ConfigError(
+            f"config {source}: [supervisor] services lists {', '.join(twice)} more than once "
+            "(one process per service and run directory)"
+        )
+    if supervisor.backoff_max_s < supervisor.backoff_initial_s:
+        raise ConfigError(
+            f"config {source}: [supervisor] backoff_max_s = {supervisor.backoff_max_s:g} is "
+            f"below backoff_initial_s = {supervisor.backoff_initial_s:g}"
+        )
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Return the validated config of ``path`` (defaults when None) with env overrides applied.
 
@@ -174,4 +189,5 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     except msgspec.ValidationError as error:
         raise ConfigError(_validation_message(error, tree, source, env_origins)) from None
     _check_redis_url(config.bus.redis_url, source, ("bus", "redis_url") in env_origins)
+    _check_supervisor(config, source)
     return config

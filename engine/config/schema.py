@@ -31,6 +31,9 @@ class RunConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
     namespace: Name = "deepfactor"
     run_dir: str = "runs/paper"
     instance: Annotated[str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$")] = ""
+    # A stateful service's lock expires this long after its holder's last renewal: a hot
+    # standby takes over within it when the active instance dies (engine/bus/leadership.py).
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
 
 
 class BusConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -280,6 +283,35 @@ class PaperConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     start: str = ""
 
 
+SupervisedService = Literal[
+    "market-data", "factor-update", "signal", "rebalance", "execution", "recorder"
+]
+
+
+class SupervisorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``deepfactor up``: which services it starts as child processes and how it restarts one
+    that dies. A service that exits non-zero (or is killed) is started again after
+    ``backoff_initial_s``, doubled on each further exit within ``restart_window_s`` up to
+    ``backoff_max_s``; after ``max_restarts`` restarts within that window it gives up and
+    stops the stack (a trading stack missing one service must not run on quietly). A service
+    that exits 0 (the replay at the end of its data) has finished and is not restarted.
+    ``stop_timeout_s`` bounds a clean stop: what has not exited by then is killed."""
+
+    services: tuple[SupervisedService, ...] = (
+        "market-data",
+        "factor-update",
+        "signal",
+        "rebalance",
+        "execution",
+        "recorder",
+    )
+    max_restarts: NonNegativeInt = 5
+    restart_window_s: PositiveFloat = 300.0
+    backoff_initial_s: NonNegativeFloat = 1.0
+    backoff_max_s: NonNegativeFloat = 30.0
+    stop_timeout_s: PositiveFloat = 30.0
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A whole deepfactor config, as validated at start-up."""
 
@@ -294,3 +326,4 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     risk: RiskConfig = RiskConfig()
     broker: BrokerConfig = BrokerConfig()
     paper: PaperConfig = PaperConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from engine.data.files import load_panel
 from engine.data.panel import Panel
 from engine.data.synthetic import synthetic_panel
 
@@ -34,6 +33,10 @@ class FileSource:
     path: Path
 
     def panel(self) -> Panel:
+        # Imported here: reading files loads pandas (about 85 MB resident), which a replay of
+        # the synthetic market (and the supervisor that checks it) does without.
+        from engine.data.files import load_panel
+
         return load_panel(self.path)
 
 

@@ -71,7 +71,19 @@ class Heartbeat(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=T
     service: str
     instance: str
     pid: NonNegativeInt
-    status: Literal["starting", "running", "stopping"]
+    status: Literal["starting", "running", "stopping", "standby"]
     processed: NonNegativeInt = 0
     failed: NonNegativeInt = 0
     uptime_s: NonNegativeFloat = 0.0
+    version: str = ""
+    # The next heartbeat is due within this many seconds: ``deepfactor status`` calls an
+    # instance stale when three are missing.
+    interval_s: NonNegativeFloat = 0.0
+    # The last event the service applied (empty before the first).
+    last_event_id: str = ""
+    last_event_type: str = ""
+    last_event_ts: UtcDatetime | None = None
+    # Messages of its group not yet delivered (None: the bus cannot tell) and delivered but
+    # not acknowledged.
+    lag: NonNegativeInt | None = None
+    pending: NonNegativeInt = 0

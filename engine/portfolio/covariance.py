@@ -9,12 +9,24 @@ N x N quadratic form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.covariance import ledoit_wolf_shrinkage
 
-__all__ = ["RiskModel", "ledoit_wolf_model"]
+__all__ = ["RiskModel", "ledoit_wolf_model", "load_estimator"]
+
+
+def load_estimator() -> Callable[..., float]:
+    """Return scikit-learn's Ledoit-Wolf shrinkage, importing scikit-learn on the first call.
+
+    Not imported with this module: scikit-learn, with the scipy and pandas it loads (up to
+    190 MB resident and a second), is for the process that fits a risk model (the rebalancer),
+    not for every process that imports the portfolio package for its lot rules or schemes.
+    """
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    return ledoit_wolf_shrinkage
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ def ledoit_wolf_model(returns: np.ndarray) -> RiskModel:
     filled = centred + mean
     if n_periods < 2 or not centred.any():
         return RiskModel(np.zeros_like(centred), 0.0, mean, filled)
-    shrinkage = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
+    shrinkage = float(load_estimator()(centred, assume_centered=True))
     if not np.isfinite(shrinkage):  # sklearn guards its 0 / 0; this guards any other case
         shrinkage = 0.0
     sample_variance_mean = float(np.einsum("ti,ti->", centred, centred)) / (n_periods * n_assets)

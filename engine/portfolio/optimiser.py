@@ -34,14 +34,24 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import cvxpy as cp
 import numpy as np
 
 from engine.errors import DeepfactorError
 from engine.portfolio.covariance import RiskModel
 
-__all__ = ["OptimisationError", "OptimiserResult", "OptimiserSettings", "PortfolioOptimiser"]
+if TYPE_CHECKING:
+    import cvxpy as cp
+
+__all__ = [
+    "OptimisationError",
+    "OptimiserResult",
+    "OptimiserSettings",
+    "PortfolioOptimiser",
+    "load_cvxpy",
+]
 
 # An interior-point solve is accurate to about 1e-8; a weight within this of the current one (or
 # of 0) is solver noise and comes back as exactly the current weight (or 0). Without the snap, a
@@ -54,8 +64,19 @@ _SOLVER_OPTIONS: dict[str, dict[str, float | int | bool]] = {
     "CLARABEL": {"direct_solve_method": "qdldl"},
     "OSQP": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iter": 200_000, "polishing": True},
 }
-_ACCEPTED = (cp.OPTIMAL,)
 _CACHE_SIZE = 8
+
+
+def load_cvxpy() -> ModuleType:
+    """Return the cvxpy module, importing it on the first call.
+
+    Not imported with this module: cvxpy, with the scipy it loads (up to 90 MB resident and a
+    second), is for the process that solves (the rebalancer), not for every process that
+    imports the portfolio package for its lot rules or weighting schemes.
+    """
+    import cvxpy
+
+    return cvxpy
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,7 @@ class _Template:
 
 
 def _build(n_assets: int, n_factor_rows: int, long_only: bool) -> _Template:
+    cp = load_cvxpy()
     weights = cp.Variable(n_assets, name="weights")
     trades = cp.Variable(n_assets, name="trades")
     alpha = cp.Parameter(n_assets, name="alpha")
@@ -266,7 +288,7 @@ class PortfolioOptimiser:
             template.net_max.value = settings.net_max
 
         status, solver = self._run(template)
-        if status not in _ACCEPTED:
+        if status != load_cvxpy().OPTIMAL:
             raise OptimisationError(self._failure(status, solver, previous, lower, upper, settings))
         weights = np.clip(np.asarray(template.weights.value, dtype=np.float64), lower, upper)
         unchanged = (np.abs(weights - previous) < _WEIGHT_TOLERANCE) & (
@@ -281,6 +303,7 @@ class PortfolioOptimiser:
     def _run(template: _Template) -> tuple[str, str]:
         # The first solver that reaches an optimum wins; infeasible and unbounded are facts
         # about the problem, not solver trouble, so they end the search at once.
+        cp = load_cvxpy()
         status, solver = "solver_error", _SOLVERS[0]
         for solver in _SOLVERS:
             try:
@@ -290,7 +313,7 @@ class PortfolioOptimiser:
                 status = "solver_error"
                 continue
             status = template.problem.status
-            if status in _ACCEPTED or status in (cp.INFEASIBLE, cp.UNBOUNDED):
+            if status in (cp.OPTIMAL, cp.INFEASIBLE, cp.UNBOUNDED):
                 break
         return status, solver
 

@@ -1,4 +1,5 @@
-"""The signal models behind one serving interface (``base.SignalModel``).
+"""The signal models behind one serving interface (``base.SignalModel``): the networks here,
+the baselines that need no torch in ``strategies.models.baselines`` (re-exported).
 
 Each can describe itself for a checkpoint: ``describe()`` (JSON-able settings) and
 ``tensors()`` (its numbers), and be rebuilt from both with ``build_model``.
@@ -12,9 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.models.base import ModelError, Prediction, composite_scores, unit_gross
+from strategies.models.base import ModelError, Prediction
+from strategies.models.baselines import (
+    EqualWeightModel,
+    RidgeModel,
+    TrailingICModel,
+    factor_prediction,
+)
 from strategies.models.dataset import Normaliser
-from strategies.models.features import ic_columns
 from strategies.models.networks import GATE_THRESHOLD, AssetLSTM, FactorWeightLSTM
 
 
@@ -33,102 +39,6 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ModelError(f"device must be auto, cpu or cuda, received {device!r}")
     return torch.device(device)
-
-
-def _factor_prediction(
-    factors: tuple[str, ...], weights: np.ndarray, exposures: np.ndarray
-) -> Prediction:
-    weights = unit_gross(np.where(np.isfinite(weights), weights, 0.0))
-    selected = tuple(f for f, w in zip(factors, weights) if w != 0.0)
-    return Prediction(composite_scores(weights, exposures[-1]), weights, selected)
-
-
-class EqualWeightModel:
-    """Fixed factor weights: the classical multi-factor baseline. Equal unless ``weights``
-    (one per factor, the configured ``[[strategy.factors]] weight``, signs included) says
-    otherwise: what the signal service's ``equal-weight`` strategy serves."""
-
-    kind = "equal-weight"
-    lookback = 1
-
-    def __init__(
-        self,
-        factors: tuple[str, ...],
-        version: str = "equal-weight",
-        weights: np.ndarray | None = None,
-    ) -> None:
-        self.factors = factors
-        self.version = version
-        self.weights = np.ones(len(factors)) if weights is None else np.asarray(weights, float)
-
-    def predict(self, features: np.ndarray, exposures: np.ndarray) -> Prediction:
-        return _factor_prediction(self.factors, self.weights, exposures)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-
-class TrailingICModel:
-    """Each factor weighs its mean realised rank IC over the last ``lookback`` periods (sign
-    included): what worked lately gets the weight."""
-
-    kind = "trailing-ic"
-
-    def __init__(self, factors: tuple[str, ...], lookback: int, version: str = "") -> None:
-        self.factors = factors
-        self.lookback = lookback
-        self.version = version or f"trailing-ic-{lookback}"
-
-    def predict(self, features: np.ndarray, exposures: np.ndarray) -> Prediction:
-        ic = features[:, ic_columns(self.factors)].mean(axis=0)
-        if not np.any(ic):
-            ic = np.ones(len(self.factors))  # no evidence yet: equal weights
-        return _factor_prediction(self.factors, ic, exposures)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-
-class RidgeModel:
-    """A linear model on the LSTM's inputs: ridge regression of next period's factor ICs on
-    the normalised feature window (flattened); the predicted ICs are the weights."""
-
-    kind = "ridge"
-
-    def __init__(
-        self,
-        factors: tuple[str, ...],
-        lookback: int,
-        normaliser: Normaliser,
-        coef: np.ndarray,
-        intercept: np.ndarray,
-        version: str = "",
-    ) -> None:
-        self.factors = factors
-        self.lookback = lookback
-        self.normaliser = normaliser
-        self.coef = coef  # (F, lookback * K)
-        self.intercept = intercept  # (F,)
-        self.version = version or "ridge"
-
-    def predict(self, features: np.ndarray, exposures: np.ndarray) -> Prediction:
-        x = self.normaliser.apply(features).reshape(-1).astype(np.float64)
-        return _factor_prediction(self.factors, self.coef @ x + self.intercept, exposures)
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "coef": torch.from_numpy(self.coef),
-            "intercept": torch.from_numpy(self.intercept),
-        }
 
 
 class FactorLSTMModel:
@@ -165,7 +75,7 @@ class FactorLSTMModel:
         keep = gate >= GATE_THRESHOLD
         if not keep.any():
             keep[int(np.argmax(gate))] = True  # never select nothing: the most confident one
-        return _factor_prediction(self.factors, np.where(keep, direction * gate, 0.0), exposures)
+        return factor_prediction(self.factors, np.where(keep, direction * gate, 0.0), exposures)
 
     def describe(self) -> dict[str, Any]:
         lstm = self.network.lstm

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from strategies.models.base import ModelError
 from strategies.models.dataset import Normaliser, check_factors
 from strategies.models.features import feature_names
-from strategies.models.models import build_model, resolve_device
 
 META_FILE = "meta.json"
 WEIGHTS_FILE = "model.pt"
@@ -37,6 +35,8 @@ ACTIVE_FILE = "active"
 
 
 def _library_versions() -> dict[str, str]:
+    import torch  # see ``ModelRegistry.load``
+
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     for package in ("deepfactor", "scikit-learn"):
         try:
@@ -97,6 +97,8 @@ class ModelRegistry:
         """Write ``model``'s checkpoint and return its version (``{kind}-{UTC time}``); with
         ``activate`` it also becomes the active one. The folder appears complete or not at
         all (written under a temporary name, then renamed)."""
+        import torch  # see ``load``
+
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{model.kind}-{stamp}"
         target = self.root / strategy / name
@@ -174,6 +176,13 @@ class ModelRegistry:
         trained_on = tuple(meta["factors"])
         if factors is not None:
             check_factors(trained_on, factors, where)
+        # Imported here, not with the module: torch (about 200 MB resident and a second) loads
+        # only in a process that saves or serves a checkpoint, not in every one that builds
+        # the signal service.
+        import torch
+
+        from strategies.models.models import build_model, resolve_device
+
         try:
             tensors = torch.load(
                 self.root / strategy / name / WEIGHTS_FILE, map_location="cpu", weights_only=True

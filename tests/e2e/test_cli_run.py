@@ -124,7 +124,9 @@ def test_market_data_opens_the_account_and_gives_up_naming_the_missing_services(
             delete_namespace(redis_url, json.loads(account_file.read_text())["namespace"])
 
 
-def test_one_process_per_service_and_none_beside_a_paper_run(tmp_path, redis_url):
+def test_a_second_process_of_a_service_is_its_standby_and_none_runs_beside_a_paper_run(
+    tmp_path, redis_url
+):
     env = environment(DEEPFACTOR_BUS__REDIS_URL=redis_url)
     out = tmp_path / "run"
     waiting = start("run", "signal", "--wait", "60", "--out", str(out), env=env, log=tmp_path / "a")
@@ -132,17 +134,34 @@ def test_one_process_per_service_and_none_beside_a_paper_run(tmp_path, redis_url
         wait_for(
             lambda: b"run.waiting_for_account" in (tmp_path / "a").read_bytes(), "the first signal"
         )
-        second = deepfactor("run", "signal", "--out", str(out), env=env)
-        assert second.returncode == 2
-        assert f"signal already runs there (pid {waiting.pid} on host" in second.stderr
+        # A second process of the service is a standby: it waits for the first one's lock.
+        second = start(
+            "run", "signal", "--wait", "60", "--out", str(out), env=env, log=tmp_path / "b"
+        )
+        wait_for(lambda: b'"run.standby"' in (tmp_path / "b").read_bytes(), "the standby")
+        standby = json.loads(
+            next(
+                line
+                for line in (tmp_path / "b").read_bytes().splitlines()
+                if b"run.standby" in line
+            )
+        )
+        assert standby["active"].startswith(f"pid {waiting.pid} on host")
         paper = deepfactor("paper", "--synthetic", "--bars", "5", "--out", str(out), env=env)
         assert paper.returncode == 2
-        assert f"in use by another run (pid {waiting.pid} on host" in paper.stderr
+        assert "in use by another run (pid " in paper.stderr
         waiting.send_signal(signal.SIGTERM)  # stopped while waiting: a clean exit
         assert waiting.wait(timeout=30) == 0
+        # The standby holds the lock now: it waits for the account in turn.
+        wait_for(
+            lambda: b"run.waiting_for_account" in (tmp_path / "b").read_bytes(), "the takeover"
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
     finally:
-        if waiting.poll() is None:
-            waiting.kill()
+        for process in (waiting, locals().get("second")):
+            if process is not None and process.poll() is None:
+                process.kill()
 
 
 def test_sigterm_commits_and_exits_0_and_a_second_signal_exits_130(tmp_path, redis_url):

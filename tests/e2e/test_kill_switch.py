@@ -37,10 +37,17 @@ def status(out: Path, env: dict[str, str]) -> dict:
 
 def wait_for(condition, out: Path, env: dict[str, str], what: str, timeout: float = 90) -> dict:
     deadline = time.monotonic() + timeout
+    current: dict | str = "none yet"
     while time.monotonic() < deadline:
-        current = status(out, env)
-        if condition(current):
-            return current
+        result = cli("status", "--json", "--out", str(out), env=env)
+        if result.returncode != 0:
+            # account.json is written before the run's private Redis answers: not yet served.
+            assert "no run is serving" in result.stderr, result.stderr[-2000:]
+            current = result.stderr.strip()
+        else:
+            current = json.loads(result.stdout)
+            if condition(current):
+                return current
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}; last status {current}")
 
