@@ -125,13 +125,8 @@ class RunDirectory:
             ) from None
         # Only the holder writes, and only once it holds the lock: a refused run must not
         # truncate the record it is about to show.
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.pwrite(fd, holder_record(), 0)
         self._fd = fd
         self._created = created
         self._created_lock = created_lock
@@ -201,6 +196,18 @@ class RunDirectory:
         traceback: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def holder_record(**extra: Any) -> bytes:
+    """What a lock's holder writes into its lock file: pid, host, start time (and ``extra``),
+    for ``describe_holder`` to name it to a process that was refused."""
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        **extra,
+    }
+    return (json.dumps(record) + "\n").encode()
 
 
 def describe_holder(raw: bytes) -> str:

@@ -63,7 +63,13 @@ from engine.events import Control, Envelope
 from services.account import ACCOUNT_FILE
 from services.assembly import build_services
 from services.recorder import RecorderService
-from services.run_dir import LOCK_FILE, RunDirectoryInUseError, describe_holder, lock_file
+from services.run_dir import (
+    LOCK_FILE,
+    RunDirectoryInUseError,
+    describe_holder,
+    holder_record,
+    lock_file,
+)
 from services.runtime import Handler, ProducerHeartbeat, ServiceRunner
 
 log = structlog.get_logger("services.standalone")
@@ -205,16 +211,6 @@ class EventTimeClock:
         return handle
 
 
-def _holder_record(**extra: Any) -> bytes:
-    record = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        **extra,
-    }
-    return (json.dumps(record) + "\n").encode()
-
-
 class ProcessLocks:
     """The locks one ``deepfactor run`` process holds in its run directory (module docstring):
     ``run.lock`` shared, ``service-{name}.lock`` exclusive, each naming its latest holder."""
@@ -278,7 +274,7 @@ class ProcessLocks:
             self.held = True
             # Written once both are held: a refused process must not replace a live holder's
             # record. run.lock names the latest `run` process to a refused `deepfactor paper`.
-            record = _holder_record(service=self.service)
+            record = holder_record(service=self.service)
             for fd in (exclusive, shared):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, record, 0)

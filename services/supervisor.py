@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -47,7 +44,7 @@ import structlog
 from engine.config.schema import SupervisorConfig
 from engine.errors import UsageError
 from engine.process import die_with_parent
-from services.run_dir import RunDirectoryInUseError, describe_holder, lock_file
+from services.run_dir import RunDirectoryInUseError, describe_holder, holder_record, lock_file
 
 log = structlog.get_logger("services.supervisor")
 
@@ -122,13 +119,8 @@ class SupervisorLock:
             raise RunDirectoryInUseError(
                 f"--out {self.path.parent}: `deepfactor up` already runs there ({holder})"
             )
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.pwrite(fd, holder_record(), 0)
         self._fd = fd
         return self
 
