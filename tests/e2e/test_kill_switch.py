@@ -41,8 +41,10 @@ def wait_for(condition, out: Path, env: dict[str, str], what: str, timeout: floa
     while time.monotonic() < deadline:
         result = cli("status", "--json", "--out", str(out), env=env)
         if result.returncode != 0:
-            # account.json is written before the run's private Redis answers: not yet served.
-            assert "no run is serving" in result.stderr, result.stderr[-2000:]
+            # account.json is written before the run's private Redis answers, and before the
+            # account is marked in it: not served yet.
+            starting = ("no run is serving", "has no data in Redis")
+            assert any(text in result.stderr for text in starting), result.stderr[-2000:]
             current = result.stderr.strip()
         else:
             current = json.loads(result.stdout)
