@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BARS = 160
 
 
-def paper_command(out: Path, speed: str) -> list[str]:
+def paper_command(out: Path, speed: str, bars: int = BARS) -> list[str]:
     return [
-        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", str(BARS),
+        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", str(bars),
         "--speed", speed, "--out", str(out),
     ]  # fmt: skip
 
@@ -47,9 +47,14 @@ def environment(redis_url: str, namespace: str) -> dict[str, str]:
     }
 
 
-def run_to_end(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_to_end(out: Path, env: dict[str, str], bars: int = BARS) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        paper_command(out, "max"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        paper_command(out, "max", bars),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

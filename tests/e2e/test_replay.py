@@ -57,20 +57,8 @@ def recorded(redis_url, tmp_path_factory) -> Iterator[Path]:
     """A paper run of 120 bars to its end, with its run directory."""
     base = f"test-replay-{uuid.uuid4().hex[:8]}"
     out = tmp_path_factory.mktemp("replay") / "run"
-    command = [
-        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", "120",
-        "--speed", "max", "--out", str(out), "--redis-url", redis_url,
-    ]  # fmt: skip
     try:
-        result = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=environment(redis_url, base),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_to_end(out, environment(redis_url, base), bars=120)
         yield out
     finally:
         delete_namespaces(redis_url, base)

@@ -10,8 +10,6 @@ import contextlib
 import io
 import json
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from services.cli import main
 from services.replay import load_run_config
 from services.report import add_report_command
 from tests.conftest import delete_namespaces
-from tests.e2e.test_paper_resume import environment
+from tests.e2e.test_paper_resume import environment, run_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 EQUITIES = ROOT / "tests" / "fixtures" / "data" / "stock_prices_2012-2013.csv.gz"
@@ -85,20 +83,8 @@ def paper_dir(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """``deepfactor paper`` on 120 bars of the synthetic market over a real Redis."""
     base = f"test-report-{uuid.uuid4().hex[:8]}"
     out = tmp_path_factory.mktemp("report") / "paper"
-    command = [
-        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", "120",
-        "--speed", "max", "--out", str(out), "--redis-url", redis_url,
-    ]  # fmt: skip
     try:
-        result = subprocess.run(
-            command,
-            cwd=ROOT,
-            env=environment(redis_url, base),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        run_to_end(out, environment(redis_url, base), bars=120)
         yield out
     finally:
         delete_namespaces(redis_url, base)
