@@ -542,9 +542,11 @@ class RedisConsumer(Consumer):
         try:
             return self._bus.call(operation, function)
         except redis.ResponseError as error:
+            # A group or stream gone with the account's data (NOGROUP, UNBLOCKED, or XINFO's
+            # "no such key"): say the data was lost, never recreate anything.
+            self._bus.check_data()
             if not str(error).startswith(("NOGROUP", "UNBLOCKED")):
                 raise BusError(f"redis {operation} failed: {error}") from error
-            self._bus.check_data()  # a group gone with the account's data: never recreate it
             log.warning("bus.group_recreated", group=self.group, topics=list(self.topics))
             self.ensure_groups()
             return self._bus.call(operation, function)

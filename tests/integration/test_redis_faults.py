@@ -73,6 +73,24 @@ def test_flushed_redis_is_never_repopulated(server: EmbeddedRedis) -> None:
         bus.close()
 
 
+def test_heartbeat_lag_after_a_flush_says_the_data_was_lost(server: EmbeddedRedis) -> None:
+    """XINFO GROUPS on a flushed stream says "no such key", not NOGROUP: the heartbeat's lag
+    read must still end in the data-lost error (CI once saw a bare "no such key" here)."""
+    bus = RedisBus(server.url, "acct", give_up_after_s=5, reconnect_max_delay_s=0.05)
+    try:
+        marker = keys.account("acct")
+        bus.redis.set(marker, "created")
+        bus.guard_data(marker)
+        consumer = bus.consumer("g", "g-1", ["bars"])
+        consumer.backlog()
+        bus.redis.flushall()
+        with pytest.raises(RedisDataLostError, match="was lost"):
+            consumer.backlog()
+        assert bus.redis.dbsize() == 0
+    finally:
+        bus.close()
+
+
 def test_redis_restarted_empty_is_found_on_reconnection(server: EmbeddedRedis) -> None:
     bus = RedisBus(server.url, "acct", give_up_after_s=10, reconnect_max_delay_s=0.05)
     try:
