@@ -7,8 +7,8 @@ of each month; no fire after the last bar's close), 12-1 momentum (close[d-21] /
 column order), equal-weight, long-only, gross 100%, filled at the decision bar's close, 10 bps
 fees, fractional quantities, 1,000,000 initial cash.
 
-deepfactor runs in-process (``services.backtest.run_backtest``). vectorbt gets a target-weight
-matrix built here with numpy from the panel's closes and bar times (independently of
+deepfactor runs in-process (``services.commands.backtest.run_backtest``). vectorbt gets a
+target-weight matrix built here with numpy from the panel's closes and bar times (independently of
 deepfactor's strategies/services code) and ``Portfolio.from_orders(size_type="targetpercent",
 cash_sharing=True, call_seq="auto")``, which sells first, then buys from the smallest order and
 cuts a buy larger than the cash to what the cash pays for, fees included: deepfactor's rules.
@@ -235,7 +235,7 @@ def tapped_bus_class() -> Any:
 
 def deepfactor_trace(config: Any, panel: Panel, out_dir: Path) -> dict[str, Any]:
     """One untimed deepfactor run that keeps its targets, fills and equity curve."""
-    import services.backtest as backtest_module
+    import services.commands.backtest as backtest_module
 
     bus_class = tapped_bus_class()
     with mock.patch.object(backtest_module, "MemoryBus", bus_class):
@@ -596,7 +596,7 @@ def bench_dataset(
     workdir: Path,
     cli: bool = True,
 ) -> dict[str, Any]:
-    from services.backtest import run_backtest
+    from services.commands.backtest import run_backtest
 
     close = close_frame(panel)
     df_times, vbt_times, signal_times = [], [], []

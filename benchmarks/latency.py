@@ -19,9 +19,10 @@ and builds the cvxpy problem); then ``--samples`` rebalances that sent orders.
 
 What is measured, per rebalance bar, from the streams after the processes stopped (a Redis entry
 id is the server's clock at XADD, 1 ms resolution): the replay publishes the bar's BarSet, waits
-until every consumer group has caught up (its back-pressure, ``services/quiescence.py``), and only
-then the bar's RebalanceDue. That wait sits between the bar and the tick, so BarSet-to-order
-read off the streams includes it: factor-update and signal are done by then, but the replay also
+until every consumer group has caught up (its back-pressure,
+``services/runtime/quiescence.py``), and only then the bar's RebalanceDue. That wait sits between
+the bar and the tick, so BarSet-to-order read off the streams includes it: factor-update and signal
+are done by then, but the replay also
 waits for execution and the recorder and polls every millisecond. A live feed has no such wait:
 the scheduler's tick is due at the bar's close and waits at the rebalancer, which decides once it
 holds the bar's Signal and no order is open (the previous rebalance's orders fill at this bar's
@@ -101,7 +102,7 @@ from engine.bus.keys import namespace_pattern, stream  # noqa: E402
 from engine.clock import SimulatedClock  # noqa: E402
 from engine.config import Config, RunConfig, load_config  # noqa: E402
 from engine.events import BarSet, decode, event_id_time_ms  # noqa: E402
-from services.assembly import build_services  # noqa: E402
+from services.runtime.assembly import build_services  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "latency.json"
 SIZES = (20, 500)
@@ -158,7 +159,7 @@ retrain_every = 100000
 
 
 def deepfactor(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *arguments]
+    return [sys.executable, "-m", "services.commands.cli", *arguments]
 
 
 def train(config_path: Path, work: Path, history_bars: int) -> str:
@@ -668,7 +669,8 @@ def main(argv: list[str] | None = None) -> dict:
 def notes(by_size: dict[int, dict]) -> list[str]:
     out = [
         "Why this is tick to order: the replay publishes a bar's RebalanceDue only once every "
-        "consumer group has caught up with the bar (services/quiescence.py), so on the streams "
+        "consumer group has caught up with the bar (services/runtime/quiescence.py), so on the "
+        "streams "
         "the tick comes after the bar's Signal, after execution and the recorder are done, and "
         "after a 1 ms poll. Live, the tick is due at the bar's close and waits at the "
         "rebalancer, which decides once it holds the bar's Signal and has booked the fills the "

@@ -81,7 +81,7 @@ from engine.events import (  # noqa: E402
     make_event,
 )
 from engine.logging import configure_logging  # noqa: E402
-from services.rebalance import RebalanceService  # noqa: E402
+from services.daemons.rebalance import RebalanceService  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rebalance.json"
 SIZES = (20, 100, 500)

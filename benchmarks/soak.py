@@ -82,7 +82,7 @@ from engine.bus import MemoryBus, RedisBus, keys  # noqa: E402
 from engine.clock import WallClock  # noqa: E402
 from engine.config import Config, load_config  # noqa: E402
 from engine.timeframes import timeframe_delta  # noqa: E402
-from services.assembly import build_services  # noqa: E402
+from services.runtime.assembly import build_services  # noqa: E402
 from tests.audit import read_ledger, terminal_updates_per_order, unbalanced_snapshots  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "soak.json"
@@ -380,7 +380,7 @@ def run_soak(arguments: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, **settings}
     bars = arguments.bars
     command = [
-        sys.executable, "-m", "services.cli", "up", "--out", str(out),
+        sys.executable, "-m", "services.commands.cli", "up", "--out", str(out),
         "--redis-url", arguments.redis_url, "--synthetic", "--bars", str(bars),
         "--speed", arguments.speed,
     ]  # fmt: skip

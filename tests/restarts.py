@@ -19,11 +19,11 @@ from engine.clock import SimulatedClock
 from engine.config import Config, load_config
 from engine.data import Panel, synthetic_panel
 from engine.events import Envelope
-from services.backtest import Backtest
-from services.execution import ExecutionService
-from services.market_data import to_datetime
-from services.rebalance import RebalanceService
-from services.runtime import Service, ServiceRunner
+from services.commands.backtest import Backtest
+from services.daemons.execution import ExecutionService
+from services.daemons.market_data import to_datetime
+from services.daemons.rebalance import RebalanceService
+from services.runtime.loop import Service, ServiceRunner
 
 BARS = 90
 INSTANCE = "box-1"

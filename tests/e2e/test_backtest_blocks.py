@@ -14,7 +14,7 @@ import pytest
 from engine.config import load_config
 from engine.data import Panel, synthetic_panel
 from engine.events import BarBlock, PortfolioSnapshot
-from services.backtest import Backtest
+from services.commands.backtest import Backtest
 from tests.audit import read_ledger, rebuild_and_compare
 
 N_ASSETS, N_BARS = 20, 420

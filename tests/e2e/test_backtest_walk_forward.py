@@ -9,7 +9,7 @@ import numpy as np
 from engine.config import load_config
 from engine.data.synthetic import synthetic_panel
 from engine.events import Signal
-from services.backtest import Backtest
+from services.commands.backtest import Backtest
 from strategies.models.dataset import utc64
 
 

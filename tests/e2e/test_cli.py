@@ -82,7 +82,7 @@ EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
 
 def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -168,7 +168,7 @@ def test_sigterm_stops_paper_cleanly_with_nothing_pending(tmp_path):
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "services.commands.cli",
             "paper",
             "--bars",
             "100000",

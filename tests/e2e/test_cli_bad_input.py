@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def deepfactor(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=cwd,
         capture_output=True,
         text=True,

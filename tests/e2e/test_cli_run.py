@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from engine.bus import RedisBus
-from services.account import bind_account, open_account
+from services.runtime.account import bind_account, open_account
 from tests.conftest import delete_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 def deepfactor(*arguments: str, env: dict[str, str], timeout: float = 120):
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -42,7 +42,7 @@ def deepfactor(*arguments: str, env: dict[str, str], timeout: float = 120):
 def start(*arguments: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *arguments],
+            [sys.executable, "-m", "services.commands.cli", *arguments],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=handle,
         )  # fmt: skip
 

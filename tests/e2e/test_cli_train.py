@@ -28,7 +28,7 @@ SMALL = {
 
 def deepfactor(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -38,8 +38,8 @@ from engine.bus import MemoryBus, RedisBus
 from engine.clock import WallClock
 from engine.config import load_config
 from engine.data.sources import SyntheticSource
-from services.assembly import build_services
-from services.backtest import Backtest
+from services.commands.backtest import Backtest
+from services.runtime.assembly import build_services
 from tests.audit import Ledger, read_ledger, rebuild_and_compare, terminal_updates_per_order
 from tests.conftest import delete_namespaces
 
@@ -97,7 +97,15 @@ class Account:
         self.starts: Counter = Counter()
 
     def command(self, service: str) -> list[str]:
-        command = [sys.executable, "-m", "services.cli", "run", service, "--out", str(self.out)]
+        command = [
+            sys.executable,
+            "-m",
+            "services.commands.cli",
+            "run",
+            service,
+            "--out",
+            str(self.out),
+        ]
         if service == "market-data":
             command += ["--synthetic", "--bars", str(self.bars), "--speed", "max"]
         return command

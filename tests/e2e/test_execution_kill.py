@@ -26,7 +26,7 @@ import redis
 
 from engine.bus import RedisBus
 from engine.events import BarSet, OrderRequest, make_event
-from services.account import bind_account, open_account
+from services.runtime.account import bind_account, open_account
 from tests.audit import read_ledger, terminal_updates_per_order
 from tests.conftest import delete_namespaces
 
@@ -86,7 +86,7 @@ def test_execution_killed_mid_batch_neither_loses_nor_doubles_an_order(redis_url
         "DEEPFACTOR_LOG__LEVEL": "info",
         "DEEPFACTOR_BROKER__FEE_RATE": "0.001",
     }
-    command = [sys.executable, "-m", "services.cli", "run", "execution", "--out", str(out)]
+    command = [sys.executable, "-m", "services.commands.cli", "run", "execution", "--out", str(out)]
     log = tmp_path / "execution.log"
     processes: list[subprocess.Popen] = []
 

@@ -14,7 +14,7 @@ from brokers.simulated import DUPLICATE_SUBMIT
 from engine.config import load_config
 from engine.data import synthetic_panel
 from engine.events import TERMINAL_ORDER_STATUSES, Envelope, make_event
-from services.backtest import Backtest
+from services.commands.backtest import Backtest
 from tests.audit import Ledger, read_ledger, rebuild_and_compare, terminal_updates_per_order
 
 BARS = 90

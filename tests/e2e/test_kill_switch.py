@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def cli(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -72,7 +72,7 @@ def test_halt_flatten_status_and_resume_against_a_running_paper_account(short_tm
     }
     log = short_tmp / "paper.log"  # a file, not a pipe nobody reads while it runs
     paper = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", "3000",
+        [sys.executable, "-m", "services.commands.cli", "paper", "--synthetic", "--bars", "3000",
          "--speed", "12", "--out", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )  # fmt: skip

@@ -14,7 +14,7 @@ from engine.bus import EmbeddedRedis, RedisBus
 from engine.bus.redis_streams import RedisDataLostError
 from engine.config import load_config
 from engine.data.ccxt_source import CcxtOhlcvSource
-from services.paper import run_live_paper
+from services.runtime.paper import run_live_paper
 from tests.audit import read_ledger, rebuild_and_compare, terminal_updates_per_order
 from tests.conftest import delete_namespace
 from tests.fixtures.ccxt_router import BinanceRouter, offline_binance

@@ -20,7 +20,7 @@ CONFIG = ROOT / "deploy/configs/market-model.toml"
 def test_a_paper_run_shows_partial_fills_expiries_and_fees_in_its_ledger(short_tmp):
     out = short_tmp / "market"
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "paper", "--config", str(CONFIG), "--data",
+        [sys.executable, "-m", "services.commands.cli", "paper", "--config", str(CONFIG), "--data",
          str(DATA), "--bars", "400", "--speed", "max", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

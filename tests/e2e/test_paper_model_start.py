@@ -31,8 +31,8 @@ def test_paper_trains_its_model_on_the_history_before_its_start(short_tmp: Path)
         "DEEPFACTOR_LOG__LEVEL": "info",
     }
     # 100 bars: the factors warm up on the replay's first ~63 (the fallback serves then).
-    command = [sys.executable, "-m", "services.cli", "paper", "--bars", "100", "--speed", "max",
-               "--out", str(out)]  # fmt: skip
+    command = [sys.executable, "-m", "services.commands.cli", "paper", "--bars", "100",
+               "--speed", "max", "--out", str(out)]  # fmt: skip
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = [json.loads(x) for x in first.stderr.splitlines() if x.startswith("{")]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def paper(out: Path, speed: str, bars: int = 200, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", str(bars),
+        sys.executable, "-m", "services.commands.cli", "paper", "--synthetic", "--bars", str(bars),
         "--speed", speed, "--out", str(out), *extra,
     ]  # fmt: skip
 

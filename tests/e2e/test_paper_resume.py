@@ -29,7 +29,7 @@ BARS = 160
 
 def paper_command(out: Path, speed: str, bars: int = BARS) -> list[str]:
     return [
-        sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", str(bars),
+        sys.executable, "-m", "services.commands.cli", "paper", "--synthetic", "--bars", str(bars),
         "--speed", speed, "--out", str(out),
     ]  # fmt: skip
 

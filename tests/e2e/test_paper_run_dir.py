@@ -25,7 +25,7 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTOR_")}
 
 def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ class SlowRun:
 
     def __init__(self, out: Path, *, own_group: bool = False) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "paper"]
+            [sys.executable, "-m", "services.commands.cli", "paper"]
             + ["--speed", "5", "--bars", "200", "--out", str(out)],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -27,7 +27,7 @@ REPLAY_ENV = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTO
 
 def replay(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "replay", str(run_dir), *options],
+        [sys.executable, "-m", "services.commands.cli", "replay", str(run_dir), *options],
         cwd=ROOT,
         env=REPLAY_ENV,
         capture_output=True,
@@ -183,8 +183,8 @@ def test_an_account_killed_with_sigkill_and_resumed_replays_with_no_difference(r
 
 
 def test_an_order_the_log_lacks_is_extra_and_a_fill_only_the_log_has_is_missing(recorded, tmp_path):
-    from services.replay import load_recorded_run
-    from services.replay import replay as replay_run
+    from services.commands.replay import load_recorded_run
+    from services.commands.replay import replay as replay_run
 
     run_dir = tmp_path / "edited"
     shutil.copytree(recorded, run_dir)

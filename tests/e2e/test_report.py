@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.cli import main
-from services.replay import load_run_config
-from services.report import add_report_command
+from services.commands.cli import main
+from services.commands.replay import load_run_config
+from services.commands.report import add_report_command
 from tests.conftest import delete_namespaces
 from tests.e2e.test_paper_resume import environment, run_to_end
 

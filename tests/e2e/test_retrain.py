@@ -34,7 +34,7 @@ def test_a_retrained_model_is_served_by_the_running_account(short_tmp: Path) -> 
         "DEEPFACTOR_LOG__FORMAT": "json",
     }
     paper = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "paper", "--synthetic", "--bars", "400",
+        [sys.executable, "-m", "services.commands.cli", "paper", "--synthetic", "--bars", "400",
          "--speed", "40", "--out", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -44,7 +44,7 @@ def test_a_retrained_model_is_served_by_the_running_account(short_tmp: Path) -> 
             assert paper.poll() is None and time.monotonic() < deadline, "paper did not start"
             time.sleep(0.05)
         retrain = subprocess.run(
-            [sys.executable, "-m", "services.cli", "retrain", "--once", "--synthetic",
+            [sys.executable, "-m", "services.commands.cli", "retrain", "--once", "--synthetic",
              "--bars", "300", "--out", str(out), "--redis-url",
              f"unix://{out}/redis/redis.sock"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,

@@ -27,8 +27,8 @@ import pytest
 from engine.config import Config, load_config
 from engine.data import Panel, sample_panel
 from engine.events import OrderRequest, RiskAlert, TargetPortfolio
-from services.assembly import replay_start
-from services.backtest import BLOCK_BARS, Backtest
+from services.commands.backtest import BLOCK_BARS, Backtest
+from services.runtime.assembly import replay_start
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "crash-limits.toml"
 # Bar dates (the sample's bars open at 00:00 UTC of their trading day and close a day later):

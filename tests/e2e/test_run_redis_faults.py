@@ -25,7 +25,16 @@ CONSUMERS = ("factor-update", "signal", "rebalance", "execution", "recorder")
 
 
 def command(service: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", "run", service, "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "services.commands.cli",
+        "run",
+        service,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from engine.bus import RedisBus
 from engine.bus.factory import consume_settings
 from engine.clock import SimulatedClock
 from engine.events import Envelope, Fill, RebalanceDue
-from services.assembly import Services, build_services, schedule_trigger
-from services.backtest import Backtest
-from services.market_data import MarketDataService, to_datetime
-from services.quiescence import RedisQuiescence
-from services.runtime import ServiceRunner
+from services.commands.backtest import Backtest
+from services.daemons.market_data import MarketDataService, to_datetime
+from services.runtime.assembly import Services, build_services, schedule_trigger
+from services.runtime.loop import ServiceRunner
+from services.runtime.quiescence import RedisQuiescence
 from tests.audit import (
     Ledger,
     read_ledger,

@@ -11,8 +11,8 @@ import pytest
 from engine.bus import RedisBus
 from engine.config import load_config
 from engine.data import sample_panel
-from services.backtest import Backtest
-from services.paper import run_paper
+from services.commands.backtest import Backtest
+from services.runtime.paper import run_paper
 from tests.audit import read_ledger, rebuild_and_compare, terminal_updates_per_order
 from tests.conftest import delete_namespace
 

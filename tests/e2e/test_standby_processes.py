@@ -57,7 +57,7 @@ def test_standbys_on_another_directory_take_over_killed_services(tmp_path, redis
         elsewhere.mkdir()
         shutil.copy(out / "account.json", elsewhere / "account.json")
         for service in STANDBYS:
-            command = [sys.executable, "-m", "services.cli", "run", service]
+            command = [sys.executable, "-m", "services.commands.cli", "run", service]
             command += ["--out", str(elsewhere), "--instance", "host-b"]
             with (logs / f"{service}.log").open("ab") as log:
                 standbys[service] = subprocess.Popen(

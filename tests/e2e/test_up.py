@@ -29,7 +29,7 @@ START_S = 120.0  # six interpreters importing torch on two busy cores
 
 
 def deepfactor(*args: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "services.commands.cli", *args]
 
 
 def start_up(out: Path, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:

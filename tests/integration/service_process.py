@@ -17,7 +17,7 @@ import threading
 
 from engine.bus import RedisBus
 from engine.events import Envelope
-from services.runtime import ServiceRunner
+from services.runtime.loop import ServiceRunner
 from tests.restarts import INSTANCE, SETTINGS, make_execution, make_rebalance
 
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from engine.bus import RedisBus, keys
 from engine.events import RebalanceDue, decode
 from engine.scheduling import RedisLeadership, build_trigger
-from services.scheduler import SchedulerService
+from services.daemons.scheduler import SchedulerService
 
 T0 = datetime(2024, 5, 3, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

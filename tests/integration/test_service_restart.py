@@ -40,9 +40,9 @@ from engine.events import (
     RebalanceDue,
     Signal,
 )
-from services.backtest import Backtest
-from services.quiescence import RedisQuiescence
-from services.rebalance import RebalanceState
+from services.commands.backtest import Backtest
+from services.daemons.rebalance import RebalanceState
+from services.runtime.quiescence import RedisQuiescence
 from tests.audit import Ledger, terminal_updates_per_order, unique_fills
 from tests.conftest import delete_namespace
 from tests.restarts import (

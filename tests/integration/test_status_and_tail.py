@@ -20,8 +20,8 @@ from engine.events import (
     TargetPortfolio,
     make_event,
 )
-from services.status import account_status, render_status
-from services.tail import check_topics, follow, format_line, run_tail
+from services.commands.status import account_status, render_status
+from services.commands.tail import check_topics, follow, format_line, run_tail
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import pytest
 
 from engine.config import load_config
 from engine.data import synthetic_panel
-from services.backtest import Backtest
+from services.commands.backtest import Backtest
 from tests.audit import read_ledger, rebuild_and_compare, unbalanced_snapshots
 
 

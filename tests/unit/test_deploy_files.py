@@ -3,7 +3,7 @@ a renamed option, a service the CLI no longer has, a config key the schema refus
 that drifted from pyproject's. Each test reads a file the way its tool does (docker compose's
 YAML through a strict subset, systemd units and supervisord.conf through configparser, as
 supervisord itself does) and runs every ``deepfactor`` command line in it through the real
-parser of ``services.cli``, every example config through ``deepfactor config check``.
+parser of ``services.commands.cli``, every example config through ``deepfactor config check``.
 
 What needs a tool this suite cannot assume (docker compose, systemd-analyze, supervisord) is
 not here: ``deploy/verify.sh`` runs those checks where the tools exist.
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.cli import build_parser, main
+from services.commands.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -66,7 +66,9 @@ def parse_command(argv: Sequence[str], where: str) -> argparse.Namespace:
             return build_parser().parse_args(list(argv))
     except SystemExit:
         complaint = (errors.getvalue().strip().splitlines() or ["(no message)"])[-1]
-    pytest.fail(f"{where}: `deepfactor {shlex.join(argv)}` is refused by services.cli: {complaint}")
+    pytest.fail(
+        f"{where}: `deepfactor {shlex.join(argv)}` is refused by the command line: {complaint}"
+    )
 
 
 def parse_executable(argv: Sequence[str], where: str) -> argparse.Namespace:
@@ -573,7 +575,7 @@ def test_live_example_cannot_trade_real_money_as_shipped() -> None:
     from brokers.ccxt_exchange import API_KEY_ENV, SECRET_ENV
     from engine.config import load_config
     from engine.errors import ConfigError
-    from services.assembly import make_broker
+    from services.runtime.assembly import make_broker
 
     config = load_config(DEPLOY / "configs" / "live.toml", environ={})
     broker = config.broker

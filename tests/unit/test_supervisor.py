@@ -15,8 +15,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine.config.schema import SupervisorConfig
-from services.run_dir import RunDirectoryInUseError
-from services.supervisor import ChildSpec, Supervisor, SupervisorLock, run_commands
+from services.runtime.run_dir import RunDirectoryInUseError
+from services.runtime.supervisor import ChildSpec, Supervisor, SupervisorLock, run_commands
 
 # A service in miniature: runs until SIGTERM, then exits 0.
 SLEEPER = (

@@ -21,7 +21,7 @@ import time
 from engine.bus import ConsumeSettings, RedisBus
 from engine.clock import WallClock
 from engine.events import Envelope, Heartbeat
-from services.runtime import Handler, Service, ServiceRunner
+from services.runtime.loop import Handler, Service, ServiceRunner
 
 SETTINGS = ConsumeSettings(
     batch_size=100,

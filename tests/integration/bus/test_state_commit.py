@@ -13,7 +13,7 @@ from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus, 
 from engine.bus import keys as bus_keys
 from engine.clock import SimulatedClock
 from engine.events import Envelope, Heartbeat
-from services.runtime import Pump, Service
+from services.runtime.loop import Pump, Service
 from tests.events import T0, heartbeat
 
 

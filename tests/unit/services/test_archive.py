@@ -13,14 +13,14 @@ from engine.bus import ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
 from engine.config import load_config
 from engine.events import Control, Heartbeat, RebalanceDue, encode, make_event
-from services.archive import (
+from services.daemons.archive import (
     ArchiveService,
     EventLogError,
     archive_topics,
     read_event_log,
 )
-from services.assembly import build_services
-from services.runtime import ServiceRunner
+from services.runtime.assembly import build_services
+from services.runtime.loop import ServiceRunner
 from tests.events import bar_set, heartbeat, order_request
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.challenge import challenge
+from services.commands.challenge import challenge
 from strategies.models.models import EqualWeightModel
 from strategies.models.registry import ModelRegistry
 from strategies.models.synthetic import planted_regime_market

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.cli import EXIT_OK, EXIT_USAGE, main
+from services.commands.cli import EXIT_OK, EXIT_USAGE, main
 
 
 def test_config_check_prints_the_validated_config_with_secrets_masked(capsys, monkeypatch):

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from engine.data import load_panel
 from engine.errors import DataError
-from services.data_fetch import fetch_to_file, parse_utc_ms
+from services.commands.data_fetch import fetch_to_file, parse_utc_ms
 from tests.fixtures.ccxt_router import (
     BinanceRouter,
     offline_binance,

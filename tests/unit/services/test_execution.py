@@ -10,7 +10,7 @@ from brokers.simulated import DUPLICATE_SUBMIT, SimulatedBroker
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
 from engine.events import BarSet, Control, Fill, OrderRequest, OrderUpdate, make_event
-from services.execution import ExecutionService
+from services.daemons.execution import ExecutionService
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

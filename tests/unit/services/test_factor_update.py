@@ -14,8 +14,8 @@ from engine.config import FactorConfig, StrategyConfig
 from engine.data import synthetic_panel
 from engine.errors import ConfigError
 from engine.events import RebalanceDue, make_event
-from services.factor_update import FactorUpdateService, factor_label
-from services.market_data import MarketDataService, to_datetime
+from services.daemons.factor_update import FactorUpdateService, factor_label
+from services.daemons.market_data import MarketDataService, to_datetime
 from strategies.evaluation import quantile_spread, rank_ic
 from strategies.factors import FactorInputs, compute_panel
 from strategies.preprocessing import preprocess

@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 
 from engine.bus import MemoryBus
 from engine.data.ccxt_source import CcxtOhlcvSource
-from services.live_market_data import LiveMarketDataService
+from services.daemons.live_market_data import LiveMarketDataService
 from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
 
 MINUTE = 60_000

@@ -13,7 +13,7 @@ from engine.clock import SimulatedClock
 from engine.data import synthetic_panel
 from engine.events import BarSet, RebalanceDue
 from engine.scheduling import build_trigger
-from services.market_data import MarketDataService, replay_steps, to_datetime
+from services.daemons.market_data import MarketDataService, replay_steps, to_datetime
 
 
 def test_tick_at_a_bar_close_comes_after_that_bar_and_decides_on_it():

@@ -9,7 +9,7 @@ import pytest
 
 from engine.config import PortfolioConfig, RiskConfig
 from engine.portfolio.lots import LotRules
-from services.order_plan import plan_orders
+from services.daemons.order_plan import plan_orders
 
 T = datetime(2024, 3, 1, tzinfo=UTC)
 RISK = RiskConfig(enabled=False, price_collar=0.0)

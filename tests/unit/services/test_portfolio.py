@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine.events import Fill
-from services.portfolio import PortfolioBook
+from services.daemons.portfolio import PortfolioBook
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UsageError
-from services.preflight import check_output_dir, check_output_file
+from services.commands.preflight import check_output_dir, check_output_file
 
 
 def test_a_new_nested_directory_passes_and_is_not_left_behind(tmp_path):

@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("torch", "sklearn", "cvxpy", "scipy", "pandas", "ccxt")
 
 # What a consumer process does before it consumes: the CLI validates the config
-# (services.cli._validated_config), then builds its one service (services.standalone).
+# (services.commands.cli._validated_config), then builds its one service
+# (services.runtime.standalone).
 CONSUMER = """
 import json, sys, tempfile
 from pathlib import Path
 from engine.bus import MemoryBus
 from engine.config import load_config
-from services.assembly import validate
-from services.standalone import EventTimeClock, build_service
+from services.runtime.assembly import validate
+from services.runtime.standalone import EventTimeClock, build_service
 
 config = load_config(None, environ={{}})
 validate(config)
@@ -36,8 +37,9 @@ assert service.name == {name!r}
 print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
-# The replay process (services.cli._run_service, services.feed.run_market_data): validates,
-# makes the synthetic market, and builds every service to learn their groups and topics.
+# The replay process (services.commands.cli._run_service,
+# services.runtime.feed.run_market_data): validates, makes the synthetic market, and builds every
+# service to learn their groups and topics.
 MARKET_DATA = """
 import json, sys
 from datetime import UTC, datetime
@@ -45,8 +47,8 @@ from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
 from engine.config import load_config
 from engine.data.sources import SyntheticSource
-from services.assembly import build_services, validate
-import services.feed
+from services.runtime.assembly import build_services, validate
+import services.runtime.feed
 
 config = load_config(None, environ={{}})
 validate(config)

@@ -33,7 +33,7 @@ from engine.events import (
     TargetPortfolio,
     make_event,
 )
-from services.rebalance import RebalanceService
+from services.daemons.rebalance import RebalanceService
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

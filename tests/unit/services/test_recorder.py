@@ -9,7 +9,7 @@ import msgspec
 from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
 from engine.events import Fill, OrderRequest, OrderUpdate, PortfolioSnapshot, make_event
-from services.recorder import RecorderService
+from services.daemons.recorder import RecorderService
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 

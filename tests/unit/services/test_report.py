@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.report import EXIT_OK, EXIT_USAGE, add_report_command
-from services.report_data import RiskSettings, RunRecord, equal_weight_curve
-from services.report_figures import (
+from services.commands.report import EXIT_OK, EXIT_USAGE, add_report_command
+from services.commands.report_data import RiskSettings, RunRecord, equal_weight_curve
+from services.commands.report_figures import (
     as_of,
     rolling_historical_var,
     stop_drawdown,

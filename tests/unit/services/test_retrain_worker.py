@@ -8,7 +8,7 @@ import threading
 from structlog.testing import capture_logs
 
 from engine.scheduling import build_trigger
-from services.retrain import run_worker
+from services.commands.retrain import run_worker
 
 
 def test_the_worker_keeps_firing_after_a_failed_job():

@@ -15,15 +15,15 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import UsageError
-from services.cli import main
-from services.run_dir import RunDirectory, RunDirectoryInUseError, resolved_config_text
+from services.commands.cli import main
+from services.runtime.run_dir import RunDirectory, RunDirectoryInUseError, resolved_config_text
 
 ROOT = Path(__file__).resolve().parents[3]
 # Takes the lock on argv[1], starts a child that would outlive it (as a redis-server would),
 # prints that child's pid, then waits to be killed.
 HOLDER = """
 import subprocess, sys, time
-from services.run_dir import RunDirectory
+from services.runtime.run_dir import RunDirectory
 
 RunDirectory(sys.argv[1]).acquire()
 child = subprocess.Popen(["sleep", "60"], close_fds=False)

@@ -34,11 +34,11 @@ from engine.events import (
     make_event,
 )
 from engine.logging import configure_logging
-from services.archive import ArchiveService
-from services.assembly import build_services
-from services.execution import ExecutionService
-from services.runtime import HandlerFailedError, Pump, Service, ServiceRunner
-from services.standalone import RecorderProcess
+from services.daemons.archive import ArchiveService
+from services.daemons.execution import ExecutionService
+from services.runtime.assembly import build_services
+from services.runtime.loop import HandlerFailedError, Pump, Service, ServiceRunner
+from services.runtime.standalone import RecorderProcess
 from tests.events import heartbeat, order_request
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

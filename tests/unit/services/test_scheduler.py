@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from engine.bus import MemoryBus
 from engine.events import RebalanceDue
 from engine.scheduling import build_trigger
-from services.scheduler import SchedulerService, last_close_at_or_before
+from services.daemons.scheduler import SchedulerService, last_close_at_or_before
 
 
 def test_last_close_is_the_bar_boundary_at_or_before_the_fire_time():

@@ -17,11 +17,11 @@ from engine.bus import ConsumeSettings, MemoryBus
 from engine.clock import SimulatedClock
 from engine.data import synthetic_panel
 from engine.events import Control, Envelope, OrderRequest, make_event
-from services.backtest import Backtest
-from services.portfolio import FILL_IDS_KEPT
-from services.rebalance import RebalanceService, RebalanceState
-from services.recorder import RecorderService
-from services.runtime import Service, ServiceRunner, StateError
+from services.commands.backtest import Backtest
+from services.daemons.portfolio import FILL_IDS_KEPT
+from services.daemons.rebalance import RebalanceService, RebalanceState
+from services.daemons.recorder import RecorderService
+from services.runtime.loop import Service, ServiceRunner, StateError
 from tests.events import T0
 from tests.restarts import (
     handled_events,

@@ -16,8 +16,8 @@ from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
 from engine.config import FactorConfig
 from engine.events import Control, FactorSnapshot, Signal, make_event
-from services.runtime import Pump
-from services.signal import SignalService
+from services.daemons.signal import SignalService
+from services.runtime.loop import Pump
 from strategies.models.features import MARKET_FEATURES
 from strategies.models.models import TrailingICModel
 from strategies.models.registry import ModelRegistry

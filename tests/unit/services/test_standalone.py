@@ -15,9 +15,9 @@ from engine.clock import WallClock
 from engine.config import load_config
 from engine.errors import UsageError
 from engine.events import Control, PortfolioSnapshot, make_event
-from services.account import open_account
-from services.run_dir import RunDirectory, RunDirectoryInUseError
-from services.standalone import (
+from services.runtime.account import open_account
+from services.runtime.run_dir import RunDirectory, RunDirectoryInUseError
+from services.runtime.standalone import (
     EventTimeClock,
     ProcessLocks,
     RecorderProcess,

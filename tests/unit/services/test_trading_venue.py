@@ -16,7 +16,7 @@ from engine.bus import MemoryBus
 from engine.clock import WallClock
 from engine.config import load_config
 from engine.errors import ConfigError
-from services.assembly import build_services, make_broker, trading_venue
+from services.runtime.assembly import build_services, make_broker, trading_venue
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"DEEPFACTOR_EXCHANGE_API_KEY": "test-key-0123", "DEEPFACTOR_EXCHANGE_SECRET": "secret-987"}
@@ -74,7 +74,7 @@ def test_a_live_paper_run_trades_on_the_exchange_itself():
 def cli(*arguments: str, **settings: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEEPFACTOR_BUS__REDIS_URL": "redis://127.0.0.1:6379/9", **settings}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *arguments],
+        [sys.executable, "-m", "services.commands.cli", *arguments],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -99,7 +99,7 @@ def test_commands_refuse_an_exchange_broker_on_replayed_bars_before_starting(tmp
 
 def test_live_candles_bring_the_exchange_market_rules_to_the_paper_broker_and_rebalancer():
     from engine.data.ccxt_source import CcxtOhlcvSource
-    from services.paper import market_rules
+    from services.runtime.paper import market_rules
     from tests.fixtures.ccxt_router import BinanceRouter, offline_binance
 
     router = BinanceRouter(now_ms=1_704_067_500_000, listed_ms=1_704_067_200_000)

@@ -25,7 +25,7 @@ from engine.data.ccxt_source import CcxtOhlcvSource
 from engine.data.quality import REASONS, bar_problems, close_only_problems
 from engine.errors import DataError
 from engine.logging import configure_logging
-from services.market_data import MarketDataService
+from services.daemons.market_data import MarketDataService
 
 HEADER = "timestamp,symbol,open,high,low,close,volume\n"
 ISO_HOURS = ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z", "2024-01-01T02:00:00Z"]
