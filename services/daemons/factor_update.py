@@ -198,8 +198,7 @@ class FactorUpdateService(Service):
         block = event.payload
         assert isinstance(block, BarBlock)
         if self.strategy.compute_on == "bar" or self._waiting or not self.requests:
-            for bars in block.rows():  # a snapshot per bar, or a tick waits on one of them
-                self._after_ingest(self._ingest(bars), event)
+            self.handle_rows(event)  # a snapshot per bar, or a tick waits on one of them
             return
         self._after_ingest(self._ingest_block(block), event)
 

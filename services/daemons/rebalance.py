@@ -371,8 +371,7 @@ class RebalanceService(Service):
         close = block.matrix("close")
         assert close is not None
         if self.open_orders or self.pending or self.stop_possible(block.symbols, close):
-            for bars in block.rows():  # bar by bar, as it was sent for
-                self._take_bars(bars, event)
+            self.handle_rows(event)  # bar by bar, as it was sent for
             return
         rows = np.flatnonzero(~np.isnan(close).all(axis=1))
         if len(rows) == 0:

@@ -42,7 +42,17 @@ from engine.bus.processing import SERVICE
 from engine.bus.redis_streams import RedisBus
 from engine.clock import Clock
 from engine.errors import BusError
-from engine.events import Control, Envelope, EventPayload, Heartbeat, make_event
+from engine.events import (
+    BarBlock,
+    BarSet,
+    Control,
+    Envelope,
+    EventPayload,
+    Heartbeat,
+    PortfolioMarks,
+    PortfolioSnapshot,
+    make_event,
+)
 from engine.version import VERSION
 
 log = structlog.get_logger("services.runtime.loop")
@@ -95,6 +105,11 @@ def decode_state(blob: bytes, state_type: type[S], version: int, service: str) -
 
 
 Handler = Callable[[Envelope], None]
+# Backtest-only block events and the row type each one carries (``Service.handle_rows``).
+BLOCK_ROWS: dict[type[EventPayload], type[EventPayload]] = {
+    BarBlock: BarSet,
+    PortfolioMarks: PortfolioSnapshot,
+}
 
 
 class Service:
@@ -122,6 +137,10 @@ class Service:
         self._outbox: list[tuple[str, list[Envelope]]] | None = None
         self._dispatch: dict[type[EventPayload], Handler] = {Control: self._on_control}
         self._dispatch.update(self.handlers())
+        # The block adapter: a service without a matrix path for a block type takes its rows.
+        for block_type, row_type in BLOCK_ROWS.items():
+            if row_type in self._dispatch and block_type not in {*self._dispatch, *self.ignores}:
+                self._dispatch[block_type] = self.handle_rows
 
     def handlers(self) -> dict[type[EventPayload], Handler]:
         """Return the handler of each payload type this service consumes."""
@@ -157,6 +176,19 @@ class Service:
                 f"{sorted(t.__name__ for t in self._dispatch)}; add a handler or list it in "
                 f"{type(self).__name__}.ignores"
             )
+
+    def handle_rows(self, event: Envelope) -> None:
+        """Hand each row of a block event (a backtest's BarBlock or PortfolioMarks) to the
+        handler of its row type, as if the rows had been sent one by one.
+
+        The one place a block becomes rows: a service with no matrix path gets this as its
+        block handler, and one with a matrix path calls it when it cannot take the block whole
+        (orders in flight, a stop that may trigger)."""
+        payload = event.payload
+        row_type = BLOCK_ROWS[type(payload)]
+        handler = self._dispatch[row_type]
+        for row in payload.rows():  # type: ignore[attr-defined]
+            handler(msgspec.structs.replace(event, type=row_type.TYPE, payload=row))
 
     def emit(self, payloads: Iterable[EventPayload], corr: str, ts: datetime | None = None) -> None:
         """Publish ``payloads`` in order, batching runs that share a topic.

@@ -346,19 +346,37 @@ def consume_portfolio(service: Service) -> ConsumerLoop:
     return loop
 
 
+class MarksOnly(SnapshotsOnly):
+    """Handles the block type only: its rows' type (snapshots) is not taken for it."""
+
+    name = "marks-only"
+
+    def handlers(self):
+        return {PortfolioMarks: lambda event: self.seen.append(event.type)}
+
+
 def test_a_type_neither_handled_nor_ignored_is_dead_lettered_naming_it():
+    bus = MemoryBus()
+    service = MarksOnly(bus, SimulatedClock(T0))
+    loop = consume_portfolio(service)
+    assert service.seen == ["PortfolioMarks"]
+    assert loop.stats.dead_lettered == 1 and loop.consumer.pending_count() == 0
+    (dead,) = bus.dead_letters()
+    assert (dead.topic, dead.group) == ("portfolio", "marks-only")
+    assert dead.reason.startswith(
+        "handler raised TypeError: service marks-only does not handle PortfolioSnapshot "
+        "(type 'PortfolioSnapshot') on topic 'portfolio'"
+    )
+    assert "MarksOnly.ignores" in dead.reason
+
+
+def test_a_service_without_a_matrix_path_takes_a_block_as_its_rows():
     bus = MemoryBus()
     service = SnapshotsOnly(bus, SimulatedClock(T0))
     loop = consume_portfolio(service)
-    assert service.seen == ["PortfolioSnapshot"]
-    assert loop.stats.dead_lettered == 1 and loop.consumer.pending_count() == 0
-    (dead,) = bus.dead_letters()
-    assert (dead.topic, dead.group) == ("portfolio", "snapshots-only")
-    assert dead.reason.startswith(
-        "handler raised TypeError: service snapshots-only does not handle PortfolioMarks "
-        "(type 'PortfolioMarks') on topic 'portfolio'"
-    )
-    assert "SnapshotsOnly.ignores" in dead.reason
+    # The snapshot, then the marks' one row, as a snapshot (the block adapter).
+    assert service.seen == ["PortfolioSnapshot", "PortfolioSnapshot"]
+    assert loop.stats.processed == 2 and bus.dead_letters() == []
 
 
 def test_a_type_listed_in_ignores_is_acknowledged_with_no_effect():
@@ -367,7 +385,7 @@ def test_a_type_listed_in_ignores_is_acknowledged_with_no_effect():
         ignores: ClassVar[frozenset[type[EventPayload]]] = frozenset({PortfolioMarks})
 
     bus = MemoryBus()
-    service = SnapshotsIgnoringMarks(bus, SimulatedClock(T0))
+    service = SnapshotsIgnoringMarks(bus, SimulatedClock(T0))  # ignored: not taken as rows
     loop = consume_portfolio(service)
     assert service.seen == ["PortfolioSnapshot"]
     assert loop.stats.processed == 2 and loop.stats.failed == 0
