@@ -25,6 +25,7 @@ import structlog
 
 from engine.data.panel import Panel
 from engine.errors import DataError
+from engine.progress import JobProgress
 
 log = structlog.get_logger("engine.data")
 T = TypeVar("T")
@@ -238,12 +239,15 @@ class CcxtOhlcvSource:
                 f"valid timeframes: {', '.join(timeframes) or 'none listed'}"
             )
 
-    def history(self, since_ms: int, until_ms: int | None = None) -> CandlesBySymbol:
+    def history(
+        self, since_ms: int, until_ms: int | None = None, progress: JobProgress | None = None
+    ) -> CandlesBySymbol:
         """Return every closed candle opening in [since_ms, until_ms), per symbol, oldest first.
 
         ``until_ms`` None means up to now. Pages are requested from ``since_ms`` on, each
         starting 1 ms after the last candle received, until ``until_ms`` or the present is
         reached, or the exchange returns an empty page or one that does not move forward.
+        ``progress`` counts the symbols done.
 
         Raises
         ------
@@ -256,6 +260,8 @@ class CcxtOhlcvSource:
         for symbol in self.symbols:
             raw = self._fetch_pages(symbol, since_ms, end_ms, now_ms)
             result[symbol] = self._clean(symbol, raw, since_ms, end_ms, now_ms, previous_ms=None)
+            if progress is not None:
+                progress.update(symbol=symbol, candles=len(result[symbol]))
         return result
 
     def poll_closed(self, since_ms: int) -> CandlesBySymbol:

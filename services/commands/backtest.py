@@ -13,6 +13,7 @@ from engine.bus import MemoryBus
 from engine.clock import SimulatedClock
 from engine.config import Config
 from engine.data import Panel
+from engine.progress import JobProgress
 from services.commands.report_data import write_backtest_frames
 from services.daemons.market_data import MarketDataService, to_datetime
 from services.daemons.signal import CHECKPOINT_KINDS
@@ -41,9 +42,7 @@ class Backtest:
         self.services: Services = build_services(config, self.bus, self.clock)
         if config.model.walk_forward and config.strategy.name in CHECKPOINT_KINDS:
             self.walk_forward = _walk_forward(config, panel)
-            self.services.signal.serve_schedule(
-                self.walk_forward.schedule[config.strategy.name]
-            )
+            self.services.signal.serve_schedule(self.walk_forward.schedule[config.strategy.name])
         self.market = MarketDataService(
             self.bus, panel, schedule_trigger(config), config.schedule.name, self.clock
         )
@@ -68,6 +67,7 @@ class Backtest:
         started = time.perf_counter()
         market, pump = self.market, self.pump
         published = 0
+        progress = JobProgress("backtest", self.panel.n_bars, "bar")
         for count, tick in [*market.ticks(), (self.panel.n_bars, None)]:
             while published < count:
                 stop = published + 1
@@ -81,10 +81,12 @@ class Backtest:
                         stop = published + 1
                 market.publish_bars(published, stop)
                 pump.pump()
+                progress.update(stop - published)
                 published = stop
             if tick is not None:
                 market.publish(tick)
                 pump.pump()
+        progress.close()
         market.end_of_data()
         pump.pump()
         summary = self.services.recorder.summary(

@@ -20,6 +20,7 @@ import structlog
 
 from engine.data.ccxt_source import CcxtOhlcvSource, iso_utc
 from engine.errors import DataError
+from engine.progress import JobProgress
 
 if TYPE_CHECKING:
     import ccxt
@@ -140,7 +141,8 @@ def fetch_to_file(
         clock=clock,
         sleep=sleep,
     )
-    rows = source.history(since_ms, until_ms)
+    with JobProgress("data_fetch", len(source.symbols), "symbol", exchange=exchange_id) as done:
+        rows = source.history(since_ms, until_ms, done)
     frame = source.to_frame(rows)
     if frame.empty:
         window = f"{iso_utc(since_ms)} .. {iso_utc(until_ms) if until_ms is not None else 'now'}"

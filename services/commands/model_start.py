@@ -13,6 +13,7 @@ import structlog
 from engine.config import Config
 from engine.data import Panel
 from engine.errors import DataError
+from engine.progress import JobProgress
 from services.commands.model_data import period_data
 from services.commands.train import settings_of, training_record
 from services.daemons.signal import CHECKPOINT_KINDS
@@ -41,7 +42,10 @@ def ensure_model(config: Config, history: Panel) -> str | None:
         data = period_data(config, history)
         rows = data.usable_before(data.n_periods - 1)
         settings = settings_of(config)
-        model, report = fit(kind, data, rows, settings)
+        with JobProgress("model_start", settings.epochs, "epoch", bar=False, model=kind) as epochs:
+            model, report = fit(
+                kind, data, rows, settings, lambda row: epochs.update(loss=row["loss"])
+            )
     except (DataError, ModelError) as error:
         log.warning(
             "paper.model_not_trained",

@@ -26,6 +26,7 @@ from apscheduler.triggers.base import BaseTrigger
 from engine.config import Config
 from engine.data import Panel
 from engine.events import Control, make_event
+from engine.progress import JobProgress
 from services.commands.challenge import Verdict, challenge
 from services.commands.model_data import period_data
 from services.commands.train import settings_of, training_record
@@ -51,7 +52,8 @@ def retrain_once(config: Config, panel: Panel, kind: str, device: str | None = N
     settings = settings_of(config, device)
     data = period_data(config, panel)
     rows = data.usable_before(data.n_periods - 1)
-    model, report = fit(kind, data, rows, settings)
+    with JobProgress("retrain", settings.epochs, "epoch", bar=False, model=kind) as epochs:
+        model, report = fit(kind, data, rows, settings, lambda row: epochs.update(loss=row["loss"]))
     registry = ModelRegistry(config.model.registry)
     verdict = challenge(registry, kind, model, data, report.validation)
     version = registry.save(

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from engine.config import Config
 from engine.data import Panel
+from engine.progress import JobProgress
 from services.commands.challenge import challenge
 from services.commands.model_data import period_data
 from services.daemons.factor_update import factor_label
@@ -162,6 +163,7 @@ def run_train(
     data = period_data(config, panel)
     kinds = tuple(dict.fromkeys((kind, *baselines)))
     bar = _EpochBar(stream, progress)
+    epochs = JobProgress("train", None, "epoch", stream=stream, bar=False, model=kind)
     log.info(
         "train.started",
         model=kind,
@@ -175,6 +177,7 @@ def run_train(
         if row["epoch"] == 1:
             bar.open(f"{kind} fit", settings.epochs)
         bar(row)
+        epochs.update(loss=row["loss"])
 
     def on_window(entry: dict[str, Any]) -> None:
         bar.close()
@@ -184,7 +187,12 @@ def run_train(
         result = walk_forward(data, kinds, settings, on_progress, on_window)
         final_rows = data.usable_before(data.n_periods - 1)
         bar.open(f"{kind} final", settings.epochs)
-        model, fit_report = fit(kind, data, final_rows, settings, bar)
+
+        def on_final(row: dict[str, Any]) -> None:
+            bar(row)
+            epochs.update(loss=row["loss"])
+
+        model, fit_report = fit(kind, data, final_rows, settings, on_final)
     finally:
         bar.close()
     summary = result.summary()
