@@ -104,6 +104,7 @@ class MarketDataService:
         self.bars_published = 0
         self.ticks_published = 0
         self.rejected = 0
+        self._logged_not_closed = False
         self._problems: np.ndarray | None = None
         self._problem_rows = np.zeros(0, dtype=bool)
         self._now = lambda: datetime.now(UTC)
@@ -130,8 +131,20 @@ class MarketDataService:
         problems = self._check_panel()
         valid = self._valid[index]
         if self._bar_open[index] + self._bar_delta > self._now():  # a bar exists once closed
-            reasons = dict.fromkeys(np.flatnonzero(valid).tolist(), "bar has not closed yet")
-        elif self._problem_rows[index]:
+            # Every later bar is open too: one line for the first, not one per symbol and bar
+            # (a replay running past today would otherwise log millions).
+            dropped = int(valid.sum())
+            if not self._logged_not_closed and dropped:
+                self._logged_not_closed = True
+                log.warning(
+                    "data.not_closed",
+                    bar_time=self._bar_open[index].isoformat().replace("+00:00", "Z"),
+                    symbols=dropped,
+                    now=self._now().isoformat().replace("+00:00", "Z"),
+                )
+            self.rejected += dropped
+            return np.zeros_like(valid)
+        if self._problem_rows[index]:
             reasons = {
                 column: REASONS[problem]
                 for column, problem in enumerate(problems[index].tolist())

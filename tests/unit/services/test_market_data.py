@@ -117,10 +117,9 @@ def test_a_still_forming_last_bar_is_rejected_by_its_close_not_its_open():
         assert market.bar_set(1) is not None
         assert market.bar_set(2) is None
     assert market.rejected == 2
-    rejected = [e for e in logs if e["event"] == "data.rejected"]
-    assert [(e["symbol"], e["reason"], e["bar_time"]) for e in rejected] == [
-        (symbol, "bar has not closed yet", "2024-01-03T00:00:00Z") for symbol in panel.symbols
-    ]
+    (line,) = [e for e in logs if e["event"].startswith("data.")]
+    assert line["event"] == "data.not_closed" and line["bar_time"] == "2024-01-03T00:00:00Z"
+    assert line["symbols"] == 2 and line["now"] == "2024-01-03T01:00:00Z"
 
     blocks = MarketDataService(MemoryBus(), panel, None, "none")
     blocks._now = lambda: now
@@ -128,3 +127,16 @@ def test_a_still_forming_last_bar_is_rejected_by_its_close_not_its_open():
     assert blocks.rejected == 2
     assert np.isnan(block.matrix("close")[2]).all()
     assert (block.matrix("close")[:2] == panel.close[:2]).all()
+
+
+def test_a_replay_past_now_logs_one_line_not_one_per_symbol_and_bar():
+    from datetime import datetime
+
+    panel = synthetic_panel(50, 40, start="2024-01-01")
+    market = MarketDataService(MemoryBus(), panel, None, "none")
+    market._now = lambda: datetime(2024, 1, 11, tzinfo=UTC)  # bar i closes on Jan 2 + i days
+    with capture_logs() as logs:
+        published = [market.bar_set(i) is not None for i in range(40)]
+    assert published == [True] * 10 + [False] * 30
+    assert market.rejected == 30 * 50
+    assert [e["event"] for e in logs if e["event"].startswith("data.")] == ["data.not_closed"]
