@@ -139,6 +139,18 @@ class Consumer(ABC):
         the bus cannot tell (Redis before 7)."""
         return None
 
+    @abstractmethod
+    def guard_duplicates(self) -> None:
+        """From now on, let a commit publish only while no member of the group applied its
+        events yet; a commit that finds them applied only acknowledges its deliveries and
+        publishes nothing (``bus.commit_superseded``). For a group whose members consume at
+        once without a lease (signal): a member that stalled past ``claim_idle_ms`` and lost
+        its message to another member's reclaim must not publish that message's outputs a
+        second time. The check and the commit are one atomic step, so of two members
+        committing one message exactly one publishes. Commit one delivery at a time with it
+        (``commit_each_message``): an outbox cannot be split by delivery, and a batch of
+        which only part was applied elsewhere raises ``BusError``."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op where nothing is held
         """Release resources; unacknowledged deliveries stay pending for reclaim."""
 
@@ -180,6 +192,19 @@ class Bus(ABC):
         has consumed and acknowledged, oldest first: what a restarted service replays to
         rebuild its state (messages still pending are read again first by a member of the same
         name, so they are left out here). Trimmed topics keep only their last entries."""
+
+    @abstractmethod
+    def history_until(
+        self, topic: str, message_id: str, count: int, after: str | None = None
+    ) -> list[tuple[str, Envelope]]:
+        """Return the last ``count`` events of ``topic`` whose message id is at most
+        ``message_id`` (and above ``after`` when given), oldest first, each with its message id.
+
+        What any member of any group sees the same way, whichever messages it was handed: a
+        stateless service that reads a window of a topic (signal: the last ``lookback``
+        snapshots up to the one in hand) gets the same window on every instance. Entries that
+        do not decode are left out (logged); trimmed topics keep only their last entries.
+        """
 
     @abstractmethod
     def load_state(self, group: str) -> bytes | None:

@@ -12,16 +12,26 @@ does.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
+import structlog
 
 from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, Outbox, check_topic
-from engine.errors import EventDecodeError
+from engine.errors import BusError, EventDecodeError
 from engine.events import Envelope, decode, encode
+
+log = structlog.get_logger("engine.bus")
+
+
+def _sequence(message_id: str) -> tuple[int, int]:
+    # "N-M" as numbers, the order of Redis stream ids (ours are all "N-0").
+    first, _, second = message_id.partition("-")
+    return int(first), int(second or 0)
 
 
 class _Delivered(msgspec.Struct, frozen=True, gc=False):
@@ -136,6 +146,35 @@ class MemoryBus(Bus):
                     break
             return out[::-1]
 
+    def history_until(
+        self, topic: str, message_id: str, count: int, after: str | None = None
+    ) -> list[tuple[str, Envelope]]:
+        check_topic(topic)
+        if count <= 0:
+            return []
+        with self._lock:
+            entries = self._topics.get(topic, [])
+            # Ids increase along a topic's log: find the bounds by bisection.
+            stop = bisect.bisect_right(
+                entries, _sequence(message_id), key=lambda entry: _sequence(entry[0])
+            )
+            start = 0
+            if after is not None:
+                start = bisect.bisect_right(
+                    entries, _sequence(after), key=lambda entry: _sequence(entry[0])
+                )
+            window = entries[max(start, stop - count) : stop]
+        out: list[tuple[str, Envelope]] = []
+        for entry_id, item in window:
+            if isinstance(item, Envelope):
+                out.append((entry_id, item))
+                continue
+            try:
+                out.append((entry_id, decode(item)))
+            except EventDecodeError:
+                log.warning("bus.history_skipped", topic=topic, message_id=entry_id)
+        return out
+
     def load_state(self, group: str) -> bytes | None:
         with self._lock:
             return self._states.get(group)
@@ -182,6 +221,7 @@ class MemoryConsumer(Consumer):
         self._processed = bus._processed[group]
         # Per topic still being replayed: index of the last own pending entry handed out.
         self._history: dict[str, int] | None = {topic: -1 for topic in topics}
+        self._guarded = False  # guard_duplicates
 
     def _take_own(self, count: int) -> list[Delivery]:
         """Hand out up to ``count`` per topic of this member's pending entries after the
@@ -309,10 +349,38 @@ class MemoryConsumer(Consumer):
         with self._lock:
             self._ack(deliveries)
 
+    def guard_duplicates(self) -> None:
+        self._guarded = True
+
+    def _applied_elsewhere(self, deliveries: Sequence[Delivery]) -> bool:
+        # Under the bus lock: whether another member committed these events first.
+        processed = self._processed
+        applied = [
+            d.event.id for d in deliveries if d.event is not None and d.event.id in processed
+        ]
+        if not applied:
+            return False
+        if len(applied) < len(deliveries):
+            raise BusError(
+                f"group {self.group}: {len(applied)} of the {len(deliveries)} deliveries of "
+                "one guarded commit were applied by another member; commit each message on "
+                "its own (commit_each_message) when guarding against duplicates"
+            )
+        log.warning(
+            "bus.commit_superseded",
+            group=self.group,
+            consumer=self.name,
+            event_ids=applied[:10],
+        )
+        return True
+
     def commit(
         self, deliveries: Sequence[Delivery], state: bytes | None = None, publish: Outbox = ()
     ) -> None:
         with self._lock:
+            if self._guarded and self._applied_elsewhere(deliveries):
+                self._ack(deliveries)
+                return
             for topic, events in publish:
                 if events:
                     self._bus.publish_many(topic, events)

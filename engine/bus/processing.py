@@ -117,6 +117,9 @@ class ConsumerLoop:
     # Takes the events the handlers staged since the last commit (a service's outbox), to be
     # appended in the commit itself; None: handlers publish directly.
     outbox: Callable[[], Outbox] | None = None
+    # Told each delivery just before its handler runs (and before each retry of it): where
+    # the event sits on its topic, for a handler that reads the topic around it (signal).
+    on_delivery: Callable[[Delivery], None] | None = None
     _last_reclaim: float | None = None
     # What a stop during a retry left unhandled, in order; handled before anything else.
     _held: list[Delivery] = field(default_factory=list)
@@ -191,7 +194,7 @@ class ConsumerLoop:
         """
         handler = self.handler
         commit_each = self.settings.commit_each_message
-        snapshot, outbox = self.snapshot, self.outbox
+        snapshot, outbox, on_delivery = self.snapshot, self.outbox, self.on_delivery
         corr_var = CORR.var
         applied: list[Delivery] = []
         duplicates: list[Delivery] = []
@@ -212,6 +215,8 @@ class ConsumerLoop:
                     if outer is None:
                         outer = token
                     bound_corr = event.corr
+                if on_delivery is not None:
+                    on_delivery(delivery)
                 try:
                     handler(event)
                 except BusError:  # the bus itself failed under the handler: not the message's
@@ -282,6 +287,8 @@ class ConsumerLoop:
                 return _INTERRUPTED
             attempt += 1
             delay = min(delay * 2, settings.retry_backoff_max_s)
+            if self.on_delivery is not None:
+                self.on_delivery(delivery)
             try:
                 self.handler(event)
             except BusError:

@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from engine.bus import keys
 from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, Outbox, check_topic
+from engine.bus.connect import redis_client
 from engine.errors import BusError, BusUnavailableError, EventDecodeError
 from engine.events import Envelope, decode, encode
 from engine.events.topics import LEDGER_TOPICS
@@ -43,11 +44,24 @@ def _text(value: bytes | str) -> str:
 
 
 _WATCH_RETRIES = 5
+# A guarded commit WATCHes the group's processed set, which every commit of every member
+# changes: an abort means another member made progress, so it is retried longer.
+_GUARD_RETRIES = 100
 
 
 class LeaseLostError(BusError):
     """This instance no longer holds its service's lock (``guard_lease``): another instance
     is active, and nothing of this write was written."""
+
+
+class AlreadyAppliedError(BusError):
+    """A guarded commit (``RedisConsumer.guard_duplicates``) found some of its events already
+    applied by another member of the group; nothing of it was written. ``applied`` says,
+    per event id of the commit, whether it was."""
+
+    def __init__(self, message: str, applied: list[bool]) -> None:
+        super().__init__(message)
+        self.applied = applied
 
 
 class RedisDataLostError(BusError):
@@ -72,20 +86,17 @@ def _exchange(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for logs and error messages."""
+    """``url`` with its password (if any) replaced by ``***``, for logs and error messages
+    (a Sentinel URL's list of hosts included)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable redis url>"
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 class RedisBus(Bus):
@@ -94,7 +105,8 @@ class RedisBus(Bus):
     Parameters
     ----------
     url
-        ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, password allowed in it.
+        ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+sentinel://`` URL
+        (``engine.bus.connect``), password allowed in it.
     stream_maxlen
         Approximate cap per topic stream (MAXLEN ~); the order/fill ledger is never trimmed.
     processed_retention_s
@@ -139,7 +151,7 @@ class RedisBus(Bus):
         self._broken = threading.Event()
         self._broken_message = ""
         # We own retrying (with logs and a stop signal), so redis-py must not retry silently.
-        self.redis = redis.Redis.from_url(
+        self.redis = redis_client(
             url,
             socket_connect_timeout=2.0,
             socket_timeout=socket_timeout_s,
@@ -224,7 +236,7 @@ class RedisBus(Bus):
 
         A stop must not wait out a socket timeout per call on a server that hangs.
         """
-        probe = redis.Redis.from_url(
+        probe = redis_client(
             self.url,
             socket_connect_timeout=probe_timeout_s,
             socket_timeout=probe_timeout_s,
@@ -316,7 +328,12 @@ class RedisBus(Bus):
         finally:
             pool.release(connection)
 
-    def transaction(self, operation: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def transaction(
+        self,
+        operation: str,
+        commands: Sequence[tuple[Any, ...]],
+        unless_applied: tuple[str, Sequence[str]] | None = None,
+    ) -> list[Any]:
         """Run ``commands`` in one MULTI/EXEC (retried per ``call``) and return EXEC's replies.
 
         On a guarded bus (``guard_data``) the transaction runs only while the account's marker
@@ -324,10 +341,16 @@ class RedisBus(Bus):
         restart before or during the transaction makes it write nothing and raise
         ``RedisDataLostError`` (a commit in flight never leaves a stray key behind).
 
+        ``unless_applied`` (a group's processed set and event ids) makes the transaction run
+        only while none of those ids is in the set, WATCHed the same way: a guarded commit
+        (``RedisConsumer.guard_duplicates``).
+
         Raises
         ------
         RedisDataLostError
             The guarded marker key is gone.
+        AlreadyAppliedError
+            ``unless_applied``: some of the ids are in the set; nothing was written.
         BusError
             The transaction was aborted for another reason.
         """
@@ -335,13 +358,18 @@ class RedisBus(Bus):
             return []
         marker, lease = self._marker_key, self._lease
         batch = [("MULTI",), *commands, ("EXEC",)]
-        watched = [key for key in (marker, lease and lease[0]) if key is not None]
+        processed = unless_applied[0] if unless_applied is not None else None
+        watched = [key for key in (marker, lease and lease[0], processed) if key is not None]
         checks: list[tuple[Any, ...]] = [("WATCH", *watched)] if watched else []
         if marker is not None:
             checks.append(("EXISTS", marker))
         if lease is not None:
             checks.append(("GET", lease[0]))
+        if unless_applied is not None:
+            checks.append(("ZMSCORE", unless_applied[0], *unless_applied[1]))
+        retries = _WATCH_RETRIES if unless_applied is None else _GUARD_RETRIES
         holder: list[bytes | None] = []
+        applied: list[bool] = []
 
         def run() -> list[Any] | None:
             pool = self.redis.connection_pool
@@ -349,17 +377,22 @@ class RedisBus(Bus):
             try:
                 # The lease's renewal (PEXPIRE) touches its key, which aborts a transaction
                 # WATCHing it: then check again and retry. A takeover fails the check.
-                for _ in range(_WATCH_RETRIES):
+                for _ in range(retries):
                     if checks:
-                        replies = _exchange(connection, checks)[1:]
-                        present = replies[0] if marker is not None else 1
-                        owner = replies[-1] if lease is not None else None
+                        replies = iter(_exchange(connection, checks)[1:])
+                        present = next(replies) if marker is not None else 1
+                        owner = next(replies) if lease is not None else None
+                        scores = next(replies) if unless_applied is not None else []
                         if not present or (lease is not None and owner != lease[1]):
                             _exchange(connection, [("UNWATCH",)])
                             holder[:] = [owner]
                             return None
+                        if any(score is not None for score in scores):
+                            _exchange(connection, [("UNWATCH",)])
+                            applied[:] = [score is not None for score in scores]
+                            return None
                     result = _exchange(connection, batch)[-1]
-                    if result is not None or lease is None:
+                    if result is not None or (lease is None and unless_applied is None):
                         return result
                 return None
             except BaseException:
@@ -372,6 +405,12 @@ class RedisBus(Bus):
         if replies is None:
             if marker is not None:
                 self.check_data()
+            if applied:
+                raise AlreadyAppliedError(
+                    f"redis {operation}: {sum(applied)} of {len(applied)} events were already "
+                    f"applied by another member ({processed}); nothing was written",
+                    applied,
+                )
             if lease is not None and holder and holder[0] != lease[1]:
                 now = "nobody" if holder[0] is None else holder[0].decode(errors="replace")
                 log.error("bus.lease_lost", operation=operation, key=lease[0], holder=now)
@@ -471,6 +510,25 @@ class RedisBus(Bus):
                 log.warning("bus.history_skipped", topic=topic, message_id=_text(message_id))
         return out
 
+    def history_until(
+        self, topic: str, message_id: str, count: int, after: str | None = None
+    ) -> list[tuple[str, Envelope]]:
+        key = keys.stream(self.namespace, check_topic(topic))
+        if count <= 0:
+            return []
+        low = "-" if after is None else f"({after}"  # exclusive bounds: Redis >= 6.2
+        entries = self.call(
+            "xrevrange",
+            lambda: self.redis.xrevrange(key, max=message_id, min=low, count=count),
+        )
+        out: list[tuple[str, Envelope]] = []
+        for entry_id, fields in reversed(entries):
+            try:
+                out.append((_text(entry_id), decode(fields[_EVENT_FIELD])))
+            except (EventDecodeError, KeyError):
+                log.warning("bus.history_skipped", topic=topic, message_id=_text(entry_id))
+        return out
+
     def load_state(self, group: str) -> bytes | None:
         key = keys.state(self.namespace, group)
         return self.call("get_state", lambda: self.redis.get(key))
@@ -522,6 +580,7 @@ class RedisConsumer(Consumer):
         self._state_key = keys.state(bus.namespace, group)
         # Per stream still being replayed: id of the last own pending entry handed out.
         self._history: dict[str, str] | None = dict.fromkeys(self._stream_keys, "0")
+        self._guarded = False  # guard_duplicates
 
     def ensure_groups(self) -> None:
         """Create this group on every topic (from the start of the stream) if missing."""
@@ -745,6 +804,9 @@ class RedisConsumer(Consumer):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._transaction("xack", self._ack_commands(deliveries))
 
+    def guard_duplicates(self) -> None:
+        self._guarded = True
+
     def commit(
         self, deliveries: Sequence[Delivery], state: bytes | None = None, publish: Outbox = ()
     ) -> None:
@@ -757,7 +819,27 @@ class RedisConsumer(Consumer):
         commands += self._mark_commands(deliveries) + self._ack_commands(deliveries)
         if state is not None:
             commands.append(("SET", self._state_key, state))
-        self._transaction("commit", commands)
+        event_ids = [d.event.id for d in deliveries if d.event is not None]
+        if not (self._guarded and event_ids):
+            self._transaction("commit", commands)
+            return
+        try:
+            self._bus.transaction("commit", commands, (self._processed_key, event_ids))
+        except AlreadyAppliedError as error:
+            if not all(error.applied) or len(event_ids) < len(deliveries):
+                raise BusError(
+                    f"group {self.group}: {sum(error.applied)} of the {len(deliveries)} "
+                    "deliveries of one guarded commit were applied by another member; commit "
+                    "each message on its own (commit_each_message) when guarding against "
+                    "duplicates"
+                ) from None
+            log.warning(
+                "bus.commit_superseded",
+                group=self.group,
+                consumer=self.name,
+                event_ids=event_ids[:10],
+            )
+            self.ack(deliveries)  # theirs now: only leave our pending list
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         data = delivery.data if delivery.data is not None else encode(delivery.event)  # type: ignore[arg-type]

@@ -16,11 +16,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from engine.config.schema import Config
+from engine.config.schema import METRICS_SERVICES, Config
 from engine.errors import ConfigError
+from engine.redis_url import is_sentinel_url, parse_sentinel_url
 
 ENV_PREFIX = "DEEPFACTOR_"
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 
 
 def _parse_env_value(text: str) -> Any:
@@ -137,10 +138,20 @@ def _check_redis_url(url: str, source: str, from_env: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in _REDIS_SCHEMES:
         raise ConfigError(
-            f"config {source}: [bus] redis_url must start with redis://, rediss:// or unix://, "
-            f"received scheme {parts.scheme!r}"
+            f"config {source}: [bus] redis_url must start with redis://, rediss://, unix://, "
+            f"redis+sentinel:// or rediss+sentinel://, received scheme {parts.scheme!r}"
         )
-    if parts.password and not from_env:
+    password = ":" in parts.netloc.rpartition("@")[0]
+    if is_sentinel_url(url):
+        try:
+            password = parse_sentinel_url(url).password is not None
+        except ValueError as error:
+            raise ConfigError(
+                f"config {source}: [bus] redis_url is not a Sentinel URL "
+                f"(redis+sentinel://[:password@]host[:port][,host[:port]...]/PRIMARY_NAME[/DB]): "
+                f"{error}"
+            ) from None
+    if password and not from_env:
         raise ConfigError(
             f"config {source}: [bus] redis_url carries a password; secrets come only from the "
             f"environment: set {ENV_PREFIX}BUS__REDIS_URL instead"
@@ -159,6 +170,17 @@ def _check_supervisor(config: Config, source: str) -> None:
         raise ConfigError(
             f"config {source}: [supervisor] backoff_max_s = {supervisor.backoff_max_s:g} is "
             f"below backoff_initial_s = {supervisor.backoff_initial_s:g}"
+        )
+
+
+def _check_metrics(config: Config, source: str) -> None:
+    # The port rule (port + the service's index) must give every service a valid port.
+    highest = 65535 - (len(METRICS_SERVICES) - 1)
+    if config.metrics.port > highest:
+        raise ConfigError(
+            f"config {source}: [metrics] port must be at most {highest}, so that port + "
+            f"{len(METRICS_SERVICES) - 1} ({METRICS_SERVICES[-1]}, the last service) is a port, "
+            f"received {config.metrics.port}"
         )
 
 
@@ -190,4 +212,5 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(_validation_message(error, tree, source, env_origins)) from None
     _check_redis_url(config.bus.redis_url, source, ("bus", "redis_url") in env_origins)
     _check_supervisor(config, source)
+    _check_metrics(config, source)
     return config

@@ -295,7 +295,10 @@ class SupervisorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_field
     ``backoff_max_s``; after ``max_restarts`` restarts within that window it gives up and
     stops the stack (a trading stack missing one service must not run on quietly). A service
     that exits 0 (the replay at the end of its data) has finished and is not restarted.
-    ``stop_timeout_s`` bounds a clean stop: what has not exited by then is killed."""
+    ``stop_timeout_s`` bounds a clean stop: what has not exited by then is killed.
+    ``signal_instances`` signal processes share the inference load when ``signal`` is one of
+    ``services`` (stateless: they consume the ``signal`` group together), each supervised on
+    its own; the first keeps the plain instance name, the others add ``-2``, ``-3``, ..."""
 
     services: tuple[SupervisedService, ...] = (
         "market-data",
@@ -305,11 +308,53 @@ class SupervisorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_field
         "execution",
         "recorder",
     )
+    signal_instances: PositiveInt = 1
     max_restarts: NonNegativeInt = 5
     restart_window_s: PositiveFloat = 300.0
     backoff_initial_s: NonNegativeFloat = 1.0
     backoff_max_s: NonNegativeFloat = 30.0
     stop_timeout_s: PositiveFloat = 30.0
+
+
+# The port rule of [metrics]: each service process serves on port + its index here. Appended
+# to only, never reordered, so a scrape config written for one release fits the next.
+METRICS_SERVICES = (
+    "market-data",
+    "factor-update",
+    "signal",
+    "rebalance",
+    "execution",
+    "scheduler",
+    "recorder",
+    "archive",
+)
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class MetricsConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A Prometheus endpoint (``/metrics``) per service process, off by default.
+
+    A ``deepfactor run SERVICE`` process serves on ``port`` plus the index of its service in
+    ``METRICS_SERVICES`` (market-data 0, factor-update 1, signal 2, rebalance 3, execution 4,
+    scheduler 5, recorder 6, archive 7), so the processes of one host never collide;
+    ``process_port`` (set per process, ``DEEPFACTOR_METRICS__PROCESS_PORT``) replaces that
+    rule for the process it is given to. ``deepfactor paper``, every service in one process,
+    serves them all on ``port``. ``host`` is the address bound: the loopback by default, as
+    the endpoint has no authentication.
+    """
+
+    enabled: bool = False
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Port = 9464
+    # 0: port + the service's index.
+    process_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+    def port_of(self, service: str) -> int:
+        """Return the port the process of ``service`` serves on (``paper`` for the process
+        of ``deepfactor paper``)."""
+        if self.process_port:
+            return self.process_port
+        return self.port if service == "paper" else self.port + METRICS_SERVICES.index(service)
 
 
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -327,3 +372,4 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     broker: BrokerConfig = BrokerConfig()
     paper: PaperConfig = PaperConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    metrics: MetricsConfig = MetricsConfig()

@@ -4,10 +4,12 @@ Every figure comes from the account's streams and keys, never from a process's m
 view is the same whichever process asks and whether the daemons run under ``deepfactor up``,
 systemd, containers or ``deepfactor paper``:
 
-- services: the newest Heartbeat of each instance (``services.runtime.loop``); an instance whose
-  heartbeats stopped for three of its intervals is ``stale`` (killed, hung, or cut off from
-  Redis), one that said ``stopping`` is ``stopped``, a hot standby waiting for its service's
-  lock is ``standby`` (and no longer shown once its beats stop: it took over or went);
+- services: the newest Heartbeat of each instance (``services.runtime.loop``), one row per
+  instance, so the members of a service that scales out (several signal processes) each have
+  their own; an instance whose heartbeats stopped for three of its intervals is ``stale``
+  (killed, hung, or cut off from Redis), one that said ``stopping`` is ``stopped``, a hot
+  standby waiting for its service's lock is ``standby`` (and no longer shown once its beats
+  stop: it took over or went);
 - consumer groups: per group, messages delivered but not acknowledged (pending) and not yet
   delivered (lag), summed over its topics: a dead service shows here as a growing lag even
   when it left no heartbeat;
@@ -60,7 +62,9 @@ def services_status(bus: RedisBus, now: datetime) -> list[dict[str, Any]]:
         if isinstance(beat, Heartbeat) and beat.instance not in newest:
             newest[beat.instance] = (event, beat)
     rows = []
-    for instance, (event, beat) in sorted(newest.items(), key=lambda item: item[1][1].service):
+    for instance, (event, beat) in sorted(
+        newest.items(), key=lambda item: (item[1][1].service, item[0])
+    ):
         age_s = max(0.0, (now - event.ts).total_seconds())
         interval = beat.interval_s or DEFAULT_INTERVAL_S
         if beat.status == "standby":
@@ -184,17 +188,34 @@ def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
+def _instance_label(service: str, instance: str) -> str:
+    # "signal-box-2" shows as "box-2": the service has its own column.
+    return instance.removeprefix(f"{service}-") or instance
+
+
 def render_status(status: dict[str, Any], where: str) -> str:
     """The status as the terminal shows it: the services table, then the account."""
     lines = [f"account   {where} (namespace {status['namespace']})"]
     services = status["services"]
     if services:
-        header = ("service", "state", "pid", "uptime", "beat", "lag", "pending", "done", "last")
+        header = (
+            "service",
+            "instance",
+            "state",
+            "pid",
+            "uptime",
+            "beat",
+            "lag",
+            "pending",
+            "done",
+            "last",
+        )
         rows = [header]
         for row in services:
             rows.append(
                 (
                     row["service"],
+                    _instance_label(row["service"], row["instance"]),
                     row["state"],
                     str(row["pid"]),
                     f"{row['uptime_s']:.0f}s",

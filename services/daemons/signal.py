@@ -3,25 +3,38 @@
 ``equal-weight`` weighs the factors by their configured weights (equal by default);
 ``trailing-ic`` by their recent realised rank ICs; ``lstm``, ``asset-lstm`` and ``ridge`` serve
 the active checkpoint of that name in the model registry (``strategies.models.registry``).
-The models read the last ``lookback`` FactorSnapshots: the service keeps them, and on start
-rebuilds them from the snapshots its group already consumed, so a restart does not begin cold.
 
-When the model cannot serve (no checkpoint, factors it was not trained on, too little history
-yet, an output that is not finite or mis-shaped) the trailing-IC baseline is served instead,
-the Signal says ``fallback``, and ``signal.fallback`` is logged with the reason (once per
-reason, until the model serves again). A ``Control reload`` re-reads the active checkpoint.
+History. The models read the last ``lookback`` FactorSnapshots up to the one in hand, and
+they come from the ``factors`` stream itself (``Bus.history_until``), not from the snapshots
+this instance was handed: the Signal of a snapshot is therefore the same whichever instance
+of the group computes it, however many run, in whatever order a reclaim hands them out, and
+after a restart. Signal keeps no state of its own, so it scales out: any number of instances
+consume the ``signal`` group at once (``deepfactor run signal``, no lease). Each instance
+caches the stream's rows by message id, so a message costs one small range read of what the
+cache lacks (the one new entry when a single instance handles every snapshot), not
+``lookback`` decodes.
+
+The model. When the model cannot serve (no checkpoint, factors it was not trained on, too
+little history yet, an output that is not finite or mis-shaped) the trailing-IC baseline is
+served instead, the Signal says ``fallback``, and ``signal.fallback`` is logged with the reason
+(once per reason, until the model serves again). A Control reaches one member of the group
+only, so every instance follows the registry by itself: before it predicts it reads the
+``active`` pointer (one small file) and loads the version named there when it changed
+(``signal.active_changed``). A ``Control reload`` re-reads the checkpoint at once, also when
+the pointer did not move (a checkpoint that failed to load is tried again). ``halt`` and
+``resume`` change nothing here: signals go on, and the rebalancer, which trades, obeys them.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from engine.bus import Bus
+from engine.bus import Bus, Delivery
 from engine.clock import Clock
 from engine.config import FactorConfig
 from engine.events import Control, Envelope, EventPayload, FactorSnapshot, Signal
@@ -38,47 +51,103 @@ log = structlog.get_logger("services.daemons.signal")
 CHECKPOINT_KINDS = ("lstm", "asset-lstm", "ridge")
 
 
-class _History:
-    """The last snapshots' feature rows and exposures, aligned on demand to a universe."""
+_Row = tuple[str, np.ndarray, tuple[str, ...], np.ndarray]  # id, features, symbols, exposures
 
-    def __init__(self, length: int) -> None:
-        self.rows: deque[tuple[np.ndarray, tuple[str, ...], np.ndarray]] = deque(maxlen=length)
 
-    def __len__(self) -> int:
-        return len(self.rows)
+def _stream_order(message_id: str) -> tuple[int, int]:
+    # A stream id "N-M" as numbers: the order of the stream.
+    first, _, second = message_id.partition("-")
+    return int(first), int(second or 0)
 
-    def keep(self, length: int) -> None:
-        """Keep at least ``length`` snapshots from now on (a model that reads more)."""
-        if self.rows.maxlen is not None and length > self.rows.maxlen:
-            self.rows = deque(self.rows, maxlen=length)
 
-    def add(self, features: np.ndarray, snapshot: FactorSnapshot) -> None:
-        exposures = np.array(snapshot.exposures, dtype=np.float64)
-        self.rows.append((features, snapshot.symbols, exposures))
+class _StreamHistory:
+    """The feature rows and exposures of a topic's snapshots, read from the stream and cached
+    by message id: a contiguous run of the stream, ending at the newest message read."""
 
-    def window(self, length: int, symbols: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Features (length, K) and exposures (length, F, N) of the last ``length`` snapshots
-        on ``symbols`` (NaN for an asset a snapshot did not have)."""
-        rows = list(self.rows)[-length:]
-        features = np.stack([r[0] for r in rows])
-        n_factors = rows[-1][2].shape[0]
-        exposures = np.full((len(rows), n_factors, len(symbols)), np.nan)
-        for t, (_, row_symbols, values) in enumerate(rows):
-            if row_symbols == symbols:
-                exposures[t] = values
-                continue
-            position = {s: i for i, s in enumerate(row_symbols)}
-            where = [(j, position[s]) for j, s in enumerate(symbols) if s in position]
-            if where:
-                target, source = (list(x) for x in zip(*where))
-                exposures[t][:, target] = values[:, source]
-        return features, exposures
+    def __init__(self, bus: Bus, topic: str) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.rows: list[_Row] = []
+        self._order: list[tuple[int, int]] = []  # _stream_order of each row, for bisection
+        self._from_start = False  # the rows begin at the stream's first snapshot
+        self.reads = 0  # range reads made
+        self.decoded = 0  # rows built from them
+
+    def until(self, message_id: str, length: int) -> list[_Row]:
+        """The last ``length`` snapshot rows of the stream with ids up to ``message_id``
+        (fewer when the stream holds fewer), oldest first."""
+        order = _stream_order(message_id)
+        if self.rows and order <= self._order[-1]:
+            # A message at or before the newest one read: a retry, or one reclaimed late.
+            i = bisect.bisect_right(self._order, order) - 1
+            if i >= 0 and self.rows[i][0] == message_id and (i + 1 >= length or self._from_start):
+                return self.rows[max(0, i + 1 - length) : i + 1]
+            return self._read(message_id, length, None)  # older than the cache: apart
+        after = self.rows[-1][0] if self.rows else None
+        new = self._read(message_id, length, after)
+        # Fewer than asked: all there is between the cache and the message, so the two join.
+        if after is not None and len(new) < length:
+            if len(self.rows) + len(new) >= length or self._from_start:
+                self.rows += new
+                self._order += [_stream_order(row[0]) for row in new]
+                return self._trimmed(length)
+            # Joined, they are still too short (a model reading more was loaded): read anew.
+            after, new = None, self._read(message_id, length, None)
+        self.rows, self._order = new, [_stream_order(row[0]) for row in new]
+        self._from_start = after is None and len(new) < length
+        return self._trimmed(length)
+
+    def _trimmed(self, length: int) -> list[_Row]:
+        # Keep some slack, so that a retry or a late reclaim needs no read.
+        keep = 2 * length
+        if len(self.rows) > keep:
+            del self.rows[:-keep], self._order[:-keep]
+            self._from_start = False
+        return self.rows[-length:]
+
+    def _read(self, message_id: str, length: int, after: str | None) -> list[_Row]:
+        entries = self.bus.history_until(self.topic, message_id, length, after)
+        self.reads += 1
+        rows: list[_Row] = []
+        for entry_id, event in entries:
+            snapshot = event.payload
+            if isinstance(snapshot, FactorSnapshot):
+                features = snapshot_features(snapshot, snapshot.factor_names)
+                exposures = np.array(snapshot.exposures, dtype=np.float64)
+                rows.append((entry_id, features, snapshot.symbols, exposures))
+        self.decoded += len(rows)
+        return rows
+
+
+def _window(
+    rows: list[_Row], length: int, symbols: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (length, K) and exposures (length, F, N) of the last ``length`` rows on
+    ``symbols`` (NaN for an asset a snapshot did not have)."""
+    rows = rows[-length:]
+    features = np.stack([r[1] for r in rows])
+    n_factors = rows[-1][3].shape[0]
+    exposures = np.full((len(rows), n_factors, len(symbols)), np.nan)
+    for t, (_, _, row_symbols, values) in enumerate(rows):
+        if row_symbols == symbols:
+            exposures[t] = values
+            continue
+        position = {s: i for i, s in enumerate(row_symbols)}
+        where = [(j, position[s]) for j, s in enumerate(symbols) if s in position]
+        if where:
+            target, source = (list(x) for x in zip(*where))
+            exposures[t][:, target] = values[:, source]
+    return features, exposures
 
 
 class SignalService(Service):
-    """Publishes a Signal per FactorSnapshot."""
+    """Publishes a Signal per FactorSnapshot (module docstring)."""
 
     name = "signal"
+    # Members of the group may consume at once (module docstring): each message is committed
+    # on its own, so a guarded commit (``Consumer.guard_duplicates``) can tell whether another
+    # member already published its Signal, whatever a batch held.
+    commit_each_message = True
 
     def __init__(
         self,
@@ -104,7 +173,12 @@ class SignalService(Service):
         self._fallback_reason: str | None = None
         self.fallbacks = 0
         self.last_model = model  # the version of the model behind the last Signal
-        self._history = _History(lookback) if model != "equal-weight" else None
+        # The registry's active version when the served model was loaded (checkpoint kinds).
+        self._served_active: str | None = None
+        self._history = (
+            _StreamHistory(bus, FactorSnapshot.TOPIC) if model != "equal-weight" else None
+        )
+        self._delivery: Delivery | None = None  # of the event in hand (``on_delivery``)
         self._schedule: list[tuple[np.datetime64, object]] = []
         super().__init__(bus, clock)
 
@@ -119,34 +193,25 @@ class SignalService(Service):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Load torch for a checkpoint strategy and rebuild the snapshot history from what
-        this group consumed before a restart."""
-        if self._history is None:
-            return
+        """Load torch for a checkpoint strategy. Nothing to rebuild: the history is read from
+        the stream with the first message."""
         if self.model in CHECKPOINT_KINDS:
             # The registry loads torch on first use; a checkpoint strategy loads it now (about
             # a second), so that its first Signal does not wait for it.
             import torch  # noqa: F401
-        # As many as the active checkpoint reads, when it reads more than [model] lookback.
-        self._history.keep(self._active_lookback())
-        count = self._history.rows.maxlen
-        history = self.bus.consumed_history(self.name, FactorSnapshot.TOPIC, count)
-        for event in history:
-            snapshot = event.payload
-            assert isinstance(snapshot, FactorSnapshot)
-            self._history.add(snapshot_features(snapshot, snapshot.factor_names), snapshot)
-        if history:
-            log.info("signal.warmed_up", snapshots=len(history))
 
-    def _active_lookback(self) -> int:
-        # The lookback in the active checkpoint's meta.json (0 when there is none to read).
-        if self.registry is None or self.model not in CHECKPOINT_KINDS:
-            return 0
-        try:
-            active = self.registry.active(self.model)
-            return int(self.registry.meta(self.model, active)["lookback"]) if active else 0
-        except (ModelError, KeyError, TypeError, ValueError):
-            return 0  # loading it will say what is wrong
+    def on_delivery(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+
+    def _message_id(self, event: Envelope) -> str:
+        # The stream id of the snapshot in hand: where its history ends.
+        delivery = self._delivery
+        if delivery is None or delivery.event is not event:
+            raise RuntimeError(
+                "signal: a FactorSnapshot reached the handler without its delivery; the "
+                "history is read up to the message id the consume loop passes to on_delivery"
+            )
+        return delivery.message_id
 
     def on_control(self, control: Control, event: Envelope) -> None:
         super().on_control(control, event)
@@ -178,14 +243,16 @@ class SignalService(Service):
             import torch
 
             torch.set_num_threads(self.inference_threads)
+        # The pointer first, then that version: a pointer moved in between is seen next time.
+        self._served_active = self.registry.active(self.model)
         try:
-            self._served = self.registry.load(self.model, factors=names, device=self.device)
+            self._served = self.registry.load(
+                self.model, self._served_active, factors=names, device=self.device
+            )
         except ModelError as error:
             self._load_error = str(error)
             log.error("signal.model_unavailable", strategy=self.model, error=str(error))
             return
-        if self._history is not None:
-            self._history.keep(self._served.lookback)  # type: ignore[attr-defined]
         log.info(
             "signal.model_loaded",
             strategy=self.model,
@@ -218,7 +285,30 @@ class SignalService(Service):
             selected=tuple(snapshot.factor_names[j] for j in rows),
         )
 
-    def _predict(self, snapshot: FactorSnapshot) -> tuple[object, Prediction, str | None]:
+    def _follow_registry(self, names: tuple[str, ...]) -> None:
+        # Load the model for this factor set, or again when the registry's active version
+        # moved (a reload Control reaches one instance of the group; the others see it here).
+        if names != self._served_for:
+            self._load(names)
+            return
+        if self.registry is None or self.model not in CHECKPOINT_KINDS:
+            return
+        try:
+            active = self.registry.active(self.model)
+        except OSError:
+            return  # a pointer that cannot be read now: serve what is loaded, look next time
+        if active != self._served_active:
+            log.info(
+                "signal.active_changed",
+                strategy=self.model,
+                served=self._served_active,
+                active=active,
+            )
+            self._load(names)
+
+    def _predict(
+        self, snapshot: FactorSnapshot, message_id: str
+    ) -> tuple[object, Prediction, str | None]:
         # (model served, its prediction, why the fallback was served or None).
         assert self._history is not None
         names = snapshot.factor_names
@@ -228,14 +318,16 @@ class SignalService(Service):
             model = self._schedule[position][1] if position >= 0 else None
             reason = None if model is not None else "before the first walk-forward fit"
         else:
-            if names != self._served_for:
-                self._load(names)
+            self._follow_registry(names)
             model = self._served
             reason = self._load_error
-        if model is not None and len(self._history) < model.lookback:  # type: ignore[attr-defined]
-            reason = f"warming up: the model reads {model.lookback} snapshots"  # type: ignore[attr-defined]
+        reads = model.lookback if model is not None else 0  # type: ignore[attr-defined]
+        # The snapshots of the stream up to this one: what any instance would read here.
+        rows = self._history.until(message_id, max(self.lookback, reads))
+        if model is not None and len(rows) < reads:
+            reason = f"warming up: the model reads {reads} snapshots"
         if reason is None and model is not None:
-            features, exposures = self._history.window(model.lookback, snapshot.symbols)  # type: ignore[attr-defined]
+            features, exposures = _window(rows, reads, snapshot.symbols)
             try:
                 prediction = model.predict(features, exposures)  # type: ignore[attr-defined]
                 reason = _invalid(prediction, len(names), len(snapshot.symbols))
@@ -243,8 +335,8 @@ class SignalService(Service):
                 reason = f"inference failed: {type(error).__name__}: {error}"
             if reason is None:
                 return model, prediction, None
-        baseline = TrailingICModel(names, min(self.lookback, len(self._history)), "trailing-ic")
-        features, exposures = self._history.window(baseline.lookback, snapshot.symbols)
+        baseline = TrailingICModel(names, min(self.lookback, len(rows)), "trailing-ic")
+        features, exposures = _window(rows, baseline.lookback, snapshot.symbols)
         return baseline, baseline.predict(features, exposures), reason or "no model"
 
     def on_factors(self, event: Envelope) -> None:
@@ -254,9 +346,9 @@ class SignalService(Service):
             self.emit([self._configured_signal(snapshot)], corr=event.corr, ts=event.ts)
             return
         names = snapshot.factor_names
-        self._history.add(snapshot_features(snapshot, names), snapshot)
+        message_id = self._message_id(event)
         started = time.perf_counter()
-        model, prediction, reason = self._predict(snapshot)
+        model, prediction, reason = self._predict(snapshot, message_id)
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._note_fallback(reason, snapshot)
         self.last_model = model.version  # type: ignore[attr-defined]

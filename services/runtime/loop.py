@@ -31,12 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
 
 import msgspec
 import structlog
 
-from engine.bus import Bus, ConsumerLoop, ConsumeSettings, ConsumeStats
+from engine.bus import Bus, ConsumerLoop, ConsumeSettings, ConsumeStats, Delivery
 from engine.bus.keys import state as state_key
 from engine.bus.processing import SERVICE
 from engine.bus.redis_streams import RedisBus
@@ -258,6 +258,11 @@ class Service:
     def on_control(self, control: Control, event: Envelope) -> None:
         """React to halt/resume/reload beyond the ``halted`` flag (override as needed)."""
 
+    def on_delivery(self, delivery: Delivery) -> None:
+        """Take note of the delivery of the event about to be handled: its topic and message
+        id (where it sits on the stream) and its attempts. The consume loop calls it only for
+        a service that overrides it (signal reads its topic up to the message in hand)."""
+
     def start(self) -> None:
         """Called once before the first event, after ``restore_state``: rebuild what the
         snapshot does not hold (override as needed)."""
@@ -277,6 +282,14 @@ class Service:
     def state_figures(self) -> dict[str, Any]:
         """A few figures of the current state, logged when it was restored."""
         return {}
+
+
+def delivery_hook(service: Service) -> Callable[[Delivery], None] | None:
+    """``service.on_delivery`` when the service overrides it, else None (the loop then calls
+    nothing per message)."""
+    if type(service).on_delivery is Service.on_delivery:
+        return None
+    return service.on_delivery
 
 
 class ProducerHeartbeat:
@@ -340,6 +353,20 @@ class ProducerHeartbeat:
         self._bus.close()
 
 
+class ServiceObserver(Protocol):
+    """What a ``ServiceRunner`` reports to, when given one: the metrics of its service
+    (``services.runtime.metrics.ServiceMetrics``)."""
+
+    def message_handled(self, event_type: str, seconds: float, failed: bool = False) -> None:
+        """One handler call on an event of ``event_type`` took ``seconds`` (and raised)."""
+
+    def committed(self, events: Sequence[Envelope]) -> None:
+        """The commits of one loop turn appended ``events`` to the bus."""
+
+    def heartbeat(self, lag: int | None, pending: int) -> None:
+        """A heartbeat went out with these figures (``lag`` None: the bus cannot tell)."""
+
+
 class ServiceRunner:
     """Run one service as a daemon loop on a bus, with heartbeats, until told to stop.
 
@@ -353,6 +380,9 @@ class ServiceRunner:
     and before the first read, and its loop commits ``snapshot_state()`` with each message
     (see the module docstring). One group keeps one snapshot: a stateful service must run as
     a single instance.
+
+    With ``metrics`` (a ``ServiceObserver``), each handler call reports its time, each loop
+    turn the events its commits appended, and each heartbeat its lag and pending.
     """
 
     def __init__(
@@ -361,9 +391,13 @@ class ServiceRunner:
         settings: ConsumeSettings,
         heartbeat_s: float = 5.0,
         instance: str = "",
+        metrics: ServiceObserver | None = None,
     ) -> None:
         self.service = service
         self.instance = instance or socket.gethostname()
+        self.metrics = metrics
+        # What the commits of the current loop turn appended, reported once they all held.
+        self._committed: list[Envelope] = []
         self.consumer_name = f"{service.name}-{self.instance}"
         if service.commit_each_message and not settings.commit_each_message:
             settings = dataclasses.replace(settings, commit_each_message=True)
@@ -372,12 +406,14 @@ class ServiceRunner:
         # Whatever a handler emits is appended by the commit of the message it handled:
         # outputs, state and acknowledgement in one atomic step (a transactional outbox).
         service.stage_emits()
+        observed = self.metrics is not None
         self.loop = ConsumerLoop(
             consumer,
-            service.handle_staged,
+            self._handle_timed if observed else service.handle_staged,
             settings,
             snapshot=service.snapshot_state if stateful else None,
-            outbox=service.take_outbox,
+            outbox=self._take_outbox_seen if observed else service.take_outbox,
+            on_delivery=delivery_hook(service),
         )
         self.heartbeat_s = heartbeat_s
         self._started = time.monotonic()
@@ -402,7 +438,32 @@ class ServiceRunner:
             lag=consumer.backlog(),
             pending=consumer.pending_count(),
         )
+        if self.metrics is not None:
+            self.metrics.heartbeat(heartbeat.lag, heartbeat.pending)
         self.service.bus.publish(Heartbeat.TOPIC, make_event(heartbeat, source=self.service.name))
+
+    def _handle_timed(self, event: Envelope) -> None:
+        assert self.metrics is not None
+        started = time.perf_counter()
+        try:
+            self.service.handle_staged(event)
+        except Exception:
+            self.metrics.message_handled(event.type, time.perf_counter() - started, failed=True)
+            raise
+        self.metrics.message_handled(event.type, time.perf_counter() - started)
+
+    def _take_outbox_seen(self) -> list[tuple[str, list[Envelope]]]:
+        staged = self.service.take_outbox()
+        for _, events in staged:
+            self._committed.extend(events)
+        return staged
+
+    def _report_committed(self) -> None:
+        # Called once run_once returned: a commit that raised ends the run before this, so
+        # only events that reached the bus are counted.
+        assert self.metrics is not None
+        committed, self._committed = self._committed, []
+        self.metrics.committed(committed)
 
     def restore(self) -> bool:
         """Restore the service from the state its group last committed, if any; return
@@ -456,6 +517,8 @@ class ServiceRunner:
         last_beat = time.monotonic()
         while not stop.is_set():
             self.loop.run_once()
+            if self._committed:
+                self._report_committed()
             if time.monotonic() - last_beat >= self.heartbeat_s:
                 self._heartbeat("running")
                 last_beat = time.monotonic()
@@ -494,7 +557,12 @@ class Pump:
         for service in services:
             service.start()
         self.loops = [
-            ConsumerLoop(s.bus.consumer(s.name, f"{s.name}-0", s.topics), s.handle, settings)
+            ConsumerLoop(
+                s.bus.consumer(s.name, f"{s.name}-0", s.topics),
+                s.handle,
+                settings,
+                on_delivery=delivery_hook(s),
+            )
             for s in services
         ]
         self._batch_size = batch_size

@@ -30,6 +30,7 @@ from engine.data import Panel
 from engine.errors import BusError
 from engine.events import BarSet, Control, RebalanceDue, make_event
 from engine.portfolio.lots import TICK_SIZE, LotRules, lot_rules_from_ccxt
+from engine.progress import JobProgress
 from engine.timeframes import timeframe_delta
 from services.daemons.live_market_data import LiveMarketDataService
 from services.daemons.market_data import MarketDataService, Step, to_datetime
@@ -37,6 +38,7 @@ from services.daemons.scheduler import SchedulerService
 from services.runtime.account import PaperAccount, bind_account, delete_namespace, open_account
 from services.runtime.assembly import Services, build_services, schedule_trigger, trading_venue
 from services.runtime.loop import ServiceRunner
+from services.runtime.metrics import ProcessMetrics, serve_metrics
 from services.runtime.quiescence import RedisQuiescence
 
 if TYPE_CHECKING:  # ccxt and pandas load only in a process that polls an exchange
@@ -102,9 +104,15 @@ def _daemons(
         bind_account(bus, account, out_dir)
         venue = trading_venue(config, live=live, market_rules=market_rules)
         services = build_services(config, bus, clock, *venue)
+        # [metrics] enabled: one endpoint for the process, each service under its own label.
+        families = ProcessMetrics() if config.metrics.enabled else None
         runners = [
             ServiceRunner(
-                s, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+                s,
+                consume_settings(config),
+                config.paper.heartbeat_s,
+                config.run.instance,
+                metrics=families.service(s.name, config.run.instance) if families else None,
             )
             for s in services.all()
         ]
@@ -121,7 +129,11 @@ def _daemons(
         )
         runners.append(
             ServiceRunner(
-                archive, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+                archive,
+                consume_settings(config),
+                config.paper.heartbeat_s,
+                config.run.instance,
+                metrics=families.service(archive.name, config.run.instance) if families else None,
             )
         )
         threads = [
@@ -155,7 +167,8 @@ def _daemons(
                 ),
             )
         try:
-            yield daemons
+            with serve_metrics(config.metrics, "paper", families):
+                yield daemons
         finally:
             stop_services.set()
             for thread in threads:
@@ -223,6 +236,8 @@ def feed_replay(
     # messages each group reads first), so the next step meets the state it would have met.
     caught_up()
     next_bar_at = time.monotonic()
+    # Logs only (a daemon's, or a terminal shared with the run's own output).
+    progress = JobProgress("replay", market.panel.n_bars, "bar", bar=False)
     for step in _skip_seen_steps(market, market.steps(), bus):
         if stop.is_set():
             interrupted = True
@@ -232,6 +247,8 @@ def feed_replay(
             next_bar_at = max(next_bar_at + interval, time.monotonic())
         market.publish(step)
         caught_up()
+        if step.bar_index is not None:  # bars done so far, those of a killed run included
+            progress.update(step.bar_index + 1 - progress.done)
     market.end_of_data("stopped" if interrupted else "end of data")
     return interrupted
 

@@ -18,6 +18,15 @@ the active one stops (at once) or dies (the kernel drops the file lock at once; 
 expires after ``[run] lease_ttl_s``, or at once when its holder was a dead process of this
 host). It adopts what the dead one left pending and reads it first.
 
+Scale-out. signal keeps no state (``services.daemons.signal`` reads its history from the
+stream), so it takes no Redis lease: any number of its processes consume the ``signal`` group
+at once, each under its own instance name (``--instance``; its file lock is
+``service-signal-{instance}.lock``, so only a second process of the same name waits as a
+standby). A member that dies leaves its pending messages to the others, which reclaim them
+once idle for ``[bus] claim_idle_ms`` (or to its restart, which reads them first); its commits
+are guarded (``Consumer.guard_duplicates``), so a Signal is published once per snapshot even
+when a stalled member and the one that reclaimed its message both finish it.
+
 Time. A consumer process has no replay clock: its services' "now" is the time of the event in
 hand (``EventTimeClock``), the replay's simulated time or a live feed's.
 
@@ -64,6 +73,7 @@ from services.daemons.recorder import RecorderService
 from services.runtime.account import ACCOUNT_FILE
 from services.runtime.assembly import build_services
 from services.runtime.loop import Handler, ProducerHeartbeat, ServiceRunner
+from services.runtime.metrics import ProcessMetrics, serve_metrics
 from services.runtime.run_dir import (
     LOCK_FILE,
     RunDirectoryInUseError,
@@ -75,6 +85,8 @@ from services.runtime.run_dir import (
 log = structlog.get_logger("services.runtime.standalone")
 
 CONSUMERS = ("factor-update", "signal", "rebalance", "execution", "recorder")
+# Services whose processes consume their group together, without a lease (module docstring).
+SCALES_OUT = frozenset({"signal"})
 REPLAY_FILE = "replay.json"
 
 
@@ -213,7 +225,9 @@ class EventTimeClock:
 
 class ProcessLocks:
     """The locks one ``deepfactor run`` process holds in its run directory (module docstring):
-    ``run.lock`` shared, ``service-{name}.lock`` exclusive, each naming its latest holder."""
+    ``run.lock`` shared, ``service-{name}.lock`` exclusive, each naming its latest holder.
+    With ``instance`` (a service that scales out), the exclusive one is
+    ``service-{name}-{instance}.lock``: one process per consumer name, any number of names."""
 
     def __init__(
         self,
@@ -221,6 +235,7 @@ class ProcessLocks:
         service: str,
         option: str = "--out",
         standby: threading.Event | None = None,
+        instance: str | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.service = service
@@ -228,11 +243,14 @@ class ProcessLocks:
         # With an event: a second process of the service waits for the first one's lock (a
         # hot standby) until the event is set, instead of being refused.
         self.standby = standby
+        self.instance = instance
         self.held = False
         self._fds: list[int] = []
 
     @property
     def service_lock(self) -> Path:
+        if self.instance is not None:
+            return self.run_dir / f"service-{self.service}-{self.instance}.lock"
         return self.run_dir / f"service-{self.service}.lock"
 
     def acquire(self) -> ProcessLocks:
@@ -261,6 +279,12 @@ class ProcessLocks:
             if exclusive is None:
                 holder = describe_holder(self.service_lock.read_bytes())
                 if self.standby is None:
+                    if self.instance is not None:
+                        raise RunDirectoryInUseError(
+                            f"{shown}: {self.service} instance {self.instance} already runs "
+                            f"there ({holder}); give each process of {self.service} its own "
+                            "--instance"
+                        )
                     raise RunDirectoryInUseError(
                         f"{shown}: {self.service} already runs there ({holder}); one process "
                         "per service and run directory"
@@ -396,13 +420,25 @@ def _run_active(
     stop: threading.Event,
 ) -> ConsumeStats:
     """Run service ``name`` as the account's active instance (its lease held): adopt what a
-    previous holder left pending, restore the committed state, consume until ``stop``."""
+    previous holder left pending, restore the committed state, consume until ``stop``. A
+    service that scales out (``SCALES_OUT``, no lease) is one member among any number: it
+    adopts nothing (the other members' pending messages are theirs while they live; idle
+    ones are reclaimed) and guards its commits against duplicates instead."""
     service = build_service(name, config, bus, clock, out_dir)
+    # [metrics] enabled: served while the loop runs (a standby serves nothing).
+    families = ProcessMetrics() if config.metrics.enabled else None
     runner = ServiceRunner(
-        service, consume_settings(config), config.paper.heartbeat_s, config.run.instance
+        service,
+        consume_settings(config),
+        config.paper.heartbeat_s,
+        config.run.instance,
+        metrics=families.service(name, config.run.instance) if families else None,
     )
     runner.loop.handler = clock.follow(runner.loop.handler)
-    runner.loop.consumer.adopt_pending()  # type: ignore[attr-defined]
+    if name in SCALES_OUT:
+        runner.loop.consumer.guard_duplicates()
+    else:
+        runner.loop.consumer.adopt_pending()  # type: ignore[attr-defined]
     log.info(
         "run.started",
         namespace=namespace,
@@ -411,7 +447,8 @@ def _run_active(
         out=str(out_dir),
     )
     try:
-        stats = runner.run(stop)
+        with serve_metrics(config.metrics, name, families):
+            stats = runner.run(stop)
     except RedisDataLostError as error:
         log.error("run.redis_data_lost", namespace=namespace, service=name)
         if isinstance(service, RecorderProcess):
@@ -445,7 +482,9 @@ def run_service(
     StateError
         The service's committed state cannot be restored.
     """
-    with ProcessLocks(out_dir, name, option, standby=stop) as locks:
+    instance = config.run.instance or socket.gethostname()
+    member = instance if name in SCALES_OUT else None  # locks its consumer name only
+    with ProcessLocks(out_dir, name, option, standby=stop, instance=member) as locks:
         if not locks.held:
             return None
         account = wait_for_account(out_dir, wait_s, stop, option)
@@ -458,7 +497,8 @@ def run_service(
         with open_redis_bus(config, stop=stop) as bus:
             if not guard_account(bus, out_dir, account, wait_s, stop, option):
                 return None
-            instance = config.run.instance or socket.gethostname()
+            if name in SCALES_OUT:  # no lease: one member of the group among any number
+                return _run_active(config, name, out_dir, bus, clock, account.namespace, stop)
             lease = ServiceLease(
                 bus, name, f"{name}-{instance}", config.run.lease_ttl_s, stop_when_lost=stop
             )

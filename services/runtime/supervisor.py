@@ -15,6 +15,9 @@ Each child is ``deepfactor run SERVICE`` (``services.runtime.standalone``,
   reaches only the supervisor, which sends each child one SIGTERM (a child finishes and
   commits the message in hand, then exits 0), waits ``stop_timeout_s`` at most, then kills
   what is left. A second signal to the supervisor kills the children at once.
+- Scale-out. ``[supervisor] signal_instances`` signal children (``signal``, ``signal-2``, ...)
+  share the inference load as members of one consumer group (``run_commands``), each
+  supervised and restarted on its own.
 - No orphans. Each child gets SIGTERM when the supervisor dies, however it dies
   (``engine.process.die_with_parent``), and the kernel drops the children's run-directory
   locks when they exit, so a new ``up`` can start over the same account.
@@ -29,6 +32,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -91,16 +95,34 @@ class Child:
 
 
 def run_commands(
-    services: Sequence[str], *, common: Sequence[str], replay: Sequence[str], fresh: bool
+    services: Sequence[str],
+    *,
+    common: Sequence[str],
+    replay: Sequence[str],
+    fresh: bool,
+    signal_instances: int = 1,
+    instance: str = "",
 ) -> list[ChildSpec]:
     """The ``deepfactor run SERVICE`` command of each service: ``common`` options for all,
-    ``replay`` options for market-data, whose first start alone takes ``--fresh``."""
+    ``replay`` options for market-data, whose first start alone takes ``--fresh``.
+
+    ``signal`` runs as ``signal_instances`` children, members of one consumer group (it
+    scales out, ``services.runtime.standalone``): the first under the children's instance
+    name ``instance`` (``--instance`` or ``[run] instance``; the host name when empty), child
+    ``signal-K`` under ``--instance {instance}-K``, so each keeps its consumer name across
+    restarts."""
+    instance = instance or socket.gethostname()
     base = (sys.executable, "-m", "services.commands.cli", "run")
     specs = []
     for name in services:
         argv = (*base, name, *common, *(replay if name == "market-data" else ()))
         first = (*argv, "--fresh") if fresh and name == "market-data" else None
         specs.append(ChildSpec(name, argv, first))
+        if name == "signal":
+            for number in range(2, signal_instances + 1):
+                # The last --instance given wins: this one, over one in ``common``.
+                extra = (*argv, "--instance", f"{instance}-{number}")
+                specs.append(ChildSpec(f"signal-{number}", extra))
     return specs
 
 
