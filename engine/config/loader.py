@@ -182,6 +182,15 @@ def _check_metrics(config: Config, source: str) -> None:
             f"{len(METRICS_SERVICES) - 1} ({METRICS_SERVICES[-1]}, the last service) is a port, "
             f"received {config.metrics.port}"
         )
+    # `up`'s extra signal children serve after the eight: port + 8, + 9, ...
+    extra = config.supervisor.signal_instances - 1
+    last = config.metrics.port + len(METRICS_SERVICES) - 1 + extra
+    if config.metrics.enabled and extra and last > 65535:
+        raise ConfigError(
+            f"config {source}: [metrics] port {config.metrics.port} leaves no port for "
+            f"signal child {extra + 1} of [supervisor] signal_instances = {extra + 1} "
+            f"(port + {len(METRICS_SERVICES) + extra - 1} = {last} > 65535)"
+        )
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

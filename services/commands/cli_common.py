@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the run started and failed
 EXIT_USAGE = 2  # bad arguments, config or data: nothing was started
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it
 
 STRATEGIES = ("equal-weight", "trailing-ic", "lstm", "asset-lstm", "ridge")
 

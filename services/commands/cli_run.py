@@ -318,6 +318,9 @@ def cmd_up(arguments: argparse.Namespace) -> int:
                 replay=replay,
                 fresh=arguments.fresh,
                 signal_instances=config.supervisor.signal_instances,
+                metrics_port=config.metrics.port
+                if config.metrics.enabled and not config.metrics.process_port
+                else None,
                 instance=arguments.instance or config.run.instance,
             )
             supervisor = Supervisor(specs, config.supervisor, env=env)

@@ -1,8 +1,11 @@
 """What ``deepfactor report`` draws, read from a run directory into tidy pandas frames.
 
 Every run directory holds the recorder's ``summary.json`` and ``equity.csv``. The rest comes
-from the run's events. A paper run keeps them all in ``events.jsonl`` (the archive service). A
-backtest keeps no event log: its bars and per-bar signals would be as large as its data file.
+from the run's events. A paper run keeps them all in ``events.jsonl`` (the archive service). An
+account run as processes (``deepfactor up``, ``run SERVICE``) has no event log: its events are
+read from the account's streams in Redis (``account_events``: plain XRANGE, no consumer group,
+so a report never holds back a running account). A backtest keeps no event log: its bars and
+per-bar signals would be as large as its data file.
 It writes instead the few frames a report needs (``write_backtest_frames``): ``signals.csv``
 (each Signal's model and factor weights), ``risk.csv`` (each PortfolioSnapshot's VaR figures and
 flags), ``fills.csv`` and ``benchmark.csv`` (the equal-weight universe), with ``config.json``.
@@ -20,13 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.bus import Bus
+from engine.bus import Bus, RedisBus, keys
 from engine.config import Config, RiskConfig
 from engine.data import Panel
-from engine.errors import DataError, UsageError
+from engine.errors import DataError, EventDecodeError, UsageError
 from engine.events import BarBlock, BarSet, Envelope, Fill, PortfolioSnapshot, Signal
+from engine.events.codec import decode
 from services.daemons.archive import EVENT_LOG, read_event_log
 from services.daemons.recorder import EQUITY_COLUMNS
+from services.runtime.account import ACCOUNT_FILE
 from services.runtime.run_dir import CONFIG_FILE, resolved_config_text
 
 SUMMARY_FILE = "summary.json"
@@ -40,6 +45,8 @@ SIGNAL_COLUMNS = ("timestamp", "model", "fallback")
 RISK_COLUMNS = ("realised_var", "expected_var", "drawdown_stopped", "halted")
 FILL_COLUMNS = ("fill_id", "symbol", "side", "quantity", "price", "fee")
 _BACKTEST_TOPICS = (Signal.TOPIC, PortfolioSnapshot.TOPIC, Fill.TOPIC)
+_ACCOUNT_TOPICS = (*_BACKTEST_TOPICS, BarSet.TOPIC)
+_PAGE = 10_000
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,43 @@ def bus_events(bus: Bus, topics: Iterable[str]) -> list[Envelope]:
     return events
 
 
+def stream_events(bus: RedisBus, topics: Iterable[str]) -> list[Envelope]:
+    """Every event still on the account's ``topics``, in stream order, read with XRANGE: no
+    consumer group is made, so nothing of a running account is taken or waited for. An
+    entry that does not decode is left out (``deepfactor tail`` shows it)."""
+    entries: list[tuple[tuple[int, int], Envelope]] = []
+    for topic in topics:
+        key = keys.stream(bus.namespace, topic)
+        start = "-"
+        while True:
+            page = bus.call(
+                "xrange", lambda k=key, s=start: bus.redis.xrange(k, min=s, count=_PAGE)
+            )
+            for message_id, fields in page:
+                try:
+                    event = decode(fields.get(b"event", b""))
+                except EventDecodeError:
+                    continue
+                millis, _, sequence = message_id.decode().partition("-")
+                entries.append(((int(millis), int(sequence or 0)), event))
+            if len(page) < _PAGE:
+                break
+            start = "(" + page[-1][0].decode()
+    entries.sort(key=lambda entry: entry[0])
+    return [event for _, event in entries]
+
+
+def account_events(run_dir: Path) -> list[Envelope]:
+    """The report's events of the paper account in ``run_dir``, from its Redis: the URL of
+    the environment, else the run directory's private server (started for the read if no
+    run serves it, like ``deepfactor halt``)."""
+    from engine.config import load_config
+    from services.commands.operator import account_bus
+
+    with account_bus(load_config(None), run_dir, start_server=True) as bus:
+        return stream_events(bus, _ACCOUNT_TOPICS)
+
+
 def write_backtest_frames(out_dir: Path, bus: Bus, panel: Panel, config: Config) -> None:
     """Write what a report of this backtest needs beside its summary (module docstring).
 
@@ -299,11 +343,17 @@ def load_run(run_dir: str | Path) -> RunRecord:
     equity = _load_equity(run_dir / EQUITY_FILE)
     settings = _risk_settings(run_dir, summary)
     log_path = run_dir / EVENT_LOG
+    frames = None
     if log_path.is_file():
         try:
             frames = frames_from_events(read_event_log(log_path))
         except OSError as error:
             raise DataError(f"{log_path}: cannot be read ({error.strerror or error})") from None
+    elif (run_dir / ACCOUNT_FILE).is_file():
+        frames = frames_from_events(account_events(run_dir))
+    if frames is not None:
+        if summary.get("model") is None and not frames.signals.empty:
+            summary = {**summary, "model": str(frames.signals["model"].iloc[-1])}
         benchmark = None
         if not frames.closes.empty:
             benchmark = equal_weight_curve(frames.closes, float(summary["initial_equity"]))

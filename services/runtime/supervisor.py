@@ -45,7 +45,7 @@ from types import TracebackType
 
 import structlog
 
-from engine.config.schema import SupervisorConfig
+from engine.config.schema import METRICS_SERVICES, SupervisorConfig
 from engine.errors import UsageError
 from engine.process import die_with_parent
 from services.runtime.run_dir import (
@@ -75,6 +75,8 @@ class ChildSpec:
     name: str
     argv: tuple[str, ...]
     first_argv: tuple[str, ...] | None = None
+    # Environment of this child only, over the supervisor's (a signal child's metrics port).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +104,7 @@ def run_commands(
     fresh: bool,
     signal_instances: int = 1,
     instance: str = "",
+    metrics_port: int | None = None,
 ) -> list[ChildSpec]:
     """The ``deepfactor run SERVICE`` command of each service: ``common`` options for all,
     ``replay`` options for market-data, whose first start alone takes ``--fresh``.
@@ -110,7 +113,9 @@ def run_commands(
     scales out, ``services.runtime.standalone``): the first under the children's instance
     name ``instance`` (``--instance`` or ``[run] instance``; the host name when empty), child
     ``signal-K`` under ``--instance {instance}-K``, so each keeps its consumer name across
-    restarts."""
+    restarts. With ``metrics_port`` (``[metrics] port``, when enabled and no ``process_port``
+    is set), child ``signal-K`` serves its metrics on ``metrics_port`` + 8 + K - 2, after the
+    ports of the eight services (``MetricsConfig.port_of``), so none collides on one host."""
     instance = instance or socket.gethostname()
     base = (sys.executable, "-m", "services.commands.cli", "run")
     specs = []
@@ -122,7 +127,11 @@ def run_commands(
             for number in range(2, signal_instances + 1):
                 # The last --instance given wins: this one, over one in ``common``.
                 extra = (*argv, "--instance", f"{instance}-{number}")
-                specs.append(ChildSpec(f"signal-{number}", extra))
+                env = {}
+                if metrics_port is not None:
+                    port = metrics_port + len(METRICS_SERVICES) + number - 2
+                    env = {"DEEPFACTOR_METRICS__PROCESS_PORT": str(port)}
+                specs.append(ChildSpec(f"signal-{number}", extra, env=env))
     return specs
 
 
@@ -203,7 +212,7 @@ class Supervisor:
         preexec, _ = die_with_parent()
         child.process = subprocess.Popen(
             list(argv),
-            env=self.env,
+            env={**self.env, **spec.env},
             stdin=subprocess.DEVNULL,
             preexec_fn=preexec,
             # Own process group: a terminal's Ctrl-C reaches the supervisor only, which then

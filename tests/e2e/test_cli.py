@@ -286,3 +286,18 @@ def test_a_bad_factor_in_the_config_stops_paper_before_anything_starts(tmp_path)
     assert result.returncode == 2
     assert "[strategy.factors[0]] params" in result.stderr and "skip" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    # `deepfactor config check | head -1`, with the reader gone before the first write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.commands.cli", "config", "check"],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

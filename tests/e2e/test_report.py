@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from services.commands.cli import main
 from services.commands.replay import load_run_config
 from services.commands.report import add_report_command
+from services.commands.report_data import load_run
 from tests.conftest import delete_namespaces
 from tests.e2e.test_paper_resume import environment, run_to_end
 
@@ -186,3 +189,26 @@ def test_a_paper_report_draws_the_signals_and_fills_of_its_event_log(paper_dir):
     fills = {e["payload"]["fill_id"]: e["payload"] for e in events if e["type"] == "Fill"}
     summary = json.loads((paper_dir / "summary.json").read_text())
     assert len(fills) == summary["fills"] > 0
+
+
+def test_an_account_without_an_event_log_is_read_from_its_redis(
+    paper_dir, redis_url, tmp_path, monkeypatch
+):
+    # An account run as processes (`up`, `run SERVICE`) has no events.jsonl: the report reads
+    # the account's streams. The same account read both ways gives the same frames.
+    copy = tmp_path / "account"
+    shutil.copytree(paper_dir, copy, ignore=shutil.ignore_patterns("events.jsonl", "redis"))
+    monkeypatch.setenv("DEEPFACTOR_BUS__REDIS_URL", redis_url)
+    from_log, from_redis = load_run(paper_dir), load_run(copy)
+    assert from_redis.kind == from_log.kind == "paper"
+    assert len(from_redis.signals) == 120
+    for name in ("signals", "weights", "risk", "fills"):
+        pd.testing.assert_frame_equal(getattr(from_redis, name), getattr(from_log, name))
+    pd.testing.assert_series_equal(from_redis.benchmark, from_log.benchmark)
+    client = redis.Redis.from_url(redis_url)
+    try:  # read without a consumer group: nothing of the account was added or held back
+        namespace = json.loads((paper_dir / "account.json").read_text())["namespace"]
+        groups = {g["name"].decode() for g in client.xinfo_groups(f"{namespace}:signals")}
+        assert "report" not in groups
+    finally:
+        client.close()

@@ -114,6 +114,19 @@ def test_a_child_that_exits_0_has_finished_and_is_not_restarted() -> None:
     ]
 
 
+def test_a_child_gets_its_own_environment_over_the_supervisors() -> None:
+    # Exit 0 (finished) only when it sees its own variable and the supervisor's.
+    check = (
+        "import os; "
+        "raise SystemExit(0 if (os.environ['A'], os.environ['B']) == ('own', 'up') else 1)"
+    )
+    spec = ChildSpec("signal-2", python(check), env={"A": "own"})
+    supervisor = Supervisor([spec], settings(max_restarts=0), env={"A": "up", "B": "up"})
+    with Running(supervisor):
+        wait_for(lambda: supervisor.children[0].finished or supervisor.gave_up is not None)
+    assert supervisor.children[0].finished, supervisor.gave_up
+
+
 def test_more_exits_than_max_restarts_within_the_window_gives_up_and_stops_all() -> None:
     supervisor = Supervisor(
         [ChildSpec("execution", python("raise SystemExit(1)")), ChildSpec("signal", SLEEPER)],

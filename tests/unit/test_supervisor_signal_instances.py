@@ -55,3 +55,44 @@ def test_signal_instances_must_be_a_positive_count(value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[supervisor\] signal_instances"):
         load_config(None, {"DEEPFACTOR_SUPERVISOR__SIGNAL_INSTANCES": value})
     assert load_config(None, {}).supervisor.signal_instances == 1
+
+
+def test_each_extra_signal_child_gets_a_metrics_port_after_the_eight_services() -> None:
+    specs = {
+        s.name: s
+        for s in run_commands(
+            SERVICES,
+            common=["--out", "d"],
+            replay=[],
+            fresh=False,
+            signal_instances=3,
+            instance="box",
+            metrics_port=9464,
+        )
+    }
+    # signal itself keeps the rule's port (9466); signal-2 and signal-3 follow archive (9471).
+    assert specs["signal"].env == {}
+    assert specs["signal-2"].env == {"DEEPFACTOR_METRICS__PROCESS_PORT": "9472"}
+    assert specs["signal-3"].env == {"DEEPFACTOR_METRICS__PROCESS_PORT": "9473"}
+    ports = {9464 + i for i in range(8)} | {9472, 9473}
+    assert len(ports) == 10  # no two processes of one host on one port
+    config = load_config(
+        None,
+        environ={
+            "DEEPFACTOR_METRICS__PROCESS_PORT": specs["signal-2"].env[
+                "DEEPFACTOR_METRICS__PROCESS_PORT"
+            ]
+        },
+    )
+    assert config.metrics.port_of("signal") == 9472
+
+
+def test_metrics_ports_must_leave_room_for_every_signal_child() -> None:
+    environ = {
+        "DEEPFACTOR_METRICS__ENABLED": "true",
+        "DEEPFACTOR_METRICS__PORT": "65528",
+        "DEEPFACTOR_SUPERVISOR__SIGNAL_INSTANCES": "2",
+    }
+    with pytest.raises(ConfigError, match=r"\[metrics\] port 65528 leaves no port for signal"):
+        load_config(None, environ=environ)
+    assert load_config(None, environ={**environ, "DEEPFACTOR_METRICS__PORT": "65527"})
