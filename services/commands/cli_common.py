@@ -1,13 +1,18 @@
 """What the command handlers share: exit codes, config loading and validation, the
-replay panels, the printed summary.
+replay panels, the printed summary, and stopping on SIGTERM / SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run started and failed
@@ -174,3 +179,27 @@ def parse_speed(text: str | None, default: float) -> float:
             f"--speed must be bars per second >= 0, or 'max' (0 and max: no cap), received {text!r}"
         )
     return value
+
+
+def cold_stop() -> NoReturn:
+    """What a second SIGTERM or SIGINT does to a run: stop now (exit 130)."""
+    raise KeyboardInterrupt
+
+
+def on_stop_signals(
+    stop: threading.Event, second: Callable[[], object] | None = None
+) -> dict[int, Any]:
+    """Let SIGTERM and SIGINT set ``stop``, and a second one call ``second`` (``cold_stop``,
+    or hurrying a supervisor); return the handlers they replace, for ``restore_signals``."""
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if stop.is_set() and second is not None:
+            second()
+        stop.set()
+
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for number, handler in previous.items():
+        signal.signal(number, handler)

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from services.commands.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     STRATEGIES,
     load_and_log,
+    on_stop_signals,
     paper_panel,
     print_summary,
+    restore_signals,
     usage_error,
     with_model,
 )
@@ -141,15 +141,11 @@ def cmd_retrain(arguments: argparse.Namespace) -> int:
         return EXIT_OK
     stop = threading.Event()
 
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(stop)
     try:
         run_worker(trigger, job, stop)
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        restore_signals(previous)
     return EXIT_OK
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from services.commands.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     configure_command_logging,
+    on_stop_signals,
+    restore_signals,
     usage_error,
     validated_config,
 )
@@ -89,9 +89,6 @@ def cmd_tail(arguments: argparse.Namespace) -> int:
 
     stop = threading.Event()
 
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        stop.set()
-
     try:
         topics = check_topics(arguments.topics)
         if arguments.last < 0:
@@ -103,7 +100,7 @@ def cmd_tail(arguments: argparse.Namespace) -> int:
                 config, bus=msgspec.structs.replace(config.bus, redis_url=arguments.redis_url)
             )
         out_dir = Path(arguments.out or config.run.run_dir)
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = on_stop_signals(stop)
         try:
             with account_bus(config, out_dir, start_server=False) as bus:
 
@@ -112,8 +109,7 @@ def cmd_tail(arguments: argparse.Namespace) -> int:
 
                 run_tail(bus, topics, stop, write, last=arguments.last, as_json=arguments.json)
         finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+            restore_signals(previous)
     except (ConfigError, UsageError) as error:
         return usage_error(str(error))
     except BusError as error:

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from services.commands.cli_common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    cold_stop,
     load_and_log,
+    on_stop_signals,
     parse_speed,
     print_summary,
     replay_panels,
+    restore_signals,
     usage_error,
     validated_config,
 )
@@ -103,12 +104,7 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
         run_dir.release(discard=True)
         return usage_error(str(error))
 
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        if stop.is_set():  # second signal: cold stop
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(stop, cold_stop)
     try:
         from services.runtime.paper import run_live_paper, run_paper
 
@@ -135,8 +131,7 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        restore_signals(previous)
         run_dir.release()
     title = "paper" + (" (stopped early)" if run.interrupted else "")
     if run.restarts:
@@ -210,12 +205,7 @@ def cmd_run(arguments: argparse.Namespace) -> int:
         return usage_error(str(error))
     stop = threading.Event()
 
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        if stop.is_set():  # second signal: cold stop
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(stop, cold_stop)
     try:
         if service == "market-data":
             from services.runtime.feed import run_market_data
@@ -244,8 +234,7 @@ def cmd_run(arguments: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        restore_signals(previous)
     return EXIT_OK
 
 
@@ -286,12 +275,11 @@ def cmd_up(arguments: argparse.Namespace) -> int:
     stop = threading.Event()
     supervisor: Supervisor | None = None
 
-    def on_signal(number: int, frame: FrameType | None) -> None:
-        if stop.is_set() and supervisor is not None:  # second signal: kill the children
+    def hurry() -> None:  # a second signal: kill the children
+        if supervisor is not None:
             supervisor.hurry.set()
-        stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(stop, hurry)
     embedded: EmbeddedRedis | None = None
     try:
         with SupervisorLock(out_dir):
@@ -336,5 +324,4 @@ def cmd_up(arguments: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        restore_signals(previous)

@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
-from engine.bus import Bus, ConsumerLoop, ConsumeSettings, MemoryBus, RedisBus
+from engine.bus import ConsumerLoop, ConsumeSettings
 from engine.events import Envelope, decode, encode
 from tests.events import heartbeat
 
 IDLE_MS = 50
-
-
-@pytest.fixture(params=["memory", "redis"])
-def bus_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Bus]]:
-    """Return a function giving handles on one shared bus (one per simulated process)."""
-    if request.param == "memory":
-        shared = MemoryBus()
-        yield lambda: shared
-        return
-    redis_url = request.getfixturevalue("redis_url")
-    namespace = request.getfixturevalue("namespace")
-    made: list[RedisBus] = []
-
-    def make() -> Bus:
-        bus = RedisBus(redis_url, namespace, give_up_after_s=5)
-        made.append(bus)
-        return bus
-
-    yield make
-    for bus in made:
-        bus.close()
 
 
 def settings(**overrides: float) -> ConsumeSettings:
