@@ -1,6 +1,6 @@
 """Event buses: in-memory for backtests, Redis Streams for daemons, one contract for both."""
 
-from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic
+from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, check_topic, stream_id_order
 from engine.bus.embedded import EmbeddedRedis, find_redis_server
 from engine.bus.memory import MemoryBus
 from engine.bus.processing import ConsumerLoop, ConsumeSettings, ConsumeStats, Handler
@@ -20,4 +20,5 @@ __all__ = [
     "RedisBus",
     "check_topic",
     "find_redis_server",
+    "stream_id_order",
 ]

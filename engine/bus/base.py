@@ -30,6 +30,13 @@ _TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 RESERVED_TOPICS = frozenset({"deadletter", "processed"})
 
 
+def stream_id_order(message_id: str) -> tuple[int, int]:
+    """A stream id "N-M" as the pair of numbers it is ordered by (Redis's order, and the
+    in-memory bus's, whose ids are all "N-0")."""
+    first, _, second = message_id.partition("-")
+    return int(first), int(second or 0)
+
+
 def check_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid, unreserved topic name, else raise BusError."""
     if not _TOPIC_NAME.match(topic) or topic in RESERVED_TOPICS:

@@ -21,17 +21,19 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 
-from engine.bus.base import Bus, Consumer, DeadLetter, Delivery, Outbox, check_topic
+from engine.bus.base import (
+    Bus,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    Outbox,
+    check_topic,
+    stream_id_order,
+)
 from engine.errors import BusError, EventDecodeError
 from engine.events import Envelope, decode, encode
 
 log = structlog.get_logger("engine.bus")
-
-
-def _sequence(message_id: str) -> tuple[int, int]:
-    # "N-M" as numbers, the order of Redis stream ids (ours are all "N-0").
-    first, _, second = message_id.partition("-")
-    return int(first), int(second or 0)
 
 
 class _Delivered(msgspec.Struct, frozen=True, gc=False):
@@ -156,12 +158,12 @@ class MemoryBus(Bus):
             entries = self._topics.get(topic, [])
             # Ids increase along a topic's log: find the bounds by bisection.
             stop = bisect.bisect_right(
-                entries, _sequence(message_id), key=lambda entry: _sequence(entry[0])
+                entries, stream_id_order(message_id), key=lambda entry: stream_id_order(entry[0])
             )
             start = 0
             if after is not None:
                 start = bisect.bisect_right(
-                    entries, _sequence(after), key=lambda entry: _sequence(entry[0])
+                    entries, stream_id_order(after), key=lambda entry: stream_id_order(entry[0])
                 )
             window = entries[max(start, stop - count) : stop]
         out: list[tuple[str, Envelope]] = []

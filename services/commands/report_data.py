@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.bus import Bus, RedisBus, keys
+from engine.bus import Bus, RedisBus, keys, stream_id_order
 from engine.config import Config, RiskConfig
 from engine.data import Panel
 from engine.errors import DataError, EventDecodeError, UsageError
@@ -200,8 +200,7 @@ def stream_events(bus: RedisBus, topics: Iterable[str]) -> list[Envelope]:
                     event = decode(fields.get(b"event", b""))
                 except EventDecodeError:
                     continue
-                millis, _, sequence = message_id.decode().partition("-")
-                entries.append(((int(millis), int(sequence or 0)), event))
+                entries.append((stream_id_order(message_id.decode()), event))
             if len(page) < _PAGE:
                 break
             start = "(" + page[-1][0].decode()

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from engine.bus import keys
+from engine.bus import keys, stream_id_order
 from engine.bus.redis_streams import RedisBus
 from engine.errors import EventDecodeError, UsageError
 from engine.events import (
@@ -150,7 +150,7 @@ def follow(
         cursors[key] = newest[0][0].decode() if newest else "0-0"
         if last:
             backlog += [(m.decode(), topic, f.get(b"event", b"")) for m, f in newest]
-    for message_id, topic, data in sorted(backlog, key=lambda e: _id_order(e[0])):
+    for message_id, topic, data in sorted(backlog, key=lambda e: stream_id_order(e[0])):
         yield topic, message_id, _decoded(data), data
     while not stop.is_set():
         response = bus.call(
@@ -162,13 +162,8 @@ def follow(
             for message_id, fields in entries:
                 cursors[key] = message_id.decode()
                 batch.append((message_id.decode(), stream_keys[key], fields.get(b"event", b"")))
-        for message_id, topic, data in sorted(batch, key=lambda e: _id_order(e[0])):
+        for message_id, topic, data in sorted(batch, key=lambda e: stream_id_order(e[0])):
             yield topic, message_id, _decoded(data), data
-
-
-def _id_order(message_id: str) -> tuple[int, int]:
-    millis, _, sequence = message_id.partition("-")
-    return int(millis), int(sequence or 0)
 
 
 def _decoded(data: bytes) -> Envelope | None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from engine.bus import Bus, Delivery
+from engine.bus import Bus, Delivery, stream_id_order
 from engine.clock import Clock
 from engine.config import FactorConfig
 from engine.events import Control, Envelope, EventPayload, FactorSnapshot, Signal
@@ -54,12 +54,6 @@ CHECKPOINT_KINDS = ("lstm", "asset-lstm", "ridge")
 _Row = tuple[str, np.ndarray, tuple[str, ...], np.ndarray]  # id, features, symbols, exposures
 
 
-def _stream_order(message_id: str) -> tuple[int, int]:
-    # A stream id "N-M" as numbers: the order of the stream.
-    first, _, second = message_id.partition("-")
-    return int(first), int(second or 0)
-
-
 class _StreamHistory:
     """The feature rows and exposures of a topic's snapshots, read from the stream and cached
     by message id: a contiguous run of the stream, ending at the newest message read."""
@@ -68,7 +62,7 @@ class _StreamHistory:
         self.bus = bus
         self.topic = topic
         self.rows: list[_Row] = []
-        self._order: list[tuple[int, int]] = []  # _stream_order of each row, for bisection
+        self._order: list[tuple[int, int]] = []  # stream_id_order of each row, for bisection
         self._from_start = False  # the rows begin at the stream's first snapshot
         self.reads = 0  # range reads made
         self.decoded = 0  # rows built from them
@@ -76,7 +70,7 @@ class _StreamHistory:
     def until(self, message_id: str, length: int) -> list[_Row]:
         """The last ``length`` snapshot rows of the stream with ids up to ``message_id``
         (fewer when the stream holds fewer), oldest first."""
-        order = _stream_order(message_id)
+        order = stream_id_order(message_id)
         if self.rows and order <= self._order[-1]:
             # A message at or before the newest one read: a retry, or one reclaimed late.
             i = bisect.bisect_right(self._order, order) - 1
@@ -89,11 +83,11 @@ class _StreamHistory:
         if after is not None and len(new) < length:
             if len(self.rows) + len(new) >= length or self._from_start:
                 self.rows += new
-                self._order += [_stream_order(row[0]) for row in new]
+                self._order += [stream_id_order(row[0]) for row in new]
                 return self._trimmed(length)
             # Joined, they are still too short (a model reading more was loaded): read anew.
             after, new = None, self._read(message_id, length, None)
-        self.rows, self._order = new, [_stream_order(row[0]) for row in new]
+        self.rows, self._order = new, [stream_id_order(row[0]) for row in new]
         self._from_start = after is None and len(new) < length
         return self._trimmed(length)
 
