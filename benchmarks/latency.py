@@ -1,7 +1,8 @@
 """Tick to order over Redis: a rebalance bar's BarSet to its OrderRequests, services as processes.
 
 Set-up, per universe size N (20 and 500): the seeded synthetic market of N assets (daily bars,
-``[market] symbols = N``), the product's default factors, optimiser and risk limits, and the
+``[market] symbols = N``), the product's default factors, optimiser (its risk model set
+explicitly: ``RISK_MODEL``, ``RISK_FACTORS``) and risk limits, and the
 ``lstm`` signal (the paper's factor-weight LSTM) served from a model registry. The LSTM is first
 trained with ``deepfactor train --synthetic`` on the history bars only (``[model] epochs`` cut to
 ``--epochs`` and one walk-forward window, to keep set-up short; the network served, lookback 20,
@@ -100,7 +101,7 @@ import structlog  # noqa: E402
 from engine.bus import EmbeddedRedis, MemoryBus  # noqa: E402
 from engine.bus.keys import namespace_pattern, stream  # noqa: E402
 from engine.clock import SimulatedClock  # noqa: E402
-from engine.config import Config, RunConfig, load_config  # noqa: E402
+from engine.config import Config, PortfolioConfig, load_config  # noqa: E402
 from engine.events import BarSet, decode, event_id_time_ms  # noqa: E402
 from services.runtime.assembly import build_services  # noqa: E402
 
@@ -119,6 +120,10 @@ HOPS = 3  # BarSet -> factor-update -> signal -> rebalance (-> orders)
 ROUND_TRIPS_PER_HOP = 4  # XREADGROUP, ZMSCORE (duplicates), WATCH/EXISTS, MULTI..EXEC
 STALL_S = 0.25
 COMPUTE_PARTS = ("factor_compute", "lstm_inference", "optimiser", "risk_model_limits_orders")
+# The optimiser's risk model, written into the config so that a change of default does not
+# silently change what is measured (the default: pca, 20 components; see engine/portfolio).
+RISK_MODEL = "pca"
+RISK_FACTORS = 20
 
 
 # ------------------------------------------------------------------------------------ set-up
@@ -126,13 +131,10 @@ COMPUTE_PARTS = ("factor_compute", "lstm_inference", "optimiser", "risk_model_li
 
 def write_config(work: Path, n_assets: int, history_bars: int, epochs: int) -> Path:
     start = FIRST_TICK - timedelta(days=history_bars)
-    # A lease renewal (PEXPIRE of the service lock) between a commit's WATCH and its EXEC aborts
-    # that commit and stops the process; renewals every ttl/3 would make that a matter of time.
-    lease = "lease_ttl_s = 300\n" if "lease_ttl_s" in RunConfig.__struct_fields__ else ""
     text = f"""\
 [run]
 namespace = "latency{n_assets}"
-{lease}
+
 [log]
 format = "json"
 
@@ -151,6 +153,10 @@ name = "lstm"
 registry = "{(work / "models").as_posix()}"
 epochs = {epochs}
 retrain_every = 100000
+
+[portfolio]
+risk_model = "{RISK_MODEL}"
+risk_factors = {RISK_FACTORS}
 """
     path = work / "config.toml"
     path.write_text(text)
@@ -657,6 +663,8 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1m_end": load_end,
         "processes": "one per service: market-data (replay), " + ", ".join(CONSUMERS),
         "replay_speed_bars_per_s": arguments.speed,
+        "risk_model": RISK_MODEL,
+        "risk_factors": RISK_FACTORS,
         "git": git_describe(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
@@ -684,13 +692,7 @@ def notes(by_size: dict[int, dict]) -> list[str]:
         "the benchmark process after the run (no contention): the rest of the factor-update hop "
         "is counted as bus.",
     ]
-    if "lease_ttl_s" in RunConfig.__struct_fields__:
-        out.append(
-            "[run] lease_ttl_s = 300 (not 5): a lease renewal (PEXPIRE of the service lock) "
-            "between a commit's WATCH and its EXEC aborts the commit and the process exits "
-            "('transaction was aborted'); with the default (renewals every 1.7 s) a trial run "
-            "lost its execution process that way. Latency does not depend on the setting."
-        )
+    out.append(risk_model_note())
     for n, f in by_size.items():
         limit = TARGETS_MS.get(n)
         if limit is None:
@@ -705,6 +707,17 @@ def notes(by_size: dict[int, dict]) -> list[str]:
             f"Redis round trips): {f['compute_and_round_trip_floor_ms']} ms."
         )
     return out
+
+
+def risk_model_note() -> str:
+    default = PortfolioConfig().risk_model
+    setting = f'[portfolio] risk_model = "{RISK_MODEL}", risk_factors = {RISK_FACTORS}'
+    if RISK_MODEL == default:
+        return f"Risk model: {setting}, the default."
+    return (
+        f"Risk model: this benchmark runs the {RISK_MODEL!r} option ({setting}), NOT the "
+        f"default {default!r}: the figures are those of a deployment that sets it."
+    )
 
 
 def git_describe() -> str:

@@ -3,8 +3,9 @@
 Set-up, per universe size N: a ``RebalanceService`` on a ``MemoryBus`` and a ``SimulatedClock``,
 with the product's default configuration (``engine.config.Config()``: construction "optimizer",
 covariance_window 120, var_window 250, the VaR limit, the drawdown stop and the pre-trade checks
-on). Its prices are a seeded ``engine.data.synthetic.synthetic_panel`` of N assets (daily bars;
-a market factor, two style factors and regime-switching volatility, so the covariance has a
+on; ``--risk-model`` and ``--risk-factors`` set the optimiser's risk model instead of the
+default). Its prices are a seeded ``engine.data.synthetic.synthetic_panel`` of N assets (daily
+bars; a market factor, two style factors and regime-switching volatility, so the covariance has a
 realistic structure), sent as one BarSet event per bar: first the history the service keeps
 (max(covariance_window, var_window, reentry_trend_bars) + 10 bars), then one bar per rebalance.
 
@@ -12,7 +13,7 @@ Each rebalance, on a new bar: the clock moves to the bar's close, the bar and a 
 (fresh seeded standard-normal scores, so every rebalance trades) are handled, then the
 RebalanceDue of that bar (distinct id ``rb-bench-{N}-{k}``, schedule ``bench``, increasing
 ``due``). What is timed (``time.perf_counter``) is ``service.handle`` of that tick alone: the
-handler builds the target (returns window, Ledoit-Wolf risk model, the cvxpy/Clarabel solve, the
+handler builds the target (returns window, risk model, the cvxpy/Clarabel solve, the
 risk limits), plans the orders and publishes the TargetPortfolio and every OrderRequest before it
 returns, so its wall time is the latency from the tick to the last order published. After each
 call the bus is read back to check it: one TargetPortfolio of that id, every order of that id
@@ -63,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cvxpy as cp  # noqa: E402
+import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 import structlog  # noqa: E402
 
@@ -331,12 +333,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=30, help="timed rebalances per size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rebalances first (>= 1)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--risk-model",
+        choices=("ledoit-wolf", "pca"),
+        help="[portfolio] risk_model (default: the product's default)",
+    )
+    parser.add_argument("--risk-factors", type=int, help="[portfolio] risk_factors (pca)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     arguments = parser.parse_args(argv)
     if arguments.warmup < 1 or arguments.samples < 1:
         parser.error("--warmup and --samples must be at least 1")
 
     config = Config()
+    chosen = {
+        key: value
+        for key, value in (
+            ("risk_model", arguments.risk_model),
+            ("risk_factors", arguments.risk_factors),
+        )
+        if value is not None
+    }
+    if chosen:
+        portfolio = msgspec.structs.replace(config.portfolio, **chosen)
+        config = msgspec.structs.replace(config, portfolio=portfolio)
     load_start = load()
     previous_logging = structlog.get_config()
     with open(os.devnull, "w") as sink:
@@ -366,6 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
         seed=arguments.seed,
         construction=config.portfolio.construction,
         covariance_window=config.portfolio.covariance_window,
+        risk_model=config.portfolio.risk_model,
+        risk_factors=config.portfolio.risk_factors,
         var_window=config.risk.var_window,
         var_limit=config.risk.var_limit,
         risk_enabled=config.risk.enabled,

@@ -5,7 +5,7 @@ The risk model's scikit-learn and the optimiser's cvxpy are imported on first us
 ``load_estimator`` / ``load_cvxpy``), not with the package: a process that only rounds to lot
 rules or weighs by a simple scheme does not carry them."""
 
-from engine.portfolio.covariance import RiskModel, ledoit_wolf_model, load_estimator
+from engine.portfolio.covariance import RiskModel, ledoit_wolf_model, load_estimator, pca_model
 from engine.portfolio.lots import LotRules, lot_rules_from_ccxt, round_quantity
 from engine.portfolio.optimiser import (
     OptimisationError,
@@ -35,6 +35,7 @@ __all__ = [
     "load_cvxpy",
     "load_estimator",
     "lot_rules_from_ccxt",
+    "pca_model",
     "round_quantity",
     "score_proportional_weights",
     "top_fraction_count",

@@ -8,11 +8,13 @@ The problem, in per-period units:
                 |w|_1 <= gross, net_min <= sum w <= net_max            (long-short)
                 |w - w_prev|_1 <= turnover_cap      (when set)
 
-with Sigma = F' F + ridge I from the risk model. Building a cvxpy problem costs far more than
+with Sigma = F' F + diag(specific) from the risk model (engine/portfolio/covariance.py:
+Ledoit-Wolf, T factor rows and one ridge as every asset's specific variance, or PCA, K
+components and a specific variance per asset). Building a cvxpy problem costs far more than
 solving it, so one is built per shape (N assets, K factor rows, long-only or not) with every
 number that changes as a ``cp.Parameter`` (the problem is DPP), cached, and re-solved with new
-values. The factor F is the R of a QR decomposition of the T x N loadings (R' R = L' L) when
-T > N, so K = min(T, N) and the risk term is never larger than N x N.
+values. The factor F is the R of a QR decomposition of the K x N loadings (R' R = L' L) when
+K > N, so the risk term is never larger than N x N.
 
 The objective is multiplied by a positive scale that brings the Hessian's diagonal to about 1
 (per-period variances are ~1e-4 and alphas ~1e-3, which sit below solver tolerances); the
@@ -22,11 +24,14 @@ Solver: CLARABEL (interior point, ~10 iterations to 1e-8) with its default ``qdl
 factorisation, OSQP as the fallback. The factor exposures F w are variables of their own, so
 the KKT system holds F as a sparse K x N block and a diagonal quadratic, not the dense N x N
 F' F: with ``qdldl`` that takes N = 500 from ~200 ms to ~110 ms a re-solve (``faer``, faster
-on the dense form, is slower on this one). Measured p50 on this project's shared 2-core CPU,
-T = 120: ~4 ms for N = 20, ~110 ms for N = 500. Each solve starts cold (no warm start): the
-result then depends on the inputs only, not on the solves before it, so a restarted
-rebalancer and a replay decide exactly what the original did. OSQP needs eps ~1e-7 to agree
-with Clarabel to 1e-6 and is then slower at N = 500 (~300 ms); HiGHS failed at N = 500.
+on the dense form, is slower on this one). Solve time grows with K: measured best of repeated
+solves on this project's shared 2-core CPU, T = 120, N = 500: ~115 ms with the Ledoit-Wolf
+model (K = 120), ~21 ms with 20 PCA components, ~16 ms with 10; N = 20: ~2-4 ms either way,
+most of it cvxpy's own work per solve (the solver ~0.6 ms). Each solve starts cold (no warm
+start): the result then depends on the inputs only, not on the solves before it, so a
+restarted rebalancer and a replay decide exactly what the original did. OSQP needs eps ~1e-7
+to agree with Clarabel to 1e-6 and is then slower at N = 500 (~300 ms with Ledoit-Wolf);
+HiGHS failed at N = 500.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ class _Template:
     weights: cp.Variable
     alpha: cp.Parameter
     factor: cp.Parameter
-    ridge: cp.Parameter
+    specific_root: cp.Parameter
     cost: cp.Parameter
     previous: cp.Parameter
     lower: cp.Parameter
@@ -149,15 +154,17 @@ def _build(n_assets: int, n_factor_rows: int, long_only: bool) -> _Template:
     trades = cp.Variable(n_assets, name="trades")
     alpha = cp.Parameter(n_assets, name="alpha")
     factor = cp.Parameter((n_factor_rows, n_assets), name="factor")
-    ridge = cp.Parameter(nonneg=True, name="ridge")
+    specific_root = cp.Parameter(n_assets, nonneg=True, name="specific_root")
     cost = cp.Parameter(nonneg=True, name="cost")
     previous = cp.Parameter(n_assets, name="previous")
     lower = cp.Parameter(n_assets, name="lower")
     upper = cp.Parameter(n_assets, name="upper")
     turnover_cap = cp.Parameter(nonneg=True, name="turnover_cap")
     gross = cp.Parameter(nonneg=True, name="gross")
-    # `factor` and `ridge` carry lambda / 2 and the objective's scale, `cost` the scale: a
-    # parameter times an expression holding parameters would not be DPP.
+    # `factor` and `specific_root` (the square roots of the specific variances) carry
+    # lambda / 2 and the objective's scale, `cost` the scale: a parameter times an expression
+    # holding parameters would not be DPP. The specific risk is |sqrt(specific) * w|^2, so
+    # the per-asset diagonal stays a parameter (a parameter matrix in a quad_form is not DPP).
     # The factor exposures as variables of their own: the risk term is then a diagonal
     # quadratic and the factor a sparse (K x N) constraint block, instead of the dense N x N
     # matrix factor.T @ factor that the solver would otherwise factorise (5x faster at N=500).
@@ -165,7 +172,7 @@ def _build(n_assets: int, n_factor_rows: int, long_only: bool) -> _Template:
     objective = cp.Maximize(
         alpha @ weights
         - cp.sum_squares(exposures)
-        - ridge * cp.sum_squares(weights)
+        - cp.sum_squares(cp.multiply(specific_root, weights))
         - cost * cp.norm1(trades)
     )
     constraints = [
@@ -188,7 +195,7 @@ def _build(n_assets: int, n_factor_rows: int, long_only: bool) -> _Template:
         ]
     problem = cp.Problem(objective, constraints)
     return _Template(
-        problem, weights, alpha, factor, ridge, cost, previous, lower, upper, turnover_cap,
+        problem, weights, alpha, factor, specific_root, cost, previous, lower, upper, turnover_cap,
         gross, net_min, net_max,
     )  # fmt: skip
 
@@ -204,7 +211,7 @@ class PortfolioOptimiser:
 
     def problem(self, n_assets: int, n_factor_rows: int, long_only: bool) -> cp.Problem:
         """The cached cvxpy problem for this shape (built on first use); ``n_factor_rows`` is
-        min(T, N) for a risk model fitted on T periods."""
+        min(K, N) for a risk model with K factor rows (Ledoit-Wolf: K = T, the periods)."""
         return self._template(n_assets, n_factor_rows, long_only).problem
 
     def _template(self, n_assets: int, n_factor_rows: int, long_only: bool) -> _Template:
@@ -241,11 +248,12 @@ class PortfolioOptimiser:
             or previous.shape != alpha.shape
             or risk.loadings.ndim != 2
             or risk.loadings.shape[1] != n_assets
+            or np.shape(risk.specific) != (n_assets,)
         ):
             raise ValueError(
-                "PortfolioOptimiser.solve: alpha (N,), previous (N,) and risk.loadings (T, N) "
-                f"must agree on N, received {alpha.shape}, {previous.shape} and "
-                f"{risk.loadings.shape}"
+                "PortfolioOptimiser.solve: alpha (N,), previous (N,), risk.loadings (K, N) and "
+                f"risk.specific (N,) must agree on N, received {alpha.shape}, {previous.shape}, "
+                f"{risk.loadings.shape} and {np.shape(risk.specific)}"
             )
         if not np.isfinite(previous).all():
             raise ValueError(
@@ -263,7 +271,8 @@ class PortfolioOptimiser:
         template = self._template(n_assets, factor.shape[0], settings.long_only)
 
         half_lambda = 0.5 * settings.risk_aversion
-        mean_variance = (np.einsum("ti,ti->", factor, factor) / max(n_assets, 1)) + risk.ridge
+        specific = np.asarray(risk.specific, dtype=np.float64)
+        mean_variance = (np.einsum("ki,ki->", factor, factor) + specific.sum()) / max(n_assets, 1)
         if half_lambda * mean_variance > 0:
             scale = 1.0 / (half_lambda * mean_variance)
         else:  # no risk term: a linear programme, scaled by its largest coefficient
@@ -272,7 +281,7 @@ class PortfolioOptimiser:
 
         template.alpha.value = scale * np.where(investable, alpha, 0.0)
         template.factor.value = np.sqrt(scale * half_lambda) * factor
-        template.ridge.value = scale * half_lambda * risk.ridge
+        template.specific_root.value = np.sqrt(scale * half_lambda * specific)
         template.cost.value = scale * settings.turnover_cost
         template.previous.value = previous
         template.lower.value = lower

@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 
 from engine.config import PortfolioConfig, RiskConfig
-from engine.portfolio.covariance import ledoit_wolf_model, load_estimator
+from engine.portfolio.covariance import RiskModel, ledoit_wolf_model, load_estimator, pca_model
 from engine.portfolio.optimiser import (
     OptimisationError,
     OptimiserSettings,
@@ -104,6 +104,11 @@ class TargetBuilder:
             solve_ms=solve_ms,
         )
 
+    def _risk_model(self, window: np.ndarray) -> RiskModel:
+        if self.portfolio.risk_model == "pca":
+            return pca_model(window, self.portfolio.risk_factors)
+        return ledoit_wolf_model(window)
+
     def _construct(
         self, scores: np.ndarray, returns: np.ndarray, previous: np.ndarray
     ) -> tuple[np.ndarray, float | None, list[Action]]:
@@ -122,7 +127,7 @@ class TargetBuilder:
         investable = np.where(enough, scores, np.nan)
         if len(window) < MIN_HISTORY or not enough.any():
             return np.zeros(len(scores)), None, []
-        model = ledoit_wolf_model(window)
+        model = self._risk_model(window)
         volatility = model.volatility()
         if scheme == "inverse-volatility":
             weights = inverse_volatility_weights(

@@ -102,3 +102,20 @@ def test_password_in_file_is_refused_but_accepted_from_environment(tmp_path):
 def test_redis_url_scheme_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="redis_url must start with redis://"):
         load_config(write(tmp_path, "[bus]\nredis_url = 'http://db'\n"), {})
+
+
+def test_risk_model_choices_and_factor_count_are_checked_by_key(tmp_path):
+    config = load_config(
+        write(tmp_path, "[portfolio]\nrisk_model = 'ledoit-wolf'\nrisk_factors = 15\n"), {}
+    )
+    assert config.portfolio.risk_model == "ledoit-wolf" and config.portfolio.risk_factors == 15
+    assert Config().portfolio.risk_model == "pca"
+    with pytest.raises(
+        ConfigError,
+        match=r"\[portfolio\] risk_model must be one of 'pca', 'ledoit-wolf', received 'PCA'",
+    ):
+        load_config(write(tmp_path, "[portfolio]\nrisk_model = 'PCA'\n"), {})
+    with pytest.raises(
+        ConfigError, match=r"\[portfolio\] risk_factors must be int >= 1, received 0"
+    ):
+        load_config(write(tmp_path, "[portfolio]\nrisk_factors = 0\n"), {})

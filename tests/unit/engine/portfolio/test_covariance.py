@@ -28,7 +28,7 @@ def test_covariance_is_sklearns_ledoit_wolf(n_periods, n_assets):
 def test_the_shrinkage_is_real_not_zero():
     # Fewer periods than assets: Ledoit-Wolf must pull the sample covariance towards mu * I.
     model = ledoit_wolf_model(correlated_returns(30, 50))
-    assert model.ridge > 0
+    assert np.all(model.specific > 0)
 
 
 def test_portfolio_variance_and_volatility_agree_with_the_matrix():
@@ -73,7 +73,7 @@ def test_an_asset_with_no_returns_gets_zero_loadings_and_zero_mean():
 def test_no_estimable_variance_gives_zero_loadings_not_a_crash(returns):
     model = ledoit_wolf_model(returns)
     assert isinstance(model, RiskModel)
-    assert not model.loadings.any() and model.ridge == 0.0
+    assert not model.loadings.any() and not model.specific.any()
     assert not model.covariance().any()
 
 
