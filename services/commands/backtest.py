@@ -28,10 +28,18 @@ class Backtest:
     """One replay of a panel through every service; keeps the bus for auditing.
 
     ``block_bars`` caps how many quiet bars go out as one BarBlock; 1 sends every bar as its
-    own BarSet (slower, same results: the tests compare the two).
+    own BarSet (slower, same results: the tests compare the two). ``schedule`` serves models
+    fitted elsewhere (``deepfactor evaluate`` fits the walk-forward windows in parallel) instead
+    of fitting them here when ``[model] walk_forward`` is on.
     """
 
-    def __init__(self, config: Config, panel: Panel, block_bars: int = BLOCK_BARS) -> None:
+    def __init__(
+        self,
+        config: Config,
+        panel: Panel,
+        block_bars: int = BLOCK_BARS,
+        schedule: list[tuple[Any, Any]] | None = None,
+    ) -> None:
         if block_bars < 1:
             raise ValueError(f"block_bars must be >= 1, received {block_bars}")
         self.config = config
@@ -40,7 +48,9 @@ class Backtest:
         self.bus = MemoryBus(namespace="backtest")
         self.clock = SimulatedClock(to_datetime(panel.bar_open[0]))
         self.services: Services = build_services(config, self.bus, self.clock)
-        if config.model.walk_forward and config.strategy.name in CHECKPOINT_KINDS:
+        if schedule is not None:
+            self.services.signal.serve_schedule(schedule)
+        elif config.model.walk_forward and config.strategy.name in CHECKPOINT_KINDS:
             self.walk_forward = _walk_forward(config, panel)
             self.services.signal.serve_schedule(self.walk_forward.schedule[config.strategy.name])
         self.market = MarketDataService(

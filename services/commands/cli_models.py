@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.commands.cli_common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     STRATEGIES,
     load_and_log,
@@ -28,6 +29,7 @@ def cmd_backtest(arguments: argparse.Namespace) -> int:
     from engine.data.sources import FileSource
     from engine.errors import ConfigError, DataError, UsageError
     from services.commands.preflight import check_output_dir
+    from strategies.models import ModelError
 
     if arguments.strategy is not None and arguments.strategy not in STRATEGIES:
         return usage_error(
@@ -44,10 +46,117 @@ def cmd_backtest(arguments: argparse.Namespace) -> int:
         from services.commands.backtest import run_backtest
 
         summary = run_backtest(config, panel, Path(arguments.out))
-    except (ConfigError, DataError, UsageError) as error:
+    except (ConfigError, DataError, UsageError, ModelError) as error:
         return usage_error(str(error))
     print_summary("backtest", summary, Path(arguments.out))
     return EXIT_OK
+
+
+def cmd_evaluate(arguments: argparse.Namespace) -> int:
+    from engine.errors import ConfigError, DataError, UsageError
+    from services.commands.preflight import check_output_dir
+    from strategies.models import ModelError
+
+    try:
+        options = _evaluate_options(arguments)
+        out_dir = Path(arguments.out)
+        check_output_dir(out_dir)
+        config = load_and_log(arguments, "evaluate")
+        panel, known = _evaluate_panel(arguments, out_dir)
+        from services.runtime.assembly import check_universe
+
+        check_universe(config, panel.symbols, arguments.data or "--synthetic-regimes")
+        from services.commands.evaluate import run_evaluation
+
+        run_evaluation(config, panel, out_dir, options, known)
+    except (ConfigError, DataError, UsageError, ModelError) as error:
+        return usage_error(str(error))
+    except KeyboardInterrupt:
+        print("evaluate: interrupted before the results were written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print((out_dir / "table.md").read_text())
+    print(
+        f"written to {out_dir}: results.json, table.md, curves.csv, equity.png, drawdown.png, "
+        "regimes.png"
+    )
+    return EXIT_OK
+
+
+def _evaluate_options(arguments: argparse.Namespace):  # -> EvaluateOptions
+    from engine.errors import UsageError
+    from services.commands.evaluate import BY_KEY, EvaluateOptions
+
+    if (arguments.data is None) == (not arguments.synthetic_regimes):
+        raise UsageError("give one of --data FILE or --synthetic-regimes")
+    if arguments.seeds < 1 or arguments.jobs < 1:
+        raise UsageError(
+            f"--seeds and --jobs must be >= 1, received {arguments.seeds} and {arguments.jobs}"
+        )
+    if arguments.ray_address and arguments.executor != "ray":
+        raise UsageError("--ray-address goes with --executor ray")
+    strategies = tuple(BY_KEY)
+    if arguments.strategies:
+        strategies = tuple(s.strip() for s in arguments.strategies.split(",") if s.strip())
+        unknown = [s for s in strategies if s not in BY_KEY]
+        if unknown:
+            raise UsageError(f"--strategies: unknown {unknown}; known: {list(BY_KEY)}")
+        if "lstm" not in strategies or not any(BY_KEY[s].classical for s in strategies):
+            raise UsageError(
+                "--strategies must hold lstm and at least one classical baseline "
+                "(equal-weight, trailing-ic, ridge): the verdict compares them"
+            )
+        strategies = tuple(k for k in BY_KEY if k in strategies)  # the table's order
+    return EvaluateOptions(
+        seeds=arguments.seeds,
+        jobs=arguments.jobs,
+        executor=arguments.executor,
+        ray_address=arguments.ray_address,
+        device=arguments.device,
+        strategies=strategies,
+        progress=not arguments.no_progress,
+    )
+
+
+def _evaluate_panel(arguments: argparse.Namespace, out_dir: Path):  # -> (Panel, KnownRegimes)
+    from services.commands.evaluate import KnownRegimes
+
+    if arguments.data is not None:
+        from engine.data.sources import FileSource
+
+        panel = FileSource(Path(arguments.data)).panel()
+        if arguments.regimes is None:
+            return panel, None
+        return panel, KnownRegimes(
+            _read_regimes(Path(arguments.regimes)), "given by the user", arguments.regimes
+        )
+    from engine.data.regime_market import regime_panel, write_regime_market
+
+    if arguments.regimes is not None:
+        from engine.errors import UsageError
+
+        raise UsageError("--regimes goes with --data: --synthetic-regimes knows its own")
+    market = regime_panel()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_file, _ = write_regime_market(market, out_dir / "market.csv.gz")
+    return market.panel, KnownRegimes(market.regimes, market.rule, data_file.name)
+
+
+def _read_regimes(path: Path):  # -> pandas.Series
+    from engine.data.regime_market import REGIMES, load_regimes
+    from engine.errors import DataError
+
+    try:
+        labels = load_regimes(path)
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(
+            f"--regimes {path}: cannot read a timestamp,regime table ({error})"
+        ) from error
+    if labels.isna().any():
+        raise DataError(
+            f"--regimes {path}: regimes must be one of {list(REGIMES)} on every row "
+            f"({int(labels.isna().sum())} rows are not)"
+        )
+    return labels
 
 
 def cmd_train(arguments: argparse.Namespace) -> int:

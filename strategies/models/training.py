@@ -46,6 +46,9 @@ from strategies.models.networks import (
 
 log = structlog.get_logger("strategies.models.training")
 MIN_ASSETS = 5
+# Fewer usable samples than this and a refit point is skipped: a fit on a handful of rows (the
+# early years of a market where few assets trade yet) learns noise, or cannot split at all.
+MIN_FIT_SAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -327,7 +330,8 @@ class Window:
 
 def walk_forward_windows(data: PeriodData, settings: TrainSettings) -> list[Window]:
     """Refit points every ``retrain_every`` periods from ``min_train`` on; each window's test
-    rows run to the next refit (those with a label)."""
+    rows run to the next refit (those with a label). A refit point with fewer than
+    ``MIN_FIT_SAMPLES`` usable training samples is skipped (its periods go unscored)."""
     last_labelled = data.n_periods - 2
     out = []
     for cutoff in range(settings.min_train, last_labelled + 1, settings.retrain_every):
@@ -335,12 +339,15 @@ def walk_forward_windows(data: PeriodData, settings: TrainSettings) -> list[Wind
         train = train[train >= settings.lookback - 1]
         if settings.window == "rolling" and settings.train_periods:
             train = train[-settings.train_periods :]
+        if len(usable_rows(data, train, settings)) < MIN_FIT_SAMPLES:
+            continue
         test = np.arange(cutoff, min(cutoff + settings.retrain_every, last_labelled + 1))
         out.append(Window(cutoff, train, test))
     if not out:
         raise ModelError(
             f"{data.n_periods} periods leave no walk-forward window after min_train "
-            f"{settings.min_train}"
+            f"{settings.min_train} with {MIN_FIT_SAMPLES} usable samples (periods where at "
+            f"least {MIN_ASSETS} assets have every factor and a label) before it"
         )
     return out
 
