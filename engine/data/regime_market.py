@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from engine.data.panel import Panel
+from engine.data.synthetic import ohlcv_bars
 
 # The names engine.evaluation.regimes labels with; not imported from there so the data layer
 # does not load the evaluation package (scipy) to build bars. A test checks they agree.
@@ -254,21 +255,7 @@ def regime_panel(
     log_returns = beta * market + styles @ style_loadings.T + cross_section + noise
     _reverse_winners(log_returns, per_bar("winner_reversal")[:, 0] * dt)
 
-    first = rng.uniform(5.0, 500.0, n_assets)
-    close = first * np.exp(np.cumsum(log_returns, axis=0))
-    previous = np.vstack([first, close[:-1]])
-    typical = idio_volatility * dispersion
-    open_ = previous * np.exp(rng.standard_normal((n_bars, n_assets)) * 0.2 * typical)
-    high = np.maximum(open_, close) * np.exp(
-        np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
-    )
-    low = np.minimum(open_, close) * np.exp(
-        -np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
-    )
-    turnover = rng.lognormal(mean=0.0, sigma=0.4, size=(n_bars, n_assets)) * (
-        1 + 20 * np.abs(log_returns)
-    )
-    volume = turnover * rng.uniform(1e4, 1e6, n_assets) / close
+    open_, high, low, close, volume = ohlcv_bars(rng, log_returns, idio_volatility * dispersion)
 
     panel = Panel(
         bar_open=first_open + step * np.arange(n_bars),

@@ -62,21 +62,7 @@ def synthetic_panel(
     noise = rng.standard_normal((n_bars, n_assets)) * idio_vol * regime
     log_returns = drift + factors @ loadings.T + noise
 
-    first = rng.uniform(5.0, 500.0, n_assets)
-    close = first * np.exp(np.cumsum(log_returns, axis=0))
-    previous = np.vstack([first, close[:-1]])
-    typical = idio_vol * regime
-    open_ = previous * np.exp(rng.standard_normal((n_bars, n_assets)) * 0.2 * typical)
-    high = np.maximum(open_, close) * np.exp(
-        np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
-    )
-    low = np.minimum(open_, close) * np.exp(
-        -np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
-    )
-    turnover = rng.lognormal(mean=0.0, sigma=0.4, size=(n_bars, n_assets)) * (
-        1 + 20 * np.abs(log_returns)
-    )
-    volume = turnover * rng.uniform(1e4, 1e6, n_assets) / close
+    open_, high, low, close, volume = ohlcv_bars(rng, log_returns, idio_vol * regime)
 
     bar_open = np.datetime64(start, "ms") + step * np.arange(n_bars)
     symbols = tuple(f"SYN{i:03d}{symbol_suffix}" for i in range(n_assets))
@@ -91,3 +77,31 @@ def synthetic_panel(
         timeframe=step,
         source=f"synthetic(seed={seed})",
     )
+
+
+def ohlcv_bars(
+    rng: np.random.Generator, log_returns: np.ndarray, typical: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Open, high, low, close and volume bars (each (T, N)) around ``log_returns`` (T, N).
+
+    Closes compound the log returns from a random first price; the open gaps from the previous
+    close, and the high and low reach beyond open and close, by noise of ``typical`` scale
+    (the per-bar volatility, broadcast over bars and assets); volume grows with the size of
+    the move. Draws from ``rng`` in a fixed order, so a seeded market stays the same.
+    """
+    n_bars, n_assets = log_returns.shape
+    first = rng.uniform(5.0, 500.0, n_assets)
+    close = first * np.exp(np.cumsum(log_returns, axis=0))
+    previous = np.vstack([first, close[:-1]])
+    open_ = previous * np.exp(rng.standard_normal((n_bars, n_assets)) * 0.2 * typical)
+    high = np.maximum(open_, close) * np.exp(
+        np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
+    )
+    low = np.minimum(open_, close) * np.exp(
+        -np.abs(rng.standard_normal((n_bars, n_assets))) * 0.5 * typical
+    )
+    turnover = rng.lognormal(mean=0.0, sigma=0.4, size=(n_bars, n_assets)) * (
+        1 + 20 * np.abs(log_returns)
+    )
+    volume = turnover * rng.uniform(1e4, 1e6, n_assets) / close
+    return open_, high, low, close, volume

@@ -164,7 +164,7 @@ _COLUMNS = (
     ("Sortino", "sortino_ratio", _num),
     ("Calmar", "calmar_ratio", _num),
     ("Max DD", "max_drawdown", _pct),
-    ("DD days", "max_drawdown_duration", lambda v: _num(v, 0)),
+    ("DD bars", "max_drawdown_duration", lambda v: _num(v, 0)),
     ("VaR 95", "var_95", lambda v: _pct(v, 2)),
     ("ES 95", "expected_shortfall_95", lambda v: _pct(v, 2)),
     ("VaR 99", "var_99", lambda v: _pct(v, 2)),

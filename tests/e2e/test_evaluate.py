@@ -189,34 +189,24 @@ def test_a_process_pool_and_ray_give_the_same_results(workspace: Path, single: P
     assert (ray / "results.json").read_bytes() == expected
 
 
+def refused(tmp_path: Path, workspace: Path, name: str, n_assets: int, n_bars: int) -> str:
+    """Evaluate a close table of that shape; it must exit 2 and write no results: stderr."""
+    data = close_table(tmp_path / name, n_assets=n_assets, n_bars=n_bars)
+    config = str(workspace / "config.toml")
+    out = tmp_path / "out"
+    result = deepfactor("evaluate", "--data", str(data), "--config", config, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert not (out / "results.json").exists()
+    return result.stderr
+
+
 def test_too_few_assets_is_refused_with_what_is_needed(tmp_path: Path, workspace: Path):
-    data = close_table(tmp_path / "four.csv", n_assets=4, n_bars=520)
-    result = deepfactor(
-        "evaluate",
-        "--data",
-        str(data),
-        "--config",
-        str(workspace / "config.toml"),
-        "--out",
-        str(tmp_path / "out"),
-    )
-    assert result.returncode == 2
-    assert "four.csv: 4 asset(s)" in result.stderr and "at least 5" in result.stderr
+    stderr = refused(tmp_path, workspace, "four.csv", n_assets=4, n_bars=520)
+    assert "four.csv: 4 asset(s)" in stderr and "at least 5" in stderr
 
 
 def test_too_short_a_file_is_refused_with_what_is_needed(tmp_path: Path, workspace: Path):
-    data = close_table(tmp_path / "short.csv", n_assets=8, n_bars=230)
-    result = deepfactor(
-        "evaluate",
-        "--data",
-        str(data),
-        "--config",
-        str(workspace / "config.toml"),
-        "--out",
-        str(tmp_path / "out"),
-    )
-    assert result.returncode == 2, result.stderr
-    assert "short.csv: 230 bars" in result.stderr
-    assert "needs at least 2 walk-forward windows" in result.stderr
-    assert "min_train (150)" in result.stderr and "retrain_every (100)" in result.stderr
-    assert not (tmp_path / "out" / "results.json").exists()
+    stderr = refused(tmp_path, workspace, "short.csv", n_assets=8, n_bars=230)
+    assert "short.csv: 230 bars" in stderr
+    assert "needs at least 2 walk-forward windows" in stderr
+    assert "min_train (150)" in stderr and "retrain_every (100)" in stderr

@@ -16,6 +16,8 @@ from strategies.models.dataset import PeriodData, rank_labels, windows
 from strategies.models.networks import composite, factor_weights, ic_loss
 from strategies.models.synthetic import planted_regime_market
 from strategies.models.training import (
+    MIN_ASSETS,
+    MIN_FIT_SAMPLES,
     TrainSettings,
     fit,
     walk_forward,
@@ -120,6 +122,24 @@ def test_a_rolling_window_keeps_the_latest_train_periods(data: PeriodData):
 def test_no_window_after_min_train_is_refused(data: PeriodData):
     with pytest.raises(ModelError, match="120 periods leave no walk-forward window"):
         walk_forward_windows(data, TrainSettings(min_train=119))
+
+
+def test_refit_points_with_too_few_usable_samples_are_skipped(data: PeriodData):
+    """A market where few assets trade at first (a young exchange): rows with fewer than
+    MIN_ASSETS scorable assets teach nothing, and a refit point that has fewer than
+    MIN_FIT_SAMPLES usable rows is left out instead of failing the whole walk-forward."""
+    exposures = data.exposures.copy()
+    exposures[:70, :, MIN_ASSETS - 1 :] = np.nan  # rows 0..69: only MIN_ASSETS - 1 assets
+    young = dataclasses.replace(data, exposures=exposures)
+    settings = TrainSettings(lookback=5, min_train=50, retrain_every=10, device="cpu")
+    plan = walk_forward_windows(young, settings)
+    # Usable rows start at 70; a cutoff needs MIN_FIT_SAMPLES of them before it.
+    first = 70 + MIN_FIT_SAMPLES
+    assert [w.cutoff for w in plan] == list(range(first, data.n_periods - 1, 10))
+    for window in plan:  # each of them fits
+        fit("ridge", young, window.train_rows, settings)
+    with pytest.raises(ModelError, match="usable samples"):
+        walk_forward_windows(young, dataclasses.replace(settings, min_train=50, retrain_every=200))
 
 
 def test_a_first_window_without_training_rows_is_a_model_error(data: PeriodData):
