@@ -204,7 +204,7 @@ def plan_windows(config: Config, panel: Panel, options: EvaluateOptions):
     from strategies.models import ModelError
     from strategies.models.training import MIN_ASSETS, walk_forward_windows
 
-    settings = dataclasses.replace(settings_of(config, options.device), device=options.device)
+    settings = settings_of(config, options.device)
     with task_logging():  # the factor service's replay logs every schedule tick
         data = period_data(config, panel)
     try:
