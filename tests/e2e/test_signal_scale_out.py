@@ -82,22 +82,29 @@ def freeze_holding_a_snapshot(
 ) -> list[str]:
     """SIGSTOP ``service`` until it holds a snapshot pending (it was handed one in its
     blocking read, or stopped while handling it); return the pending message ids. A process
-    stopped between two reads gets nothing (the other member takes everything): thawed and
-    tried again."""
+    stopped between two reads gets nothing (the other member takes everything): as soon as two
+    more snapshots have gone by without it, it is thawed and tried again, so that each try
+    spends two bars of the replay, not seconds of it."""
     process = account.processes[service]
+    replay = account.processes["market-data"]
     consumer = f"signal-{service.removeprefix('signal-')}"
     key = keys.stream(namespace, FactorSnapshot.TOPIC)
-    for _ in range(30):
+    tries = 0
+    while replay.poll() is None:
+        tries += 1
+        published = client.xlen(key)
         process.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             rows = client.xpending_range(key, "signal", "-", "+", 10, consumername=consumer)
             if rows:
                 return [row["message_id"].decode() for row in rows]
-            time.sleep(0.005)
+            if client.xlen(key) >= published + 2 or replay.poll() is not None:
+                break
+            time.sleep(0.002)
         process.send_signal(signal.SIGCONT)
-        time.sleep(0.2)
-    pytest.fail(f"{service} never held a snapshot while frozen")
+        time.sleep(0.02)
+    pytest.fail(f"{service} never held a snapshot while frozen ({tries} tries in the replay)")
 
 
 def single_instance_signals(snapshots: list[FactorSnapshot]) -> dict[datetime, bytes]:
