@@ -89,6 +89,9 @@ __all__ = [
 
 log = structlog.get_logger("brokers.ccxt")
 _STEP_TOLERANCE = 1e-9
+# A tick can be a tiny part of the price (BTCUSDT: 0.000001 at 4000, 2.5e-10 of it), so a limit
+# price is compared to its rounding within float error of the price only.
+_PRICE_TOLERANCE = 1e-12
 
 
 class CcxtBroker:
@@ -409,11 +412,21 @@ class CcxtBroker:
 
     def _market_rule_broken(self, order: OrderRequest) -> str | None:
         """What makes ``order`` unplaceable before it is sent (None: nothing). ccxt would
-        silently cut a quantity off the lot step, so that is refused here, as the paper broker
-        refuses it; the exchange judges the rest."""
+        silently cut a quantity off the lot step and round a limit price off the tick, so those
+        are refused here, as the paper broker refuses them, and so is a market the loaded
+        market list shows not trading; the exchange judges the rest."""
         market = self._reads.markets().get(order.symbol)
         if market is None:
             return f"unknown symbol {order.symbol}: {self.exchange.id} lists no such market"
+        if market.get("active") is False:
+            return (
+                f"HALTED: {order.symbol} is not trading ({self.exchange.id} lists the market "
+                "inactive)"
+            )
+        if order.order_type == "limit" and order.limit_price is not None:
+            off_tick = self._price_off_tick(order.symbol, order.limit_price, market)
+            if off_tick is not None:
+                return off_tick
         try:
             precise = float(self.exchange.amount_to_precision(order.symbol, order.quantity))
         except ccxt.BaseError as error:
@@ -427,6 +440,24 @@ class CcxtBroker:
                 else f"LOT_SIZE: quantity {order.quantity:.12g} of {order.symbol} is off its step"
             )
         return None
+
+    def _price_off_tick(self, symbol: str, price: float, market: dict[str, Any]) -> str | None:
+        """Why the limit ``price`` is off ``symbol``'s tick (None: on it, or no tick known)."""
+        tick = (market.get("precision") or {}).get("price")
+        if tick is None:
+            return None
+        try:
+            precise = float(self.exchange.price_to_precision(symbol, price))
+        except ccxt.BaseError as error:
+            return f"PRICE_FILTER: limit price {price:.12g} of {symbol}: {describe(error)}"
+        if abs(precise - price) <= _PRICE_TOLERANCE * price:
+            return None
+        if self.exchange.precisionMode == ccxt.DECIMAL_PLACES:
+            tick = 10.0 ** -int(tick)
+        return (
+            f"PRICE_FILTER: limit price {price:.12g} of {symbol} is not a multiple of its tick "
+            f"{tick:g}"
+        )
 
     def _find_or_create(self, record: OrderRecord) -> dict[str, Any]:
         """One try of placing ``record``'s order: look it up first (a crash or a lost response

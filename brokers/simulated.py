@@ -10,9 +10,10 @@ open (``partially_filled``) and expires ``order_ttl_bars`` bars after the order 
 trade (0: good till cancelled).
 
 Market rules (``lot_rules``, from ccxt market metadata when known) are checked on arrival,
-as an exchange does: a quantity off the lot step, below the minimum amount or below the
-minimum notional (at the order's reference price) is rejected with the rule it broke; so is
-a symbol the bars do not carry.
+as an exchange does: an order on a market the exchange lists as not trading, a limit price
+off the tick, a quantity off the lot step, below the minimum amount or below the minimum
+notional (at the order's reference price) is rejected with the rule it broke; so is a symbol
+the bars do not carry.
 
 Client order ids are idempotency keys, as on an exchange: an order trades at most once per
 ``client_order_id``. A duplicate submit is answered with the existing order's state (one
@@ -65,6 +66,10 @@ __all__ = [
 log = structlog.get_logger("brokers.simulated")
 _QUANTITY_EPSILON = 1e-12
 _STEP_TOLERANCE = 1e-9
+# Float error in ``value / step`` grows with the number of steps (about 3e-16 of it): a tick
+# of 0.000001 on a price of 4000 is 4e9 steps, so a tolerance of 1e-9 of the steps would let
+# anything through; 1e-12 of them stays well above the error and well below a step.
+_FLOAT_ERROR = 1e-12
 _BARS_KEPT = 8
 # Terminal orders remembered to answer a duplicate submit (open ones are always kept). They go
 # into the execution service's state, committed with each message it handles (about 145 bytes
@@ -196,9 +201,11 @@ def _order_state(state: _Order) -> OrderState:
     )
 
 
-def _off_step(quantity: float, step: float) -> bool:
-    steps = quantity / step
-    return abs(steps - round(steps)) > _STEP_TOLERANCE * max(1.0, steps)
+def _off_step(value: float, step: float) -> bool:
+    """Whether ``value`` (a quantity, a price) is not a whole number of ``step``s, float
+    error aside (0.3 / 0.1 = 2.9999999999999996 is three steps)."""
+    steps = value / step
+    return abs(steps - round(steps)) > _STEP_TOLERANCE + _FLOAT_ERROR * abs(steps)
 
 
 @dataclass
@@ -316,6 +323,18 @@ class SimulatedBroker:
         rules = self.lot_rules.get(order.symbol)
         if rules is None:
             return None
+        if not rules.trading:
+            return f"HALTED: {order.symbol} is not trading (the exchange lists the market inactive)"
+        limit = order.limit_price if order.order_type == "limit" else None
+        if (
+            limit is not None
+            and rules.price_step is not None
+            and _off_step(limit, rules.price_step)
+        ):
+            return (
+                f"PRICE_FILTER: limit price {limit:.12g} of {order.symbol} is not a multiple of "
+                f"its tick {rules.price_step:g}"
+            )
         quantity = order.quantity
         if rules.amount_step is not None and _off_step(quantity, rules.amount_step):
             return (

@@ -10,12 +10,14 @@ are the recorded bodies of errors.json, under their recorded HTTP status.
 
 Market rules, from the recorded exchangeInfo (the ``_consistent`` file): LOT_SIZE (minimum,
 maximum, step) and MIN_NOTIONAL, the filters ccxt reads into a market's limits; the other
-filters are not enforced. A market order fills in full at the venue's price (FULL response,
-``fills_per_market_order`` trades); a limit order that the price already reaches fills the
-same way, otherwise it rests, its funds locked, until ``set_price`` moves the price through
-it (then it fills at its limit, up to the ``volume`` given). Commission is
-``commission_rate`` of the notional, charged in the quote asset (as in the recorded FULL
-response), or in ``commission_asset`` (BNB) converted at ``prices["BNB/<quote>"]``.
+filters are not enforced. A symbol in ``halted`` is listed with status ``BREAK`` (ccxt: not
+``active``); errors.json holds no recorded answer to an order on it, so one fails the test.
+A market order fills in full at the venue's price (FULL response, ``fills_per_market_order``
+trades); a limit order that the price already reaches fills the same way, otherwise it rests,
+its funds locked, until ``set_price`` moves the price through it (then it fills at its limit,
+up to the ``volume`` given). Commission is ``commission_rate`` of the notional, charged in the
+quote asset (as in the recorded FULL response), or in ``commission_asset`` (BNB) converted at
+``prices["BNB/<quote>"]``.
 
 Faults: ``hide_trades`` keeps an order's trades out of the trade list for a while (on a real
 exchange the list lags the order's status); ``fail_next(code)`` answers a call with an
@@ -190,6 +192,7 @@ class RecordedExchange(requests.Session):
     throttled: list[float] = field(default_factory=list)
     orders: dict[int, VenueOrder] = field(default_factory=dict)
     trades: list[VenueTrade] = field(default_factory=list)
+    halted: set[str] = field(default_factory=set)  # unified symbols listed as not trading
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -374,9 +377,7 @@ class RecordedExchange(requests.Session):
 
     def _routes(self):
         return {
-            ("GET", "/api/v3/exchangeInfo"): lambda p: recorded(
-                "GET_api_v3_exchangeInfo_consistent.json"
-            ),
+            ("GET", "/api/v3/exchangeInfo"): self._exchange_info,
             ("GET", "/api/v3/account"): self._account,
             ("POST", "/api/v3/order"): self._new_order,
             ("GET", "/api/v3/order"): self._query_order,
@@ -401,6 +402,13 @@ class RecordedExchange(requests.Session):
         return self._response(url, entry["http_status"], body)
 
     # -- routes ----------------------------------------------------------------------------
+    def _exchange_info(self, params: dict[str, str]) -> Any:
+        body = recorded("GET_api_v3_exchangeInfo_consistent.json")
+        for entry in body["symbols"]:
+            if self._markets[entry["symbol"]].symbol in self.halted:
+                entry["status"] = "BREAK"  # one of Binance's non-trading statuses
+        return body
+
     def _account(self, params: dict[str, str]) -> Any:
         body = recorded("GET_api_v3_account.json")
         template = body["balances"][0]
@@ -420,6 +428,9 @@ class RecordedExchange(requests.Session):
         market = self._markets.get(params["symbol"])
         if market is None:
             raise _Refused("-1121")
+        assert market.symbol not in self.halted, (
+            f"no recording for an order on halted market {market.symbol}"
+        )
         side, kind = params["side"], params["type"]
         quantity_text = params["quantity"]
         quantity = float(quantity_text)

@@ -21,7 +21,7 @@ _STEP_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class LotRules:
-    """An exchange's quantity rules for one market.
+    """An exchange's order rules for one market: quantity, price tick and trading status.
 
     Attributes
     ----------
@@ -31,25 +31,47 @@ class LotRules:
         Smallest quantity accepted, in base units.
     min_notional
         Smallest quantity x price accepted, in quote units.
+    price_step
+        Limit price increment (the tick), in quote units (None: any price).
+    trading
+        False when the exchange lists the market as not trading (halted, in a break): it
+        accepts no order on it.
     """
 
     amount_step: float | None = None
     min_amount: float = 0.0
     min_notional: float = 0.0
+    price_step: float | None = None
+    trading: bool = True
 
 
 def lot_rules_from_ccxt(market: dict[str, Any], precision_mode: int = TICK_SIZE) -> LotRules:
     """Read the lot rules from a ccxt unified market dict.
 
-    ``precision.amount`` is the step itself in ``TICK_SIZE`` mode (ccxt 4 uses it for Binance:
-    0.001) and a number of decimals in ``DECIMAL_PLACES`` mode (3 means a step of 0.001); pass
-    the exchange's ``precisionMode``. ``limits.amount.min`` and ``limits.cost.min`` give the
-    minimums (missing or None: 0).
+    ``precision.amount`` and ``precision.price`` are the step itself in ``TICK_SIZE`` mode
+    (ccxt 4 uses it for Binance: 0.001) and a number of decimals in ``DECIMAL_PLACES`` mode (3
+    means a step of 0.001); pass the exchange's ``precisionMode``. ``limits.amount.min`` and
+    ``limits.cost.min`` give the minimums (missing or None: 0). Only ``active`` False marks
+    the market as not trading: ccxt leaves it None where the exchange does not say.
     """
-    precision = (market.get("precision") or {}).get("amount")
+    precision = market.get("precision") or {}
+    limits = market.get("limits") or {}
+    min_amount = (limits.get("amount") or {}).get("min")
+    min_notional = (limits.get("cost") or {}).get("min")
+    return LotRules(
+        amount_step=_step(market, precision.get("amount"), "amount", precision_mode),
+        min_amount=float(min_amount or 0.0),
+        min_notional=float(min_notional or 0.0),
+        price_step=_step(market, precision.get("price"), "price", precision_mode),
+        trading=market.get("active") is not False,
+    )
+
+
+def _step(market: dict[str, Any], precision: Any, what: str, precision_mode: int) -> float | None:
+    """The step a ccxt ``precision`` value means in ``precision_mode`` (None: no step)."""
     if precision is None:
-        step = None
-    elif precision_mode == TICK_SIZE:
+        return None
+    if precision_mode == TICK_SIZE:
         step = float(precision)
     elif precision_mode == DECIMAL_PLACES:
         step = 10.0 ** -int(precision)
@@ -59,19 +81,12 @@ def lot_rules_from_ccxt(market: dict[str, Any], precision_mode: int = TICK_SIZE)
             f"DECIMAL_PLACES ({DECIMAL_PLACES}), received {precision_mode} for market "
             f"{market.get('symbol')!r}"
         )
-    if step is not None and not step > 0:
+    if not step > 0:
         raise ValueError(
-            f"lot_rules_from_ccxt: market {market.get('symbol')!r} has amount step {step}, "
+            f"lot_rules_from_ccxt: market {market.get('symbol')!r} has {what} step {step}, "
             "expected > 0"
         )
-    limits = market.get("limits") or {}
-    min_amount = (limits.get("amount") or {}).get("min")
-    min_notional = (limits.get("cost") or {}).get("min")
-    return LotRules(
-        amount_step=step,
-        min_amount=float(min_amount or 0.0),
-        min_notional=float(min_notional or 0.0),
-    )
+    return step
 
 
 def round_quantity(quantity: float, price: float, rules: LotRules) -> float:

@@ -9,6 +9,7 @@ import math
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.commands.cli_common import (
     EXIT_FAILED,
@@ -24,6 +25,9 @@ from services.commands.cli_common import (
     usage_error,
     validated_config,
 )
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def cmd_paper(arguments: argparse.Namespace) -> int:
@@ -88,6 +92,11 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
             run_dir.release(discard=True)
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
+        if config.broker.kind != "simulated" and new_account(out_dir, arguments.fresh):
+            refused = check_budget(config, arguments.live, symbols)
+            if refused is not None:
+                run_dir.release(discard=True)
+                return refused
     try:
         from services.runtime.account import open_account
         from services.runtime.paper import live_feed, replay_feed
@@ -138,6 +147,32 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
         title += f" (account continued; {run.restarts} restart(s))"
     print_summary(title, run.summary, out_dir)
     return EXIT_OK
+
+
+def new_account(out_dir: Path, fresh: bool) -> bool:
+    """Whether this run opens a new paper account in ``out_dir`` (rather than continuing one)."""
+    from services.runtime.account import ACCOUNT_FILE
+
+    return fresh or not (out_dir / ACCOUNT_FILE).exists()
+
+
+def check_budget(config: Config, live: bool, symbols: list[str]) -> int | None:
+    """A new account on an exchange: its budget must be in the exchange account's free cash
+    (services/runtime/budget.py). Returns the exit code of a refusal, None when it holds."""
+    from brokers.protocol import BrokerError
+    from engine.errors import ConfigError
+    from services.runtime.assembly import make_broker
+    from services.runtime.budget import check_exchange_budget
+
+    try:
+        broker = make_broker(config, live=live)
+        check_exchange_budget(broker, config.portfolio.initial_cash, symbols)
+    except ConfigError as error:
+        return usage_error(str(error))
+    except BrokerError as error:
+        print(f"error: cannot read the exchange account's balances: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return None
 
 
 def cmd_run(arguments: argparse.Namespace) -> int:

@@ -71,6 +71,9 @@ def plan_orders(
             continue
         if reduce_only and (held == 0.0 or delta * held > 0 or abs(delta) > abs(held) + 1e-12):
             continue
+        if not rules.trading:  # the exchange would reject it: hold back, say why
+            plan.blocked.append((symbol, "market halted: the exchange lists it as not trading"))
+            continue
         reducing = reduce_only or (delta * held < 0 and abs(delta) <= abs(held) + 1e-12)
         reason = order_block_reason(delta, price, last_prices.get(symbol), risk, reducing)
         if reason is not None:

@@ -254,6 +254,33 @@ def test_an_unknown_symbol_is_refused_before_sending(broker, venue):
     assert venue.sent(*ORDER) == []
 
 
+def test_an_order_on_a_halted_market_is_refused_before_sending(venue, waits):
+    venue.halted.add(SYMBOL)  # exchangeInfo lists BTCUSDT with status BREAK
+    broker = new_broker(venue, waits)
+    [update] = broker.submit(request("c-halt", limit_price=3900.0))
+    assert update.status == "rejected"
+    assert update.reason == "HALTED: BTC/USDT is not trading (binance lists the market inactive)"
+    assert venue.sent(*ORDER) == [] and venue.orders == {}
+
+
+def test_a_limit_price_off_the_tick_is_refused_before_sending(broker, venue):
+    # The recorded PRICE_FILTER tick of BTCUSDT is 0.000001; ccxt would round this to it.
+    [update] = broker.submit(request("c-tick", limit_price=3900.0000005))
+    assert update.status == "rejected"
+    assert update.reason == (
+        "PRICE_FILTER: limit price 3900.0000005 of BTC/USDT is not a multiple of its tick 1e-06"
+    )
+    assert venue.sent(*ORDER) == []
+
+
+@pytest.mark.parametrize("limit", [3900.01, 3900.000001])
+def test_a_limit_price_on_the_tick_is_sent_as_it_is(broker, venue, limit):
+    [update] = broker.submit(request("c-on", quantity=0.2, limit_price=limit))
+    assert update.status == "accepted"
+    [sent] = venue.sent(*ORDER)
+    assert (sent["type"], float(sent["price"])) == ("LIMIT", limit)
+
+
 # -- network errors --------------------------------------------------------------------------
 def test_network_errors_are_retried_with_backoff_then_raise_broker_error(broker, venue, waits):
     venue.fail_network("connection", method="GET", path="/api/v3/account", times=99)

@@ -201,6 +201,54 @@ def test_an_unknown_symbol_is_rejected_once_the_market_is_known():
     assert update.status == "rejected" and update.reason.startswith("unknown symbol DOGE/USDT")
 
 
+def test_an_order_on_a_halted_market_is_rejected_and_trades_nothing():
+    broker = SimulatedBroker(initial_cash=1e6, lot_rules={SYMBOL: LotRules(trading=False)})
+    broker.positions[SYMBOL] = 2.0
+    events = broker.submit(order(1.0)) + broker.submit(order(1.0, side="sell", cid="o2"))
+    halted = "HALTED: BTC/USDT is not trading (the exchange lists the market inactive)"
+    assert [(e.status, e.reason) for e in events] == [("rejected", halted)] * 2
+    assert broker.on_bar(bar(1, 100.0, 101.0, 99.0, 100.0)) == []
+    assert broker.cash == 1e6 and broker.positions == {SYMBOL: 2.0}
+    assert broker.open_order_count == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "tick", "shown"),
+    [(100.005, 0.01, "100.005 of BTC/USDT is not a multiple of its tick 0.01"),
+     (0.35, 0.1, "0.35 of BTC/USDT is not a multiple of its tick 0.1"),
+     # BTCUSDT's recorded tick: 4e9 ticks, where a tolerance of 1e-9 of them passes anything
+     (4000.0000005, 1e-6, "4000.0000005 of BTC/USDT is not a multiple of its tick 1e-06")],
+)  # fmt: skip
+def test_a_limit_price_off_the_tick_is_rejected_with_the_price_filter(limit, tick, shown):
+    broker = SimulatedBroker(initial_cash=1e6, lot_rules={SYMBOL: LotRules(price_step=tick)})
+    [update] = broker.submit(order(1.0, order_type="limit", limit_price=limit))
+    assert (update.status, update.reason) == ("rejected", f"PRICE_FILTER: limit price {shown}")
+    assert broker.open_order_count == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "tick"),
+    [(4000.01, 0.01), (0.3, 0.1), (100.0, 0.01), (4000.000001, 1e-6), (25.0, 5.0)],
+)
+def test_a_limit_price_on_the_tick_is_accepted_float_error_aside(limit, tick):
+    broker = SimulatedBroker(initial_cash=1e6, lot_rules={SYMBOL: LotRules(price_step=tick)})
+    [update] = broker.submit(order(1.0, order_type="limit", limit_price=limit))
+    assert (update.status, update.reason) == ("accepted", None)
+
+
+def test_a_market_order_is_not_price_checked():
+    broker = SimulatedBroker(
+        initial_cash=1e6, fee_rate=0.0, lot_rules={SYMBOL: LotRules(price_step=0.01)}
+    )
+    request = OrderRequest(
+        client_order_id="m", rebalance_id="rb", asof=day(1), symbol=SYMBOL, side="buy",
+        quantity=1.0, reference_price=100.005,  # off the tick
+    )  # fmt: skip
+    assert statuses(broker.submit(request)) == ["accepted"]
+    [fill] = fills(broker.on_bar(bar(1, 100.005, 101.0, 99.0, 100.0)))
+    assert fill.price == 100.005
+
+
 def test_a_buy_the_cash_cannot_pay_is_scaled_to_the_cash_and_says_so():
     broker = SimulatedBroker(initial_cash=1_001.0, fee_rate=0.001)
     broker.submit(order(20.0))

@@ -79,3 +79,24 @@ def test_without_the_cash_the_plan_is_not_fitted():
         risk=RISK,
     )
     assert [o.quantity for o in result.requests] == [10.0] and result.buy_scale == 1.0
+
+
+def test_a_halted_market_gets_no_order_and_is_named_as_held_back():
+    prices = {"A": 100.0, "B": 50.0}
+    result = plan_orders(
+        rebalance_id="rb-1",
+        asof=T,
+        targets={"A": 0.0, "B": 10.0},
+        positions={"A": 5.0},
+        prices=prices,
+        last_prices=prices,
+        equity=1_000.0 + 500.0,
+        lot_rules={"A": LotRules(trading=False)},
+        default_rules=LotRules(),
+        portfolio=PortfolioConfig(),
+        risk=RISK,
+        cash=1_000.0,
+    )
+    # The sell of A would be rejected by the exchange: it is not sent, and the plan says why.
+    assert [(o.side, o.symbol) for o in result.requests] == [("buy", "B")]
+    assert result.blocked == [("A", "market halted: the exchange lists it as not trading")]

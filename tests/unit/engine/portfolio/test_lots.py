@@ -36,6 +36,8 @@ def test_rules_from_ccxts_own_parse_of_the_recorded_exchange_info():
     # The recording has both MIN_NOTIONAL (0.001) and NOTIONAL (10); ccxt 4.5 reads MIN_NOTIONAL
     # first, so that is the minimum cost its market (and so this rule) carries.
     assert rules.min_notional == float(filters["MIN_NOTIONAL"]["minNotional"])
+    assert rules.price_step == float(filters["PRICE_FILTER"]["tickSize"])  # 0.000001
+    assert rules.trading  # status TRADING: ccxt's active True
     assert exchange.precisionMode == ccxt.TICK_SIZE
 
 
@@ -44,9 +46,34 @@ def test_decimal_places_precision_is_a_number_of_decimals():
     assert lot_rules_from_ccxt(market, lots.DECIMAL_PLACES) == LotRules(0.001, 0.01, 0.0)
 
 
+@pytest.mark.parametrize(
+    ("mode", "precision", "tick"),
+    [(lots.TICK_SIZE, 0.01, 0.01), (lots.DECIMAL_PLACES, 2, 0.01), (lots.DECIMAL_PLACES, 0, 1.0)],
+)
+def test_the_price_tick_is_read_in_both_precision_modes(mode, precision, tick):
+    market = {"symbol": "ETH/USDT", "precision": {"amount": None, "price": precision}}
+    rules = lot_rules_from_ccxt(market, mode)
+    assert rules.price_step == tick and rules.amount_step is None
+
+
+@pytest.mark.parametrize("precision", [0.0, -0.01])
+def test_a_price_tick_not_above_zero_is_refused_naming_the_market(precision):
+    market = {"symbol": "ETH/USDT", "precision": {"amount": 0.001, "price": precision}}
+    with pytest.raises(ValueError, match="market 'ETH/USDT' has price step .*expected > 0"):
+        lot_rules_from_ccxt(market, lots.TICK_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("market", "trading"),
+    [({"active": False}, False), ({"active": None}, True), ({}, True), ({"active": True}, True)],
+)
+def test_only_an_explicitly_inactive_market_is_not_trading(market, trading):
+    assert lot_rules_from_ccxt({"symbol": "ETH/USDT", **market}).trading is trading
+
+
 def test_missing_fields_mean_no_rule():
     market = {"precision": {"amount": None}, "limits": {"amount": {"min": None}}}
-    assert lot_rules_from_ccxt(market) == LotRules(None, 0.0, 0.0)
+    assert lot_rules_from_ccxt(market) == LotRules(None, 0.0, 0.0, price_step=None, trading=True)
 
 
 def test_an_unsupported_precision_mode_is_refused():
