@@ -228,7 +228,11 @@ class RiskConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     """
 
     enabled: bool = True
-    var_method: Literal["historical", "parametric", "cornish-fisher"] = "historical"
+    # historical simulation of the trailing window; filtered-historical: the same returns
+    # rescaled to today's EWMA volatility (Hull-White); parametric (normal); cornish-fisher.
+    var_method: Literal["historical", "filtered-historical", "parametric", "cornish-fisher"] = (
+        "historical"
+    )
     var_confidence: Probability = 0.99
     var_horizon: PositiveInt = 1
     var_window: Annotated[int, msgspec.Meta(ge=20)] = 250

@@ -8,6 +8,7 @@ from engine.risk.measures import (
     calmar_ratio,
     cornish_fisher_var,
     expected_shortfall,
+    filtered_historical_var,
     historical_var,
     horizon_returns,
     max_drawdown,
@@ -15,6 +16,7 @@ from engine.risk.measures import (
     sharpe_ratio,
     sortino_ratio,
     value_at_risk,
+    volatility_scaled,
 )
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "calmar_ratio",
     "cornish_fisher_var",
     "expected_shortfall",
+    "filtered_historical_var",
     "historical_var",
     "horizon_returns",
     "max_drawdown",
@@ -32,4 +35,5 @@ __all__ = [
     "sharpe_ratio",
     "sortino_ratio",
     "value_at_risk",
+    "volatility_scaled",
 ]

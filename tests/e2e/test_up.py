@@ -137,6 +137,16 @@ def test_up_restarts_a_killed_service_reports_a_stale_one_and_stops_cleanly(
         assert restarted["uptime_s"] < 60
         # The replay reaches the end of its data (the recorder writes the summary at the halt).
         wait_until(lambda: (out / "summary.json").exists(), 120, "the end of the data")
+        # The replay's process ends by itself once the account has drained, a moment after the
+        # summary (longer on a loaded machine): a stop sent before then would end it instead.
+        wait_until(
+            lambda: any(
+                e.get("event") == "supervisor.child_finished" and e.get("child") == "market-data"
+                for e in events(log)
+            ),
+            60,
+            "the replay's process to finish",
+        )
         final = status(out)
         assert final is not None and final["portfolio"]["equity"] > 0
         up.send_signal(signal.SIGTERM)
