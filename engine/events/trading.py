@@ -45,6 +45,11 @@ class OrderRequest(EventPayload, frozen=True, kw_only=True, forbid_unknown_field
     def __post_init__(self) -> None:
         if self.order_type == "limit" and self.limit_price is None:
             raise ValueError("OrderRequest.limit_price is required for a limit order")
+        if self.order_type == "market" and self.limit_price is not None:
+            # The brokers would have to guess which of the two was meant.
+            raise ValueError(
+                "OrderRequest.limit_price is for a limit order: a market order carries none"
+            )
 
 
 class OrderUpdate(EventPayload, frozen=True, kw_only=True, forbid_unknown_fields=True):

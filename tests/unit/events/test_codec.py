@@ -183,6 +183,7 @@ def test_missing_envelope_field_is_named():
         (("payload", "quantity"), "lots", "payload.quantity", "got `str`"),
         (("payload", "side"), "hold", "payload.side", "Invalid enum value 'hold'"),
         (("payload", "limit_price"), None, "payload", "limit_price is required"),
+        (("payload", "order_type"), "market", "payload", "a market order carries none"),
         (("ts",), "2024-01-01T00:00:00", "ts", "timezone"),
         (("payload", "unexpected"), 1, "payload", "unknown field `unexpected`"),
     ],
