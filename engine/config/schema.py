@@ -237,6 +237,12 @@ class RiskConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     var_horizon: PositiveInt = 1
     var_window: Annotated[int, msgspec.Meta(ge=20)] = 250
     var_limit: NonNegativeFloat = 0.04
+    # When the VaR and ES limits act: on each rebalance's target ("rebalance"), or also on the
+    # book every bar ("every-bar"): a book whose VaR, its weights of that bar over the trailing
+    # returns, is above var_limit by more than var_stop_band is cut back onto the limit with
+    # reduce-only orders (a VaR stop), as the drawdown stop cuts.
+    var_check: Literal["rebalance", "every-bar"] = "rebalance"
+    var_stop_band: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
     es_limit: NonNegativeFloat = 0.0
     # Annualised volatility the target is scaled down to when its forecast is above (0: off).
     vol_target: NonNegativeFloat = 0.0

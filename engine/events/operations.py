@@ -11,6 +11,7 @@ RiskAlertKind = Literal[
     "es_limit",
     "vol_target",
     "drawdown_stop",
+    "var_stop",
     "drawdown_hold",
     "drawdown_reentry",
     "kill_switch",

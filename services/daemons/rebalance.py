@@ -4,8 +4,10 @@ and the orders that reach them (services/daemons/order_plan.py: lots, minimum no
 checks); keeps the portfolio view from fills, and the drawdown stop and the kill switch.
 
 Risk acts between rebalances too: a bar on which the drawdown reaches the stop queues a risk
-cut (a tick of schedule ``drawdown-stop``, id ``dd-{bar}``), and an operator's ``halt
---flatten`` a flatten (``kill-switch``, ``halt-{time}``); both run ahead of scheduled ticks,
+cut (a tick of schedule ``drawdown-stop``, id ``dd-{bar}``); with ``[risk] var_check =
+"every-bar"``, a bar on which the book's VaR goes above the limit by more than its band queues
+a cut back onto the limit (``var-stop``, ``var-{bar}``); an operator's ``halt --flatten``
+queues a flatten (``kill-switch``, ``halt-{time}``); all run ahead of scheduled ticks,
 with reduce-only orders, through the same once-only machinery as a scheduled rebalance. Every
 limit that acts is logged with its numbers and published as a RiskAlert.
 
@@ -72,7 +74,7 @@ from engine.events import (
 )
 from engine.events.base import UtcDatetime
 from engine.portfolio.lots import LotRules
-from engine.risk.limits import Action, DrawdownState, on_equity, reentry
+from engine.risk.limits import Action, DrawdownState, figures, on_equity, reentry
 from engine.risk.measures import value_at_risk
 from engine.risk.pretrade import stale_data_reason
 from engine.timeframes import timeframe_delta
@@ -88,7 +90,11 @@ _UNMATCHED_KEPT = 4096  # orders whose fills came while the order was not open
 STATE_VERSION = 2
 DRAWDOWN_SCHEDULE = "drawdown-stop"
 KILL_SWITCH_SCHEDULE = "kill-switch"
-RISK_SCHEDULES = frozenset({DRAWDOWN_SCHEDULE, KILL_SWITCH_SCHEDULE})
+VAR_SCHEDULE = "var-stop"
+RISK_SCHEDULES = frozenset({DRAWDOWN_SCHEDULE, KILL_SWITCH_SCHEDULE, VAR_SCHEDULE})
+# The block path's test for a VaR stop errs this far on the side of sending bars one by one,
+# so that float differences between the two ways of measuring never hide a stop.
+_VAR_STOP_MARGIN = 0.98
 _DEFAULT_PERIODS_PER_YEAR = 252.0
 
 
@@ -107,7 +113,8 @@ class RiskState(msgspec.Struct, frozen=True, kw_only=True):
     kill_switch: KillSwitch | None = None
     realised_returns: list[float] = []  # the account's last [risk] var_window bar returns
     last_equity: float | None = None
-    expected_var: float | None = None  # of the last target, after the limits
+    # Of the last target, after the limits; with var_check "every-bar", of the book each bar.
+    expected_var: float | None = None
     bar_seconds: float = 0.0
     acted: dict[str, int] = {}  # RiskAlerts published, per kind
 
@@ -396,25 +403,28 @@ class RebalanceService(Service):
         snapshot = self.book.snapshot(last)
         equities = [] if marks is None else list(marks.equity)
         for time_, equity in zip(asof, [*equities, snapshot.equity]):
-            self._on_equity(equity, time_, event.corr)  # cannot stop: stop_possible said so
+            # No stop can act on these bars (stop_possible said so); the book's VaR is that of
+            # the last bar, where the book's prices are.
+            self._on_equity(equity, time_, event.corr, watch_var=time_ == last)
         snapshot = self._with_risk(snapshot)
         self.emit([snapshot] if marks is None else [marks, snapshot], corr=event.corr, ts=event.ts)
         self._try_pending()
 
     def stop_possible(self, symbols: Sequence[str], close: np.ndarray) -> bool:
-        """Whether the drawdown stop could trigger on one of the bars of ``close`` (bars x
-        ``symbols``, NaN: no bar). A backtest then sends those bars one by one, so that the
-        stop's orders go out on the bar it happens and fill on the next, as in a paper run
-        (should a block come anyway, it is taken bar by bar here, which keeps the decision
-        right but not the fill's timing)."""
+        """Whether the drawdown stop, or the VaR stop, could trigger on one of the bars of
+        ``close`` (bars x ``symbols``, NaN: no bar). A backtest then sends those bars one by
+        one, so that the stop's orders go out on the bar it happens and fill on the next, as in
+        a paper run (should a block come anyway, it is taken bar by bar here, which keeps the
+        decision right but not the fill's timing)."""
         config = self.risk_config
         state = self.risk.drawdown
-        if not (config.enabled and config.drawdown_stop > 0) or state.stopped:
+        if not config.enabled or state.stopped or not self.book.positions:
             return False
-        if not self.book.positions:
+        close = close[~np.isnan(close).all(axis=1)]  # the window skips bars without a close
+        if len(close) == 0:
             return False
         column = {s: j for j, s in enumerate(symbols)}
-        held = list(self.book.positions)
+        held = tuple(sorted(self.book.positions))
         start = np.array([self.book.price(s) for s in held])
         prices = np.repeat(start[None, :], len(close), axis=0)
         traded = [k for k, s in enumerate(held) if s in column]
@@ -422,11 +432,37 @@ class RebalanceService(Service):
             prices[:, traded] = carry_forward(
                 close[:, [column[held[k]] for k in traded]], start[traded]
             )
-        equity = self.book.cash + prices @ np.array([self.book.positions[s] for s in held])
-        peak = np.maximum.accumulate(np.concatenate([[state.peak], equity]))[1:]
+        quantities = np.array([self.book.positions[s] for s in held])
+        equity = self.book.cash + prices @ quantities
+        if config.drawdown_stop > 0:
+            peak = np.maximum.accumulate(np.concatenate([[state.peak], equity]))[1:]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                drawdown = np.where(peak > 0, 1.0 - equity / peak, 0.0)
+            if np.any(drawdown >= config.drawdown_stop - 1e-12):
+                return True
+        if not self._watching_var():
+            return False
+        # The VaR stop: each bar's book over the returns up to that bar, as _book_var takes it.
+        raw = np.full((len(close), len(held)), np.nan)
+        for k in traded:
+            raw[:, k] = close[:, column[held[k]]]
+        window = config.var_window
+        history = self.window.closes(held, window + 1)
+        closes = np.vstack([history, raw])
         with np.errstate(divide="ignore", invalid="ignore"):
-            drawdown = np.where(peak > 0, 1.0 - equity / peak, 0.0)
-        return bool(np.any(drawdown >= config.drawdown_stop - 1e-12))
+            returns = closes[1:] / closes[:-1] - 1.0
+        threshold = config.var_limit * (1.0 + config.var_stop_band) * _VAR_STOP_MARGIN
+        periods = self.window.periods_per_year(_DEFAULT_PERIODS_PER_YEAR)
+        for i in range(len(close)):
+            if equity[i] <= 0:
+                return True
+            end = len(history) - 1 + i + 1
+            rows = returns[max(0, end - window) : end]
+            weights = quantities * prices[i] / equity[i]
+            value = figures(rows, weights, config, periods).var
+            if value is not None and value > threshold:
+                return True
+        return False
 
     def _take_bars(self, bars: BarSet, event: Envelope) -> None:
         if bars.symbols is not self._last_symbols and bars.symbols != self._last_symbols:
@@ -451,15 +487,18 @@ class RebalanceService(Service):
         self._try_pending()
 
     # -- risk ------------------------------------------------------------------------------
-    def _on_equity(self, equity: float, asof: datetime, corr: str) -> None:
+    def _on_equity(self, equity: float, asof: datetime, corr: str, watch_var: bool = True) -> None:
         """Take one bar's equity: the realised returns, the drawdown stop (which, when it
-        triggers, queues a risk cut of the book ahead of the scheduled ticks)."""
+        triggers, queues a risk cut of the book ahead of the scheduled ticks), then, with
+        ``watch_var`` and ``[risk] var_check = "every-bar"``, the book's VaR (the VaR stop)."""
         risk = self.risk
         if risk.last_equity and risk.last_equity > 0:
             self._realised.append(equity / risk.last_equity - 1.0)
         drawdown, action = on_equity(risk.drawdown, equity, asof, self.risk_config)
         self.risk = msgspec.structs.replace(risk, drawdown=drawdown, last_equity=equity)
         if action is None:
+            if watch_var and self._watching_var():
+                self._watch_var(asof, corr)
             return
         stamp = asof.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         tick = RebalanceDue(
@@ -715,6 +754,59 @@ class RebalanceService(Service):
         if last:
             self._try_pending()
 
+    def _watching_var(self) -> bool:
+        config = self.risk_config
+        return config.enabled and config.var_check == "every-bar" and config.var_limit > 0
+
+    def _book_var(self, until: datetime) -> float | None:
+        """The VaR of the book as it stands (its weights at its last marks) over the trailing
+        ``var_window`` returns up to ``until``; None: too few bars, or no equity, to measure."""
+        held = tuple(sorted(self.book.positions))
+        if not held:
+            return 0.0
+        prices = np.array([self.book.price(s) for s in held])
+        quantities = np.array([self.book.positions[s] for s in held])
+        equity = self.book.cash + float(prices @ quantities)
+        if equity <= 0:
+            return None
+        config = self.risk_config
+        returns = self.window.returns(held, config.var_window, until)
+        periods = self.window.periods_per_year(_DEFAULT_PERIODS_PER_YEAR)
+        return figures(returns, quantities * prices / equity, config, periods).var
+
+    def _watch_var(self, asof: datetime, corr: str) -> None:
+        """The VaR stop: measure the book's VaR on this bar (it becomes the snapshots'
+        expected VaR) and, above the limit by more than the band, queue a cut onto it."""
+        risk = self.risk
+        if risk.drawdown.stopped or risk.kill_switch is not None or self.open_orders:
+            return  # the book is held, or is changing: it is measured once it settles
+        if any(t.schedule in RISK_SCHEDULES for t, _ in self.pending):
+            return
+        value = self._book_var(asof)
+        if value is None:
+            return
+        self.risk = msgspec.structs.replace(risk, expected_var=value)
+        config = self.risk_config
+        if value <= config.var_limit * (1.0 + config.var_stop_band):
+            return
+        stamp = asof.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        tick = RebalanceDue(
+            rebalance_id=f"var-{stamp}", schedule=VAR_SCHEDULE, due=asof, decision_time=asof
+        )
+        if self._already_done(tick):  # a bar delivered again after its cut ran
+            return
+        self.pending.insert(0, (tick, corr))
+        scale = config.var_limit / value
+        action = Action(
+            "var_stop",
+            f"{config.var_method} {config.var_confidence:.0%} {config.var_horizon}-bar VaR of "
+            f"the book {value:.2%} above the limit {config.var_limit:.2%} by more than "
+            f"{config.var_stop_band:.0%}: cut to the limit, exposure x{scale:.3f}",
+            scale,
+            {"var": value, "limit": config.var_limit, "band": config.var_stop_band},
+        )
+        self._alert(action, "warning", corr, asof, tick.rebalance_id)
+
     def _try_pending(self) -> None:
         while self.pending and not self.open_orders:
             tick, corr = self.pending[0]
@@ -835,16 +927,32 @@ class RebalanceService(Service):
             self.open_orders[request.client_order_id] = _OpenOrder(quantity_filled=booked)
 
     def _risk_cut(self, tick: RebalanceDue, corr: str) -> None:
-        """Cut every position to the drawdown stop's exposure, or flatten (the kill switch),
-        at the last bar's prices, with reduce-only orders."""
+        """Cut every position to the drawdown stop's exposure, or onto the VaR limit (the VaR
+        stop), or flatten (the kill switch), at the last bar's prices, with reduce-only
+        orders."""
         started = time.perf_counter()
         flatten = tick.schedule == KILL_SWITCH_SCHEDULE
+        var_stop = tick.schedule == VAR_SCHEDULE
         keep = 0.0 if flatten else self.risk_config.drawdown_exposure
         bar = self._bars.get(self._last_bar_time) if self._last_bar_time else None
         if bar is None or not self.book.positions:
             self._done(tick)
             log.info("rebalance.skipped", rebalance_id=tick.rebalance_id, reason="nothing held")
             return
+        if var_stop:  # measured again: fills may have moved the book since it was queued
+            assert self._last_bar_time is not None
+            value = self._book_var(self._last_bar_time)
+            if value is None or value <= self.risk_config.var_limit:
+                self._done(tick)
+                log.info(
+                    "rebalance.skipped",
+                    rebalance_id=tick.rebalance_id,
+                    reason="the book's VaR is within its limit",
+                )
+                return
+            keep = self.risk_config.var_limit / value
+            self.risk = msgspec.structs.replace(self.risk, expected_var=value)
+        limit = "kill_switch" if flatten else "var_stop" if var_stop else "drawdown_stop"
         symbols = tuple(sorted(self.book.positions))
         prices = self._prices(bar, symbols)
         equity = self._equity_at(prices)
@@ -870,7 +978,7 @@ class RebalanceService(Service):
             symbols=symbols,
             weights=tuple(targets[s] * prices.get(s, self.book.price(s)) / equity for s in symbols),
             cash_weight=max(0.0, 1.0 - gross / equity) if equity > 0 else 1.0,
-            risk_actions=("kill_switch",) if flatten else ("drawdown_stop",),
+            risk_actions=(limit,),
         )
         self._send(tick, corr, target, plan.requests)
         self._log_blocked(tick, plan.blocked, corr)
@@ -881,12 +989,12 @@ class RebalanceService(Service):
         log.info(
             "rebalance.completed",
             rebalance_id=tick.rebalance_id,
-            kind="flatten" if flatten else "drawdown_cut",
+            kind="flatten" if flatten else "var_cut" if var_stop else "drawdown_cut",
             decision_time=self._last_bar_time.isoformat(),
             equity=round(equity, 2),
             target_gross=round(gross / equity, 4) if equity > 0 else 0.0,
             drawdown=round(self._drawdown(equity), 6),
-            limits=["kill_switch" if flatten else "drawdown_stop"],
+            limits=[limit],
             turnover=round(plan.turnover, 4),
             n_orders=len(plan.requests),
             blocked=len(plan.blocked),

@@ -427,15 +427,21 @@ def var_risk(method: str) -> RiskConfig:
     )
 
 
+def decided_on_the_last_bar(risk: RiskConfig, closes: np.ndarray) -> tuple[Desk, Published]:
+    """A desk fed every row of ``closes`` as a bar, then rb-var on the last with VAR_SCORES;
+    what that rebalance published."""
+    desk = Desk(risk)
+    for i, row in enumerate(closes):
+        desk.send(bars(at(i), row))
+    last = at(len(closes) - 1)
+    desk.send(signal(last, VAR_SCORES), tick(last, "rb-var"))
+    return desk, desk.read()
+
+
 @pytest.mark.parametrize("method", ["historical", "parametric", "cornish-fisher"])
 def test_the_var_limit_scales_the_target_exactly_onto_the_limit(method):
     closes = random_walk(VAR_BARS, seed=11)
-    desk = Desk(var_risk(method))
-    for i, row in enumerate(closes):
-        desk.send(bars(at(i), row))
-    last = at(VAR_BARS - 1)
-    desk.send(signal(last, VAR_SCORES), tick(last, "rb-var"))
-    out = desk.read()
+    desk, out = decided_on_the_last_bar(var_risk(method), closes)
     constructed = np.array([0.0, 0.5, 0.0, 0.5])
     returns = bar_returns(closes, VAR_WINDOW)
     var_before = var_of(returns @ constructed, method)
@@ -467,12 +473,7 @@ def test_the_var_limit_scales_the_target_exactly_onto_the_limit(method):
 def test_a_var_limit_that_does_not_bind_leaves_the_target_alone():
     closes = random_walk(VAR_BARS, seed=11)
     risk = msgspec.structs.replace(var_risk("historical"), var_limit=0.5)
-    desk = Desk(risk)
-    for i, row in enumerate(closes):
-        desk.send(bars(at(i), row))
-    last = at(VAR_BARS - 1)
-    desk.send(signal(last, VAR_SCORES), tick(last, "rb-var"))
-    out = desk.read()
+    _, out = decided_on_the_last_bar(risk, closes)
     [target] = out.targets
     assert target.weights == (0.0, 0.5, 0.0, 0.5) and out.alerts == []
 
