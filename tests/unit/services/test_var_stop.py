@@ -124,3 +124,49 @@ def test_a_restarted_rebalancer_keeps_the_queued_cut_and_runs_it_once():
     copy.send(bars(at(VAR_BARS + 1), closes[-1] * CRASH))
     out = copy.read()
     assert out.orders == [] and out.of_kind("var_stop") == []
+
+
+def test_a_rebalancer_killed_around_the_stop_bar_ends_like_the_uninterrupted_run():
+    """Through the real ServiceRunner loop on a bus: the rebalancer dies just before and just
+    after handling the bar that queues the cut, and after the cut's first fill; each restart
+    resumes from its last commit, and the cut is sent once, the same cut."""
+    from engine.bus import MemoryBus
+    from engine.clock import SimulatedClock
+    from engine.config import PortfolioConfig
+    from engine.events import make_event
+    from services.daemons.rebalance import RebalanceService
+    from tests.restarts import drive
+    from tests.unit.services.test_rebalance_risk import T0, done, fill, signal, tick
+
+    risk = watching()
+    closes = random_walk(VAR_BARS, seed=11)
+    reference, first = decided_on_the_last_bar(risk, closes)
+    reference.fill_all(first.orders)
+    crash_bar = bars(at(VAR_BARS), closes[-1] * CRASH)
+    reference.send(crash_bar)
+    cut = reference.read().orders
+    assert [o.rebalance_id for o in cut] == [f"var-{stamp(at(VAR_BARS))}"] * 2
+    last = at(VAR_BARS - 1)
+    payloads = [bars(at(i), row) for i, row in enumerate(closes)]
+    payloads += [signal(last, (0.3, 1.2, -0.4, 0.8)), tick(last, "rb-var")]
+    payloads += [p for o in first.orders for p in (fill(o), done(o))]
+    payloads += [crash_bar, *(p for o in cut for p in (fill(o), done(o)))]
+    payloads += [bars(at(VAR_BARS + 1), closes[-1] * CRASH)]
+    events = [make_event(p, source="test", ts=T0) for p in payloads]
+    stop_bar = VAR_BARS + 2 + 2 * len(first.orders)
+    assert events[stop_bar].payload is crash_bar
+
+    def make(bus):
+        portfolio = PortfolioConfig(
+            initial_cash=1000.0, construction="top-k", top_fraction=0.5, max_weight=1.0
+        )
+        return RebalanceService(bus, SimulatedClock(T0), portfolio, risk)
+
+    plain = drive(MemoryBus(), make, events)
+    bus = MemoryBus()
+    killed = drive(bus, make, events, crash_before=[stop_bar], crash_after=[stop_bar, stop_bar + 1])
+    assert killed.restarts == 3 and killed.restored == killed.committed
+    assert killed.service.snapshot_state() == plain.service.snapshot_state()
+    probe = bus.consumer("probe", "p", ["orders"])
+    sent = [d.event.payload for d in probe.read(10_000)]
+    assert [o for o in sent if o.rebalance_id.startswith("var-")] == cut
