@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import stats
+from scipy import signal, stats
 
 VarMethod = Literal["historical", "filtered-historical", "parametric", "cornish-fisher"]
 VAR_METHODS: tuple[str, ...] = ("historical", "filtered-historical", "parametric", "cornish-fisher")
@@ -83,12 +83,12 @@ def volatility_scaled(returns: np.ndarray, decay: float = EWMA_DECAY) -> np.ndar
     if len(values) == 0:
         return values
     squares = values * values
-    variance = np.empty(len(values) + 1)
-    variance[0] = float(np.mean(squares))
-    if variance[0] == 0.0:
+    seed = float(np.mean(squares))
+    if seed == 0.0:
         return np.zeros_like(values)
-    for t, square in enumerate(squares):  # a recursion: n steps of a few flops
-        variance[t + 1] = decay * variance[t] + (1.0 - decay) * square
+    # The recursion as a first-order IIR filter (scipy runs it in C), started from the seed.
+    following, _ = signal.lfilter([1.0 - decay], [1.0, -decay], squares, zi=[decay * seed])
+    variance = np.concatenate([[seed], following])
     return values * np.sqrt(variance[-1] / variance[:-1])
 
 
