@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from engine.bus import EmbeddedRedis
+from tests.cli_process import deepfactor
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "fixtures" / "data"
@@ -78,16 +79,6 @@ SUMMARY_KEYS = {
     "limits_acted",
 }
 EQUITY_COLUMNS = ["timestamp", "equity", "cash", "gross_exposure", "drawdown"]
-
-
-def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def decision_times(times: pd.DatetimeIndex, step: str, every: str) -> pd.DatetimeIndex:

@@ -4,24 +4,15 @@ exit code 2 and one line that names what was wrong."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.cli_process import deepfactor
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def deepfactor(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def long_file(path: Path, symbols: list[str], n_days: int = 120) -> Path:

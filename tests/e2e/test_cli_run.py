@@ -5,6 +5,7 @@ tests/e2e/test_crash_processes.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import redis
 
 from engine.bus import RedisBus
 from services.runtime.account import bind_account, open_account
+from tests.cli_process import deepfactor as run_cli
 from tests.conftest import delete_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,15 +30,7 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, "DEEPFACTOR_LOG__LEVEL": "info", **extra}
 
 
-def deepfactor(*arguments: str, env: dict[str, str], timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+deepfactor = functools.partial(run_cli, timeout=120)
 
 
 def start(*arguments: str, env: dict[str, str], log: Path) -> subprocess.Popen:

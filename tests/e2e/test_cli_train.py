@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from engine.data import SAMPLE_PATH
 from strategies.models.registry import ModelRegistry
+from tests.cli_process import deepfactor as run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
@@ -27,10 +27,7 @@ SMALL = {
 
 
 def deepfactor(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return run_cli(*arguments, env={**os.environ, **env})
 
 
 def test_train_then_backtest_serves_the_checkpoint(tmp_path: Path) -> None:

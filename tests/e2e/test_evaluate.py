@@ -5,10 +5,9 @@ refused with what is needed."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.data.synthetic import synthetic_panel
+from tests.cli_process import deepfactor as run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """
@@ -31,14 +31,7 @@ level = "warning"
 STRATEGIES = ("lstm", "asset-lstm", "equal-weight", "trailing-ic", "ridge", "universe")
 
 
-def deepfactor(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+deepfactor = functools.partial(run_cli, timeout=600)
 
 
 def close_table(path: Path, n_assets: int, n_bars: int) -> Path:

@@ -8,6 +8,7 @@ the config it started with, as ``deepfactor config check`` prints it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,20 +19,14 @@ import threading
 import time
 from pathlib import Path
 
+from tests.cli_process import deepfactor as run_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 LINUX = sys.platform.startswith("linux")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFACTOR_")}
 
 
-def deepfactor(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.commands.cli", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+deepfactor = functools.partial(run_cli, env=ENV)
 
 
 class SlowRun:
