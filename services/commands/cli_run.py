@@ -27,7 +27,7 @@ from services.commands.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from engine.config import Config
+    from brokers.protocol import Broker
 
 
 def cmd_paper(arguments: argparse.Namespace) -> int:
@@ -60,7 +60,7 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
             )
         from services.runtime.assembly import check_universe, make_broker
 
-        make_broker(config, live=arguments.live)  # the venue's settings and keys, at once
+        venue = make_broker(config, live=arguments.live)  # its settings and keys, at once
 
         speed = parse_speed(arguments.speed, config.paper.speed)
         out_dir = Path(arguments.out or config.run.run_dir)
@@ -93,7 +93,7 @@ def cmd_paper(arguments: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
         if config.broker.kind != "simulated" and new_account(out_dir, arguments.fresh):
-            refused = check_budget(config, arguments.live, symbols)
+            refused = check_budget(venue, config.portfolio.initial_cash, symbols)
             if refused is not None:
                 run_dir.release(discard=True)
                 return refused
@@ -156,17 +156,15 @@ def new_account(out_dir: Path, fresh: bool) -> bool:
     return fresh or not (out_dir / ACCOUNT_FILE).exists()
 
 
-def check_budget(config: Config, live: bool, symbols: list[str]) -> int | None:
+def check_budget(venue: Broker, initial_cash: float, symbols: list[str]) -> int | None:
     """A new account on an exchange: its budget must be in the exchange account's free cash
     (services/runtime/budget.py). Returns the exit code of a refusal, None when it holds."""
     from brokers.protocol import BrokerError
     from engine.errors import ConfigError
-    from services.runtime.assembly import make_broker
     from services.runtime.budget import check_exchange_budget
 
     try:
-        broker = make_broker(config, live=live)
-        check_exchange_budget(broker, config.portfolio.initial_cash, symbols)
+        check_exchange_budget(venue, initial_cash, symbols)
     except ConfigError as error:
         return usage_error(str(error))
     except BrokerError as error:
